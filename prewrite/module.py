@@ -1,0 +1,212 @@
+"""The LightningModule: one training step = rollout -> task-LLM scoring -> GRPO update.
+
+Lightning owns the loop, devices, logging and checkpoints; the RL math lives in
+prewrite.algorithms and is called from here with explicit tensors (manual optimization).
+"""
+
+from __future__ import annotations
+
+import copy
+import time
+from typing import Any
+
+import lightning as L
+import torch
+from torch.utils.data import DataLoader
+
+from prewrite import models
+from prewrite.algorithms.grpo import grpo_loss, group_advantages
+from prewrite.algorithms.logprobs import completion_logprobs
+from prewrite.rewards import RewriteScorer
+from prewrite.rollout import hf as rollout_hf
+from prewrite.tasks import Task
+
+
+class PRewriteModule(L.LightningModule):
+    def __init__(
+        self,
+        task: Task,
+        scorer: RewriteScorer,
+        rewriter: dict,
+        algorithm: dict,
+        meta_prompt: str,
+        steps: int,
+        examples_per_step: int,
+        dev_examples: int | None,
+        seed: int,
+    ):
+        super().__init__()
+        self.automatic_optimization = False  # several policy epochs per rollout, as in TRL's num_iterations
+        self.task, self.scorer = task, scorer
+        self.algo = algorithm
+        self.steps, self.examples_per_step, self.seed = steps, examples_per_step, seed
+        self.tokenizer = models.load_tokenizer(rewriter["model_name_or_path"])
+        self.policy = models.load_model(rewriter["model_name_or_path"], rewriter["dtype"]).train()
+        if rewriter.get("gradient_checkpointing"):
+            self.policy.gradient_checkpointing_enable()
+        # The reference policy is frozen and rebuilt from the base weights, so it stays out of the
+        # state dict (and out of checkpoints); no reference is loaded when beta == 0.
+        ref = copy.deepcopy(self.policy).eval().requires_grad_(False) if algorithm["beta"] != 0 else None
+        object.__setattr__(self, "ref_policy", ref)
+        self.prompt_ids = [rollout_hf.rewriter_prompt(self.tokenizer, meta_prompt, task.instruction)]
+        # Dev rows are a fixed seeded subset, the same at every evaluation, so dev curves are comparable.
+        self.dev_rows = task.sample("dev", dev_examples, seed=[seed, 1 << 30])
+        self.metric_names = [f.__name__ for f, _ in scorer.weighted]
+        self.rewrite_rows: list[dict[str, Any]] = []  # the rewrites table (see callbacks.RewritesTable)
+        self.rollout_step = 0  # rollout steps done; Lightning's global_step counts optimizer steps
+
+    # ---- data: one "batch" is the index of a rollout step; its examples derive from [seed, step] ----
+    def train_dataloader(self) -> DataLoader:
+        return DataLoader(range(self.steps), batch_size=None, shuffle=False)
+
+    def val_dataloader(self) -> DataLoader:
+        return DataLoader(range(1), batch_size=None)
+
+    def configure_optimizers(self):
+        opt = torch.optim.AdamW(
+            self.policy.parameters(), lr=self.algo["learning_rate"], weight_decay=self.algo["weight_decay"]
+        )
+        warmup = max(1, self.algo["warmup_steps"])
+        sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: min(1.0, (s + 1) / warmup))
+        return [opt], [sched]
+
+    # ---- training ----
+    def training_step(self, batch: torch.Tensor, batch_idx: int) -> None:
+        step = int(batch)
+        self.rollout_step = step + 1
+        algo = self.algo
+        t0 = time.perf_counter()
+
+        self.policy.eval()
+        rollout = rollout_hf.generate(
+            self.policy,
+            self.tokenizer,
+            self.prompt_ids,
+            num_generations=algo["num_generations"],
+            max_new_tokens=algo["max_completion_length"],
+            temperature=algo["temperature"],
+            top_p=algo["top_p"],
+        )
+        self.policy.train()
+        t1 = time.perf_counter()
+
+        rows = self.task.sample("train", self.examples_per_step, seed=[self.seed, step])
+        calls_before = self.scorer.backend.num_calls
+        scores = self.scorer(rollout.texts, rows)
+        t2 = time.perf_counter()
+
+        rewards = torch.tensor([float("nan") if r is None else r for r in scores.rewards], device=self.device)
+        advantages = group_advantages(rewards, algo["num_generations"], algo["scale_rewards"])
+        mask = rollout.completion_mask
+        if algo["mask_truncated_completions"]:
+            mask = mask * (~rollout.truncated).unsqueeze(1).to(mask.dtype)
+        n_tokens = rollout.completion_ids.size(1)
+
+        def logprobs(model):
+            return completion_logprobs(
+                model, rollout.input_ids, rollout.attention_mask, n_tokens, algo["temperature"]
+            )
+
+        with torch.no_grad():
+            ref_logps = logprobs(self.ref_policy) if self.ref_policy is not None else None
+            # With one policy epoch the sampling policy is the current one: ratio 1 (TRL does the same).
+            old_logps = logprobs(self.policy) if algo["num_iterations"] > 1 else None
+
+        opt, sched = self.optimizers(), self.lr_schedulers()
+        for _ in range(algo["num_iterations"]):
+            logps = logprobs(self.policy)
+            loss, stats = grpo_loss(
+                logps,
+                logps.detach() if old_logps is None else old_logps,
+                advantages,
+                mask,
+                loss_type=algo["loss_type"],
+                epsilon=algo["epsilon"],
+                epsilon_high=algo["epsilon_high"],
+                beta=algo["beta"],
+                ref_logps=ref_logps,
+                max_completion_length=algo["max_completion_length"],
+            )
+            opt.zero_grad()
+            self.manual_backward(loss)
+            self.clip_gradients(opt, gradient_clip_val=algo["max_grad_norm"], gradient_clip_algorithm="norm")
+            opt.step()
+        sched.step()
+        t3 = time.perf_counter()
+
+        valid = rewards[~torch.isnan(rewards)]
+        metrics = {
+            "train/reward": valid.mean() if len(valid) else torch.tensor(float("nan")),
+            "train/reward_std": valid.std() if len(valid) > 1 else torch.tensor(0.0),
+            "train/reward_none": float(len(rewards) - len(valid)),
+            "train/loss": loss.detach(),
+            "train/completion_length": rollout.completion_mask.sum(1).float().mean(),
+            "train/truncated_fraction": rollout.truncated.float().mean(),
+            "train/task_llm_calls": float(self.scorer.backend.num_calls - calls_before),
+            "train/lr": sched.get_last_lr()[0],
+            "time/rollout_s": t1 - t0,
+            "time/reward_s": t2 - t1,
+            "time/update_s": t3 - t2,
+            "time/step_s": t3 - t0,
+            **{f"train/{k}": v for k, v in stats.items()},
+            **{f"train/{name}": _nanmean(vals) for name, vals in scores.metrics.items()},
+        }
+        self.log_to_loggers(metrics)
+        self.log("reward", metrics["train/reward"], prog_bar=True, logger=False, batch_size=1)
+        for i, text in enumerate(rollout.texts):
+            per_metric = {name: vals[i] for name, vals in scores.metrics.items()}
+            row = {"step": self.rollout_step, "split": "train", "rewrite": text, "reward": scores.rewards[i]}
+            self.rewrite_rows.append(row | per_metric)
+
+    def log_to_loggers(self, metrics: dict[str, Any]) -> None:
+        """Log at step = rollout steps done, so train and dev curves share one x-axis
+        (Lightning's own step counts optimizer steps or batches, off by one between hooks)."""
+        values = {k: float(v) for k, v in metrics.items()}
+        for logger in self.loggers:
+            logger.log_metrics(values, step=self.rollout_step)
+
+    # ---- dev evaluation of the greedy rewrite (PRewrite-I) ----
+    def greedy_rewrite(self) -> str:
+        self.policy.eval()
+        out = rollout_hf.generate(
+            self.policy,
+            self.tokenizer,
+            self.prompt_ids,
+            num_generations=1,
+            max_new_tokens=self.algo["max_completion_length"],
+            do_sample=False,
+        )
+        self.policy.train()
+        return out.texts[0]
+
+    def score_on_dev(self, instruction: str) -> dict[str, float]:
+        """{"reward": ..., <metric>: ...} of one instruction on the fixed dev rows."""
+        scores = self.scorer([instruction], self.dev_rows)
+        return {"reward": _nan(scores.rewards[0])} | {name: _nan(vals[0]) for name, vals in scores.metrics.items()}
+
+    def on_train_start(self) -> None:
+        # Step 0 of the dev curve: the initial instruction and the untrained rewriter's greedy rewrite.
+        initial = self.score_on_dev(self.task.instruction)
+        rewrite = self.greedy_rewrite()
+        untrained = self.score_on_dev(rewrite)
+        metrics = {f"dev/initial_instruction/{k}": v for k, v in initial.items()}
+        self.log_to_loggers(metrics | {f"dev/{k}": v for k, v in untrained.items()})
+        self.rewrite_rows.append({"step": 0, "split": "initial", "rewrite": self.task.instruction, **initial})
+        self.rewrite_rows.append({"step": 0, "split": "dev", "rewrite": rewrite, **untrained})
+
+    def validation_step(self, batch: Any, batch_idx: int) -> None:
+        rewrite = self.greedy_rewrite()
+        scores = self.score_on_dev(rewrite)
+        metrics = {f"dev/{k}": v for k, v in scores.items()}
+        self.log_dict(metrics, batch_size=1, logger=False)  # for callbacks (checkpointing, early stopping)
+        self.log_to_loggers(metrics)
+        self.rewrite_rows.append({"step": self.rollout_step, "split": "dev", "rewrite": rewrite, **scores})
+
+
+def _nan(x: float | None) -> float:
+    return float("nan") if x is None else float(x)
+
+
+def _nanmean(values: list[float | None]) -> float:
+    valid = [v for v in values if v is not None]
+    return sum(valid) / len(valid) if valid else float("nan")

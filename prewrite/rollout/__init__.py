@@ -1,0 +1,1 @@
+"""Rewriter generation: sample rewrites of an instruction from the policy."""

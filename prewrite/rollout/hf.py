@@ -1,0 +1,73 @@
+"""Rollouts with transformers `generate` (the CPU default)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+from transformers import PreTrainedModel, PreTrainedTokenizerBase
+
+
+@dataclass
+class Rollout:
+    prompt_ids: torch.Tensor  # [B, P] left-padded
+    prompt_mask: torch.Tensor  # [B, P]
+    completion_ids: torch.Tensor  # [B, T] right-padded after the first EOS
+    completion_mask: torch.Tensor  # [B, T] 1 up to and including the first EOS
+    truncated: torch.Tensor  # [B] bool: no EOS within max_new_tokens
+    texts: list[str]
+
+    @property
+    def input_ids(self) -> torch.Tensor:
+        return torch.cat([self.prompt_ids, self.completion_ids], dim=1)
+
+    @property
+    def attention_mask(self) -> torch.Tensor:
+        return torch.cat([self.prompt_mask, self.completion_mask], dim=1)
+
+
+def rewriter_prompt(tokenizer: PreTrainedTokenizerBase, meta_prompt: str, instruction: str) -> list[int]:
+    messages = [{"role": "user", "content": meta_prompt.format(instruction=instruction)}]
+    return tokenizer.apply_chat_template(messages, add_generation_prompt=True, return_dict=False)
+
+
+@torch.no_grad()
+def generate(
+    model: PreTrainedModel,
+    tokenizer: PreTrainedTokenizerBase,
+    prompt_ids: list[list[int]],
+    num_generations: int,
+    max_new_tokens: int,
+    temperature: float = 1.0,
+    top_p: float = 1.0,
+    do_sample: bool = True,
+) -> Rollout:
+    """`num_generations` completions per prompt, grouped contiguously (as group_advantages expects)."""
+    device = next(model.parameters()).device
+    batch = tokenizer.pad({"input_ids": prompt_ids}, return_tensors="pt").to(device)
+    sampling = {"temperature": temperature, "top_p": top_p, "top_k": None} if do_sample else {}
+    out = model.generate(
+        **batch,
+        do_sample=do_sample,
+        num_return_sequences=num_generations,
+        max_new_tokens=max_new_tokens,
+        pad_token_id=tokenizer.pad_token_id,
+        **sampling,
+    )
+    prompt_len = batch["input_ids"].shape[1]
+    completion_ids = out[:, prompt_len:]
+    is_eos = completion_ids == tokenizer.eos_token_id
+    # Index of the first EOS (or T when none): tokens after it are padding.
+    first_eos = torch.where(is_eos.any(1), is_eos.int().argmax(1), completion_ids.size(1))
+    positions = torch.arange(completion_ids.size(1), device=device).unsqueeze(0)
+    completion_mask = (positions <= first_eos.unsqueeze(1)).long()
+    completion_ids = completion_ids.masked_fill(completion_mask == 0, tokenizer.pad_token_id)
+    texts = tokenizer.batch_decode(completion_ids, skip_special_tokens=True)
+    return Rollout(
+        prompt_ids=batch["input_ids"].repeat_interleave(num_generations, 0),
+        prompt_mask=batch["attention_mask"].repeat_interleave(num_generations, 0),
+        completion_ids=completion_ids,
+        completion_mask=completion_mask,
+        truncated=~is_eos.any(1),
+        texts=[t.strip() for t in texts],
+    )

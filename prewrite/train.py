@@ -1,0 +1,98 @@
+"""Train a prompt rewriter: `python -m prewrite.train [task=sst2] [reward=accuracy] [key=value ...]`."""
+
+from __future__ import annotations
+
+import logging
+import math
+import os
+
+import hydra
+import lightning as L
+from hydra.core.hydra_config import HydraConfig
+from hydra.utils import instantiate
+from lightning.pytorch.loggers import MLFlowLogger
+from omegaconf import DictConfig, OmegaConf
+
+from prewrite.callbacks import RewritesTable
+from prewrite.module import PRewriteModule
+from prewrite.rewards import RewriteScorer
+from prewrite.tasks import load_task
+
+log = logging.getLogger(__name__)
+
+MLFLOW_PARAM_MAX = 6000  # MLflow's limit on a param value
+
+
+def flatten(cfg: dict, prefix: str = "") -> dict[str, str]:
+    out: dict[str, str] = {}
+    for k, v in cfg.items():
+        key = f"{prefix}{k}"
+        if isinstance(v, dict):
+            out |= flatten(v, f"{key}.")
+        else:
+            out[key] = str(v)
+    return out
+
+
+def log_config_to_mlflow(logger: MLFlowLogger, cfg: DictConfig) -> None:
+    """The flattened resolved config as params (full values, unlike Lightning's 250-char cut) and
+    the resolved YAML as an artifact."""
+    from mlflow.entities import Param
+
+    resolved = OmegaConf.to_container(cfg, resolve=True)
+    params = [Param(k, v[:MLFLOW_PARAM_MAX]) for k, v in flatten(resolved).items()]
+    for i in range(0, len(params), 100):  # MLflow accepts at most 100 params per batch
+        logger.experiment.log_batch(logger.run_id, params=params[i : i + 100])
+    logger.experiment.log_text(logger.run_id, OmegaConf.to_yaml(resolved), "config.yaml")
+
+
+def train(cfg: DictConfig) -> float:
+    """Runs one training and returns the best value of `cfg.optimized_metric` seen on dev."""
+    L.seed_everything(cfg.seed, workers=True)
+    task = load_task(cfg.task)
+    backend = instantiate(cfg.task_backend)
+    scorer = RewriteScorer(task, backend, cfg.reward.reward_funcs, cfg.reward.reward_weights)
+    module = PRewriteModule(
+        task=task,
+        scorer=scorer,
+        rewriter=OmegaConf.to_container(cfg.rewriter, resolve=True),
+        algorithm=OmegaConf.to_container(cfg.algorithm, resolve=True),
+        meta_prompt=cfg.meta_prompt,
+        steps=cfg.steps,
+        examples_per_step=cfg.examples_per_step,
+        dev_examples=cfg.dev_examples,
+        seed=cfg.seed,
+    )
+    run_dir = cfg.paths.run_dir
+    logger = instantiate(cfg.logger) if cfg.logger.get("_target_") else False
+    if isinstance(logger, MLFlowLogger):
+        log_config_to_mlflow(logger, cfg)
+    trainer = L.Trainer(
+        **cfg.trainer,
+        **cfg.hardware,
+        logger=logger,
+        callbacks=[RewritesTable(run_dir)],
+        default_root_dir=run_dir,
+    )
+    trainer.fit(module)
+
+    dev = [r[cfg.optimized_metric.removeprefix("dev/")] for r in module.rewrite_rows if r["split"] == "dev"]
+    best = max((v for v in dev if not math.isnan(v)), default=float("nan"))
+    if trainer.is_global_zero:
+        print(f"\nBest {cfg.optimized_metric}: {best:.4f}  (run folder: {os.path.relpath(run_dir)})")
+        if isinstance(logger, MLFlowLogger):
+            print(f"MLflow run {logger.run_id} in experiment {logger._experiment_name!r}")
+            print(f"Open the UI: make ui   (or: mlflow ui --backend-store-uri {cfg.paths.mlflow_tracking_uri})")
+    return best
+
+
+@hydra.main(version_base="1.3", config_path="../conf", config_name="train")
+def main(cfg: DictConfig) -> float:
+    # log_table downloads the table before each append; its progress bar would clutter the console.
+    os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
+    log.info("Run folder: %s", HydraConfig.get().runtime.output_dir)
+    return train(cfg)
+
+
+if __name__ == "__main__":
+    main()

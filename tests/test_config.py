@@ -1,0 +1,59 @@
+"""Every option of every config group composes; the CLI lists groups and rejects unknown options."""
+
+import subprocess
+import sys
+
+import pytest
+from hydra.errors import MissingConfigException
+from omegaconf import OmegaConf
+
+from tests.conftest import CONF, ROOT
+
+GROUPS = sorted(p.name for p in CONF.iterdir() if p.is_dir() and p.name != "hydra")
+OPTIONS = [(g, f.stem) for g in GROUPS for f in sorted((CONF / g).glob("*.yaml"))]
+
+
+def test_every_group_has_options():
+    expected = {"task", "reward", "algorithm", "rewriter", "task_backend", "hardware", "logger", "paths"}
+    assert expected <= set(GROUPS)
+
+
+@pytest.mark.parametrize("group, option", OPTIONS, ids=[f"{g}={o}" for g, o in OPTIONS])
+def test_option_composes_and_resolves(compose_train, group, option):
+    cfg = compose_train(f"{group}={option}")
+    container = OmegaConf.to_container(cfg, resolve=True)
+    assert container[group] is not None
+    missing = OmegaConf.missing_keys(cfg)
+    assert not missing, f"{group}={option} leaves {missing} unset"
+
+
+def test_unknown_option_lists_valid_ones(compose_train):
+    with pytest.raises(MissingConfigException, match="task/nope"):
+        compose_train("task=nope")
+
+
+def cli(*args):
+    return subprocess.run(
+        [sys.executable, "-m", "prewrite.train", *args], cwd=ROOT, capture_output=True, text=True, timeout=120
+    )
+
+
+def test_cli_help_lists_groups_and_options():
+    out = cli("--help")
+    assert out.returncode == 0
+    for group, option in OPTIONS:
+        assert f"{group}:" in out.stdout and option in out.stdout
+
+
+def test_cli_unknown_option_fails_with_available_options():
+    out = cli("task=nope")
+    assert out.returncode != 0
+    assert "Could not find 'task/nope'" in out.stderr and "Available options in 'task'" in out.stderr
+    assert "sst2" in out.stderr
+
+
+def test_cli_cfg_job_prints_the_composed_config():
+    out = cli("--cfg", "job", "algorithm.beta=0.1")
+    assert out.returncode == 0
+    printed = OmegaConf.create(out.stdout)
+    assert printed.algorithm.beta == 0.1 and printed.task.name == "sst2"
