@@ -15,7 +15,7 @@ import torch
 from torch.utils.data import DataLoader
 
 from prewrite import models
-from prewrite.algorithms.grpo import grpo_loss, group_advantages
+from prewrite.algorithms.grpo import group_advantages, grpo_loss
 from prewrite.algorithms.logprobs import completion_logprobs
 from prewrite.rewards import RewriteScorer
 from prewrite.rollout import hf as rollout_hf
@@ -54,6 +54,10 @@ class PRewriteModule(L.LightningModule):
         self.metric_names = [f.__name__ for f, _ in scorer.weighted]
         self.rewrite_rows: list[dict[str, Any]] = []  # the rewrites table (see callbacks.RewritesTable)
         self.rollout_step = 0  # rollout steps done; Lightning's global_step counts optimizer steps
+
+    def on_fit_start(self) -> None:
+        if self.ref_policy is not None:  # not a registered submodule, so Lightning does not move it
+            self.ref_policy.to(self.device)
 
     # ---- data: one "batch" is the index of a rollout step; its examples derive from [seed, step] ----
     def train_dataloader(self) -> DataLoader:
@@ -103,9 +107,7 @@ class PRewriteModule(L.LightningModule):
         n_tokens = rollout.completion_ids.size(1)
 
         def logprobs(model):
-            return completion_logprobs(
-                model, rollout.input_ids, rollout.attention_mask, n_tokens, algo["temperature"]
-            )
+            return completion_logprobs(model, rollout.input_ids, rollout.attention_mask, n_tokens, algo["temperature"])
 
         with torch.no_grad():
             ref_logps = logprobs(self.ref_policy) if self.ref_policy is not None else None

@@ -90,9 +90,7 @@ def test_kl_term_is_k3_estimator_weighted_by_beta():
     logps = torch.zeros(1, 2)
     ref = torch.full((1, 2), math.log(2.0))  # exp(log 2) - log 2 - 1
     kl = 2 - math.log(2) - 1
-    loss, stats = grpo_loss(
-        logps, logps, torch.zeros(1), torch.ones(1, 2), loss_type="grpo", beta=0.1, ref_logps=ref
-    )
+    loss, stats = grpo_loss(logps, logps, torch.zeros(1), torch.ones(1, 2), loss_type="grpo", beta=0.1, ref_logps=ref)
     assert stats["kl"].item() == pytest.approx(kl)
     assert loss.item() == pytest.approx(0.1 * kl)
     with pytest.raises(ValueError, match="ref_logps"):

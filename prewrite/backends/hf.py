@@ -32,7 +32,9 @@ class HFBackend:
 
     def _encode(self, prompts: list[str]) -> list[list[int]]:
         return [
-            self.tokenizer.apply_chat_template([{"role": "user", "content": p}], add_generation_prompt=True, return_dict=False)
+            self.tokenizer.apply_chat_template(
+                [{"role": "user", "content": p}], add_generation_prompt=True, return_dict=False
+            )
             for p in prompts
         ]
 
@@ -52,6 +54,6 @@ class HFBackend:
                 pad_token_id=self.tokenizer.pad_token_id,
             )
             texts = self.tokenizer.batch_decode(out[:, batch["input_ids"].shape[1] :], skip_special_tokens=True)
-            answers.update({unique[i]: t for i, t in zip(idx, texts)})
+            answers.update({unique[i]: t for i, t in zip(idx, texts, strict=True)})
         self.num_calls += len(unique)
         return [answers[p] for p in prompts]

@@ -45,7 +45,8 @@ class RewriteScorer:
         weights = list(reward_weights) if reward_weights is not None else [1.0] * len(reward_funcs)
         if len(weights) != len(reward_funcs):
             raise ValueError(
-                f"reward_weights has {len(weights)} entries but reward_funcs has {len(reward_funcs)}: {list(reward_funcs)}"
+                f"reward_weights has {len(weights)} entries but reward_funcs has {len(reward_funcs)}: "
+                f"{list(reward_funcs)}"
             )
         self.task = task
         self.backend = backend

@@ -1,0 +1,85 @@
+"""Two real GRPO steps with the embedded model, end to end through the CLI, into a real MLflow store."""
+
+import json
+import math
+import re
+import subprocess
+import sys
+
+import pytest
+from mlflow import MlflowClient
+
+from tests.conftest import ROOT
+
+pytestmark = pytest.mark.integration
+
+
+@pytest.fixture(scope="module")
+def run(tmp_path_factory):
+    outputs = tmp_path_factory.mktemp("outputs")
+    cmd = [
+        sys.executable, "-m", "prewrite.train",
+        "steps=2", "eval_every=2", "examples_per_step=2", "dev_examples=4",
+        "algorithm.num_generations=3", "algorithm.max_completion_length=16",
+        f"paths.outputs_dir={outputs}", "trainer.enable_progress_bar=false",
+    ]  # fmt: skip
+    proc = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=900)
+    assert proc.returncode == 0, proc.stderr[-4000:]
+    client = MlflowClient(f"sqlite:///{outputs}/mlflow.db")
+    return proc, client, outputs
+
+
+def history(client, run_id, key):
+    return [(m.step, m.value) for m in client.get_metric_history(run_id, key)]
+
+
+def test_run_is_logged_to_mlflow_with_params_metrics_and_artifacts(run):
+    proc, client, _ = run
+    exp = client.get_experiment_by_name("prewrite-sst2")
+    runs = client.search_runs([exp.experiment_id])
+    assert len(runs) == 1
+    r = runs[0]
+    assert r.info.status == "FINISHED"
+    assert f"MLflow run {r.info.run_id}" in proc.stdout
+    assert "make ui" in proc.stdout
+
+    assert r.data.params["algorithm.num_generations"] == "3"
+    assert r.data.params["task.instruction"] == "Classify the sentiment."
+    assert "{instruction}" in r.data.params["meta_prompt"]  # full value, not cut at 250 chars
+
+    loss = history(client, r.info.run_id, "train/loss")
+    assert [s for s, _ in loss] == [1, 2] and all(math.isfinite(v) for _, v in loss)
+    assert [s for s, _ in history(client, r.info.run_id, "train/reward")] == [1, 2]
+    assert [s for s, _ in history(client, r.info.run_id, "dev/accuracy")] == [0, 2]
+    assert history(client, r.info.run_id, "train/task_llm_calls")[0][1] <= 3 * 2  # G x M, deduplicated
+    for key in ("train/kl", "train/clip_ratio/region", "train/completion_length", "time/step_s",
+                "dev/initial_instruction/accuracy"):  # fmt: skip
+        assert history(client, r.info.run_id, key), key
+
+    artifacts = {a.path for a in client.list_artifacts(r.info.run_id)}
+    assert {"config.yaml", "rewrites.json"} <= artifacts
+
+
+def test_rewrites_table_holds_every_rewrite_with_its_reward(run):
+    _, client, outputs = run
+    r = client.search_runs([client.get_experiment_by_name("prewrite-sst2").experiment_id])[0]
+    path = client.download_artifacts(r.info.run_id, "rewrites.json", str(outputs))
+    table = json.loads(open(path).read())
+    rows = [dict(zip(table["columns"], row, strict=True)) for row in table["data"]]
+    train = [row for row in rows if row["split"] == "train"]
+    assert sorted(row["step"] for row in train) == [1, 1, 1, 2, 2, 2]
+    assert any(row["rewrite"].strip() for row in train)
+    assert all(row["reward"] is None or 0.0 <= row["reward"] <= 1.0 for row in train)
+    assert {row["step"] for row in rows if row["split"] == "dev"} == {0, 2}
+    initial = [row for row in rows if row["split"] == "initial"]
+    assert initial and initial[0]["rewrite"] == "Classify the sentiment."
+
+    run_dirs = list((outputs / "runs" / "sst2").iterdir())
+    assert len(run_dirs) == 1
+    lines = (run_dirs[0] / "rewrites.jsonl").read_text().splitlines()
+    assert len(lines) == len(rows)
+
+
+def test_console_reports_best_dev_score(run):
+    proc, _, _ = run
+    assert re.search(r"Best dev/accuracy: \d\.\d{4}", proc.stdout)
