@@ -22,7 +22,7 @@ def key(row):
 def test_sst2_splits_are_disjoint_seeded_and_complete():
     task = load_task(sst2_cfg())
     sizes = {s: len(rows) for s, rows in task.splits.items()}
-    assert sizes == {"train": 5000 - 256, "dev": 256, "test": 872}
+    assert sizes == {"train": 5000 - 1 - 256, "dev": 256, "test": 872}  # one exact duplicate dropped
     train, dev, test = ({key(r) for r in task.splits[s]} for s in ("train", "dev", "test"))
     assert not (train & dev) and not (train & test) and not (dev & test)
     again = load_task(sst2_cfg())
@@ -80,3 +80,44 @@ def test_template_must_use_the_instruction_and_every_input_field():
 def test_missing_file_is_named():
     with pytest.raises(FileNotFoundError, match="nope.jsonl"):
         load_task(sst2_cfg(files={"train": "sst2/nope.jsonl", "test": "sst2/dev.jsonl"}))
+
+
+def test_duplicate_rows_inside_a_file_are_dropped_before_carving(tmp_path):
+    rows = [{"sentence": f"s{i}", "label": i % 2} for i in range(10)] + [{"sentence": "S3 ", "label": 1}]
+    path = tmp_path / "train.jsonl"
+    path.write_text("\n".join(json.dumps(r) for r in rows))
+    test = tmp_path / "test.jsonl"
+    test.write_text(json.dumps({"sentence": "other", "label": 0}))
+    task = load_task(sst2_cfg(files={"train": str(path), "test": str(test)}, dev_size=3))
+    assert len(task.splits["train"]) + len(task.splits["dev"]) == 10
+
+
+def test_a_row_in_two_splits_is_an_error(tmp_path):
+    train = tmp_path / "train.jsonl"
+    train.write_text('{"sentence": "a", "label": 1}\n{"sentence": "b", "label": 0}\n{"sentence": "c", "label": 0}\n')
+    test = tmp_path / "test.jsonl"
+    test.write_text('{"sentence": "  B ", "label": 0}\n')  # the same input, up to case and spaces
+    with pytest.raises(ValueError, match=r"1 row\(s\) appear in both train and test.*'b'"):
+        load_task(sst2_cfg(files={"train": str(train), "test": str(test)}, dev_size=1))
+
+
+def test_unknown_kind_names_the_valid_kinds():
+    with pytest.raises(ValueError, match=r"unknown kind 'regression'; valid kinds are \['classification', 'qa', 'math'\]"):
+        load_task(sst2_cfg(kind="regression"))
+
+
+def test_unknown_source_is_named_with_the_valid_ones():
+    with pytest.raises(ValueError, match=r"unknown source 'web'; expected one of \['packaged', 'hub', 'file'\]"):
+        load_task(sst2_cfg(source="web"))
+
+
+def test_dev_size_must_leave_training_rows():
+    with pytest.raises(ValueError, match=r"carving dev=5000 out of train \(4999 rows\)"):
+        load_task(sst2_cfg(dev_size=5000))
+
+
+def test_answer_field_replaces_label_field():
+    task = load_task(sst2_cfg())
+    assert task.answer_field == "label" and task.label_field == "label"
+    assert task.kind == "classification" and task.metric == "accuracy"
+    assert task.gold(task.splits["test"][0]) == task.splits["test"][0]["label"]

@@ -14,7 +14,8 @@ def data_path(path: str) -> Path:
     return p if p.is_absolute() else PACKAGED_DATA_DIR / p
 
 
-def read_jsonl(path: Path) -> list[dict]:
+def read_jsonl(path: Path, linenos: list[int] | None = None) -> list[dict]:
+    """Rows of a JSONL file (blank lines skipped); `linenos`, if given, receives each row's line number."""
     if not path.exists():
         raise FileNotFoundError(f"Task data file not found: {path}")
     rows = []
@@ -29,6 +30,48 @@ def read_jsonl(path: Path) -> list[dict]:
             if not isinstance(row, dict):
                 raise ValueError(f"{path}:{lineno}: expected a JSON object, got {type(row).__name__}")
             rows.append(row)
+            if linenos is not None:
+                linenos.append(lineno)
     if not rows:
         raise ValueError(f"{path}: no rows")
     return rows
+
+
+TABLE_SUFFIXES = (".jsonl", ".json", ".csv", ".parquet")
+
+
+def read_rows(path: Path, required: list[str] = (), task: str = "?") -> list[dict]:
+    """Rows of a JSONL, CSV or Parquet file, chosen by extension. For CSV and Parquet every column in
+    `required` must be in the header (the error names the column and the file); JSONL rows are
+    checked one by one by the caller, so its errors can name the line."""
+    suffix = path.suffix.lower()
+    if suffix in (".jsonl", ".json"):
+        return read_jsonl(path)
+    if suffix not in (".csv", ".parquet"):
+        raise ValueError(f"{path}: unsupported file type {suffix!r}; expected one of {TABLE_SUFFIXES}")
+    if not path.exists():
+        raise FileNotFoundError(f"Task data file not found: {path}")
+    import pandas as pd
+
+    if suffix == ".csv":  # strings as written: no type guessing, empty cells stay ""
+        df = pd.read_csv(path, dtype=str, keep_default_na=False)
+    else:
+        df = pd.read_parquet(path)
+    missing = [c for c in required if c not in df.columns]
+    if missing:
+        raise ValueError(
+            f"{path}: no column {missing[0]!r} required by task {task!r} (columns: {list(map(str, df.columns))})"
+        )
+    if df.empty:
+        raise ValueError(f"{path}: no rows")
+    rows = df.to_dict(orient="records")
+    return [{str(k): _native(v) for k, v in row.items()} for row in rows]
+
+
+def _native(value):
+    """Plain Python values: numpy scalars and arrays (Parquet list columns) as Python ones, NaN as None."""
+    if hasattr(value, "tolist"):
+        value = value.tolist()
+    if isinstance(value, float) and value != value:
+        return None
+    return value

@@ -1,23 +1,42 @@
-"""A task: its train / dev / test splits, the template that joins an instruction with an input, and
-the parsing of the task LLM's answer.
+"""A task: its train / dev / test splits, the template that joins an instruction with an input, the
+gold answer of a row and the parsing of the task LLM's answer.
 
-Splits are kept apart by construction: dev is carved from train by a seeded permutation and removed
-from it; test is read from its own file and only ever used for reporting.
+Splits are kept apart by construction: a split with no file of its own is carved from another by a
+seeded permutation and removed from it; duplicate rows inside one file are dropped before carving;
+and after loading, no row (keyed by its normalized input fields) may appear in two splits, or loading
+fails. Test is only ever used for reporting.
+
+Data comes from one of three sources (`task.source`):
+
+- `packaged`: JSONL files shipped in prewrite/tasks/data (`files`, relative to that folder);
+- `hub`: the Hugging Face hub through `datasets.load_dataset` (the task's `hub` block);
+- `file`: the user's own JSONL / CSV / Parquet rows with `instruction`, `input`, `output` and
+  optional `task` and `template` columns (conf/task/jsonl.yaml, `task.path=...`).
 """
 
 from __future__ import annotations
 
+import copy
+import logging
 import re
 import string
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-from prewrite.tasks.io import data_path, read_jsonl
+from prewrite.tasks import answers
+from prewrite.tasks.io import data_path, read_jsonl, read_rows
+
+log = logging.getLogger(__name__)
 
 SPLITS = ("train", "dev", "test")
+KINDS = ("classification", "qa", "math")
+SOURCES = ("packaged", "hub", "file")
+DEFAULT_METRIC = {"classification": "accuracy", "qa": "f1", "math": "math_verify"}
+USER_TEMPLATE = "{instruction}\n{input}"
 
 
 @dataclass
@@ -26,18 +45,45 @@ class Task:
     instruction: str  # the initial, under-optimized instruction t
     template: str  # e.g. "{instruction}\n\nSentence: {sentence}\nAnswer:"
     input_fields: list[str]
-    label_field: str
-    labels: dict[Any, str]  # gold value -> verbalizer the task LLM is expected to say
+    answer_field: str  # the column holding the gold answer
+    labels: dict[Any, str] | None  # classification: gold value -> verbalizer the task LLM must say
+    kind: str = "classification"  # one of KINDS
+    metric: str = "accuracy"  # the task's default metric (reported on dev, the sweep objective)
+    solution_field: str | None = None  # math: a worked solution whose last \boxed{} is the gold if answer_field is empty
     splits: dict[str, list[dict]] = field(default_factory=dict)
+
+    @property
+    def label_field(self) -> str:
+        """The former name of `answer_field`."""
+        return self.answer_field
 
     def prompt(self, instruction: str, row: Mapping) -> str:
         return self.template.format(instruction=instruction, **{k: row[k] for k in self.input_fields})
 
     def gold(self, row: Mapping) -> Any:
-        return row[self.label_field]
+        """classification: the label as in the data; qa: list of gold aliases; math: the final answer (str)."""
+        if self.kind == "classification":
+            return row[self.answer_field]
+        if self.kind == "qa":
+            value = row[self.answer_field]
+            if isinstance(value, str):
+                return [value]
+            return [str(v) for v in value]
+        gold = answers.final_answer(row.get(self.answer_field))
+        if gold is None and self.solution_field:
+            gold = answers.final_answer(answers.last_boxed(str(row.get(self.solution_field) or "")))
+        if gold is None:
+            raise ValueError(f"task {self.name!r}: no final answer in {self.answer_field!r} of row {dict(row)!r}")
+        return gold
 
     def parse(self, answer: str) -> Any | None:
-        """The label whose verbalizer appears first (as a whole word) in the answer; None if none does."""
+        """classification: the label whose verbalizer appears first (as a whole word), None if none does;
+        qa: the first non-empty line, stripped, without a trailing period (maybe "");
+        math: the last \\boxed{} content, else the last number, else None."""
+        if self.kind == "qa":
+            return answers.parse_short_answer(answer)
+        if self.kind == "math":
+            return answers.parse_math(answer)
         text = answer.lower()
         best = None
         for label, word in self.labels.items():
@@ -55,50 +101,280 @@ class Task:
         return [rows[i] for i in sorted(idx)]
 
 
-def _check_rows(rows: list[dict], path, task: str, fields: list[str], label_field: str, labels: Mapping) -> None:
-    for lineno, row in enumerate(rows, start=1):
-        for f in [*fields, label_field]:
-            if f not in row:
-                raise ValueError(f"{path}: row {lineno} has no field {f!r} required by task {task!r}")
-        if row[label_field] not in labels:
-            raise ValueError(
-                f"{path}: row {lineno}: label {row[label_field]!r} is not in the label set of task {task!r} "
-                f"({sorted(labels, key=str)})"
-            )
+# ---------------------------------------------------------------------------------------------------
+# loading
 
 
 def load_task(cfg: Mapping) -> Task:
     """Build a Task from its config (conf/task/*.yaml)."""
-    placeholders = {name for _, name, _, _ in string.Formatter().parse(cfg["template"]) if name}
+    cfg = _plain(cfg)
+    name = cfg.get("name", "?")
+    source = cfg.get("source", "packaged")
+    if source == "file":
+        return _load_user_rows(cfg)
+    if source == "packaged":
+        raw, origin = {}, {}
+        for split, rel in cfg["files"].items():
+            _check_split_name(name, split, "files")
+            origin[split] = data_path(rel)
+            raw[split] = read_jsonl(origin[split])
+        return _build(cfg, raw, origin)
+    if source == "hub":
+        hub = cfg.get("hub") or {}
+        cfg = {**cfg, **(hub.get("overrides") or {})}
+        raw, origin = _load_hub(name, hub)
+        return _build(cfg, raw, origin)
+    raise ValueError(f"task {name!r}: unknown source {source!r}; expected one of {list(SOURCES)}")
+
+
+def _plain(cfg: Mapping) -> dict:
+    try:
+        from omegaconf import DictConfig, OmegaConf
+
+        if isinstance(cfg, DictConfig):  # a missing mandatory value (???) raises, naming the key
+            return OmegaConf.to_container(cfg, resolve=True, throw_on_missing=True)
+    except ImportError:  # pragma: no cover
+        pass
+    return copy.deepcopy(dict(cfg))
+
+
+def _check_split_name(task: str, split: str, where: str) -> None:
+    if split not in SPLITS:
+        raise ValueError(f"task {task!r}: unknown split {split!r} in {where}; expected one of {SPLITS}")
+
+
+def _load_hub(task: str, hub: Mapping) -> tuple[dict[str, list[dict]], dict[str, str]]:
+    """Rows of each split from `datasets.load_dataset(path, name, split=...)`; a split given as a
+    mapping may name another dataset (`path`, `name`) and its own column renames."""
+    import datasets
+
+    if not hub.get("path") or not hub.get("splits"):
+        raise ValueError(f"task {task!r}: source=hub needs a hub block with `path` and `splits`")
+    raw, origin = {}, {}
+    for split, spec in hub["splits"].items():
+        _check_split_name(task, split, "hub.splits")
+        spec = {"split": spec} if isinstance(spec, str) else dict(spec)
+        path, name = spec.get("path", hub["path"]), spec.get("name", hub.get("name"))
+        columns = {**(hub.get("columns") or {}), **(spec.get("columns") or {})}
+        ds = datasets.load_dataset(path, name, split=spec["split"])
+        raw[split] = [{columns.get(k, k): v for k, v in dict(r).items()} for r in ds]
+        origin[split] = f"{path}" + (f"/{name}" if name else "") + f"[{spec['split']}]"
+    return raw, origin
+
+
+def _check_config(cfg: Mapping) -> None:
+    name = cfg["name"]
+    kind = cfg.get("kind")
+    if kind not in KINDS:
+        raise ValueError(f"task {name!r}: unknown kind {kind!r}; valid kinds are {list(KINDS)}")
+    placeholders = {n for _, n, _, _ in string.Formatter().parse(cfg["template"]) if n}
     expected = {"instruction", *cfg["input_fields"]}
     if placeholders != expected:
         raise ValueError(
-            f"task {cfg['name']!r}: template placeholders {sorted(placeholders)} must be exactly {sorted(expected)}"
+            f"task {name!r}: template placeholders {sorted(placeholders)} must be exactly {sorted(expected)}"
         )
-    labels = dict(cfg["labels"])
-    raw: dict[str, list[dict]] = {}
-    for split, rel in cfg["files"].items():
-        if split not in SPLITS:
-            raise ValueError(f"task {cfg['name']!r}: unknown split {split!r} in files; expected one of {SPLITS}")
-        path = data_path(rel)
-        raw[split] = read_jsonl(path)
-        _check_rows(raw[split], path, cfg["name"], list(cfg["input_fields"]), cfg["label_field"], labels)
+    if kind == "classification" and not cfg.get("labels"):
+        raise ValueError(f"task {name!r}: a classification task needs `labels` (gold value -> verbalizer)")
+    if kind != "classification" and cfg.get("labels"):
+        raise ValueError(f"task {name!r}: `labels` are for classification tasks only (kind is {kind!r})")
 
-    if "dev" not in raw:
-        dev_size = cfg["dev_size"]
-        if not 0 < dev_size < len(raw["train"]):
-            raise ValueError(f"task {cfg['name']!r}: dev_size={dev_size} must be in (0, {len(raw['train'])})")
-        perm = np.random.default_rng(cfg["split_seed"]).permutation(len(raw["train"]))
-        dev_idx = set(perm[:dev_size].tolist())
-        raw["dev"] = [r for i, r in enumerate(raw["train"]) if i in dev_idx]
-        raw["train"] = [r for i, r in enumerate(raw["train"]) if i not in dev_idx]
 
-    return Task(
-        name=cfg["name"],
+def _build(cfg: Mapping, raw: dict[str, list[dict]], origin: Mapping[str, Any]) -> Task:
+    """Check the rows, drop duplicates, carve the missing splits and check that they are disjoint."""
+    _check_config(cfg)
+    name = cfg["name"]
+    task = Task(
+        name=name,
         instruction=cfg["instruction"],
         template=cfg["template"],
         input_fields=list(cfg["input_fields"]),
-        label_field=cfg["label_field"],
-        labels=labels,
-        splits=raw,
+        answer_field=cfg["answer_field"],
+        labels=dict(cfg["labels"]) if cfg["kind"] == "classification" else None,
+        kind=cfg["kind"],
+        metric=cfg.get("metric") or DEFAULT_METRIC[cfg["kind"]],
+        solution_field=cfg.get("solution_field"),
     )
+    for split, rows in raw.items():
+        _check_rows(task, rows, origin[split])
+        raw[split] = _drop_duplicates(task, rows, origin[split])
+    task.splits = _carve(task, raw, cfg)
+    _check_disjoint(task)
+    return task
+
+
+def _check_rows(task: Task, rows: list[dict], path, lines: Sequence | None = None) -> None:
+    """Every row has the input fields and a gold that can be read (in the label set for classification)."""
+    for i, row in enumerate(rows):
+        where = f"row {i + 1}" if lines is None else lines[i]
+        needed = [*task.input_fields]
+        if not (task.kind == "math" and task.solution_field and task.solution_field in row):
+            needed.append(task.answer_field)
+        for f in needed:
+            if f not in row:
+                raise ValueError(f"{path}: {where} has no field {f!r} required by task {task.name!r}")
+        if task.kind == "classification":
+            if row[task.answer_field] not in task.labels:
+                raise ValueError(
+                    f"{path}: {where}: label {row[task.answer_field]!r} is not in the label set of task "
+                    f"{task.name!r} ({sorted(task.labels, key=str)})"
+                )
+        elif task.kind == "qa":
+            value = row[task.answer_field]
+            ok = (isinstance(value, str) and value.strip()) or (
+                isinstance(value, list) and value and all(isinstance(v, str | int | float) for v in value)
+            )
+            if not ok:
+                raise ValueError(f"{path}: {where}: gold {value!r} is not a non-empty answer or list of answers")
+        else:
+            try:
+                task.gold(row)
+            except ValueError:
+                raise ValueError(f"{path}: {where}: no final answer in {task.answer_field!r}") from None
+
+
+def row_key(task: Task, row: Mapping) -> tuple[str, ...]:
+    """A row's content key: its input fields, whitespace-collapsed and lower-cased."""
+    return tuple(" ".join(str(row[f]).split()).lower() for f in task.input_fields)
+
+
+def _drop_duplicates(task: Task, rows: list[dict], path) -> list[dict]:
+    seen, kept = set(), []
+    for row in rows:
+        k = row_key(task, row)
+        if k not in seen:
+            seen.add(k)
+            kept.append(row)
+    if len(kept) < len(rows):
+        log.info("%s: dropped %d duplicate rows (same input as an earlier row)", path, len(rows) - len(kept))
+    return kept
+
+
+def _carve(task: Task, raw: dict[str, list[dict]], cfg: Mapping) -> dict[str, list[dict]]:
+    """The splits that have no rows of their own, carved (seeded by split_seed) out of another split:
+    with no train, train (train_size) and dev (dev_size) come out of test; with no test (the user's
+    file), test (test_size) comes out of train; with no dev, dev (dev_size) comes out of train."""
+    splits = dict(raw)
+    seed = cfg.get("split_seed", 0)
+    if "test" not in splits and "train" not in splits:
+        raise ValueError(f"task {task.name!r}: needs a train or a test split")
+    if "train" not in splits:  # e.g. MATH-500: train and dev carved out of the one benchmark file
+        sizes = [("dev", _size(task, cfg, "dev_size"))] if "dev" not in splits else []
+        sizes.append(("train", _size(task, cfg, "train_size")))
+        carved, splits["test"] = _take(task, splits["test"], sizes, seed, "test")
+        splits.update(carved)
+    sizes = []
+    if "test" not in splits:
+        sizes.append(("test", _size(task, cfg, "test_size")))
+    if "dev" not in splits:
+        sizes.append(("dev", _size(task, cfg, "dev_size")))
+    if sizes:
+        carved, splits["train"] = _take(task, splits["train"], sizes, seed, "train")
+        splits.update(carved)
+    return {s: splits[s] for s in SPLITS}
+
+
+def _size(task: Task, cfg: Mapping, key: str) -> int:
+    n = cfg.get(key)
+    if not isinstance(n, int) or isinstance(n, bool) or n <= 0:
+        raise ValueError(f"task {task.name!r}: {key} must be a positive integer (got {n!r})")
+    return n
+
+
+def _take(task: Task, rows: list[dict], sizes: list[tuple[str, int]], seed: int, source: str):
+    total = sum(n for _, n in sizes)
+    if total >= len(rows):
+        wanted = ", ".join(f"{s}={n}" for s, n in sizes)
+        raise ValueError(
+            f"task {task.name!r}: carving {wanted} out of {source} ({len(rows)} rows) must leave at least one "
+            f"{source} row"
+        )
+    perm = np.random.default_rng(seed).permutation(len(rows))
+    carved, start = {}, 0
+    for split, n in sizes:
+        carved[split] = [rows[i] for i in sorted(perm[start : start + n].tolist())]
+        start += n
+    rest = [rows[i] for i in sorted(perm[start:].tolist())]
+    return carved, rest
+
+
+def _check_disjoint(task: Task) -> None:
+    keys = {s: {row_key(task, r) for r in task.splits[s]} for s in SPLITS}
+    for a, b in (("train", "dev"), ("train", "test"), ("dev", "test")):
+        shared = keys[a] & keys[b]
+        if shared:
+            example = " | ".join(sorted(shared)[0])
+            raise ValueError(
+                f"task {task.name!r}: {len(shared)} row(s) appear in both {a} and {b}, e.g. {example[:120]!r}; "
+                "splits must be disjoint"
+            )
+
+
+# ---------------------------------------------------------------------------------------------------
+# the user's own rows: instruction / input / output [/ task / template]
+
+
+def _load_user_rows(cfg: dict) -> Task:
+    name = cfg.get("name", "jsonl")
+    if cfg.get("path") in (None, "", "???"):
+        raise ValueError(f"task {name!r}: task.path is required (task=jsonl task.path=FILE.jsonl|.csv|.parquet)")
+    required = ["input", "output"] + (["instruction"] if cfg.get("instruction") is None else [])
+    raw, origin, lines = {}, {}, {}
+    for split, key in (("train", "path"), ("dev", "dev_path"), ("test", "test_path")):
+        if cfg.get(key) is None:
+            continue
+        path = Path(cfg[key]).expanduser()
+        if path.suffix.lower() in (".jsonl", ".json"):
+            linenos: list[int] = []
+            rows = read_jsonl(path, linenos=linenos)
+            lines[split] = [f"line {n}" for n in linenos]
+        else:
+            rows = read_rows(path, required=required, task=name)
+            offset = 2 if path.suffix.lower() == ".csv" else 1  # CSV: line 1 is the header
+            lines[split] = [f"{'line' if offset == 2 else 'row'} {i + offset}" for i in range(len(rows))]
+        for row, where in zip(rows, lines[split], strict=True):
+            for f in required:
+                if f not in row:
+                    raise ValueError(f"{path}: {where} has no field {f!r} required by task {name!r}")
+        raw[split], origin[split] = rows, path
+
+    def uniform(column: str, default, what: str, hint: str):
+        first = None
+        for split in raw:
+            for row, where in zip(raw[split], lines[split], strict=True):
+                value = row.get(column)
+                value = default if value is None or value == "" else value
+                if first is None:
+                    first = (value, origin[split], where)
+                elif value != first[0]:
+                    raise ValueError(
+                        f"{origin[split]}: {where}: {what} {value!r} differs from {first[0]!r} "
+                        f"({first[1]}: {first[2]}); every row must have the same {what}{hint}"
+                    )
+        return first[0]
+
+    instruction = cfg.get("instruction")
+    if instruction is None:
+        instruction = uniform("instruction", None, "instruction", ", or set task.instruction=...")
+    kind = cfg.get("kind") or uniform("task", "qa", "task", ", or set task.kind=...")
+    template = cfg.get("template") or uniform("template", USER_TEMPLATE, "template", ", or set task.template=...")
+    labels = None
+    if kind == "classification":
+        labels = {v: str(v) for v in sorted({r["output"] for r in raw["train"]}, key=str)}
+    built = {
+        **cfg,
+        "name": name,
+        "kind": kind,
+        "instruction": instruction,
+        "template": template,
+        "input_fields": ["input"],
+        "answer_field": "output",
+        "labels": labels,
+    }
+    _check_config(built)
+    if built.get("metric") and built["metric"] != DEFAULT_METRIC[kind]:
+        log.warning("task %r: %s rows scored with metric %r (usual: %r)", name, kind, built["metric"], DEFAULT_METRIC[kind])
+    # row checks name the file line (JSONL, CSV) or row (Parquet)
+    probe = Task(name, instruction, template, ["input"], "output", labels, kind=kind)
+    for split in raw:
+        _check_rows(probe, raw[split], origin[split], lines[split])
+    return _build(built, raw, origin)
