@@ -102,7 +102,9 @@ def test_a_row_in_two_splits_is_an_error(tmp_path):
 
 
 def test_unknown_kind_names_the_valid_kinds():
-    with pytest.raises(ValueError, match=r"unknown kind 'regression'; valid kinds are \['classification', 'qa', 'math'\]"):
+    with pytest.raises(
+        ValueError, match=r"unknown kind 'regression'; valid kinds are \['classification', 'qa', 'math'\]"
+    ):
         load_task(sst2_cfg(kind="regression"))
 
 

@@ -49,7 +49,8 @@ class Task:
     labels: dict[Any, str] | None  # classification: gold value -> verbalizer the task LLM must say
     kind: str = "classification"  # one of KINDS
     metric: str = "accuracy"  # the task's default metric (reported on dev, the sweep objective)
-    solution_field: str | None = None  # math: a worked solution whose last \boxed{} is the gold if answer_field is empty
+    # math: a worked solution whose last \boxed{} is the gold where answer_field is empty
+    solution_field: str | None = None
     splits: dict[str, list[dict]] = field(default_factory=dict)
 
     @property
@@ -372,7 +373,9 @@ def _load_user_rows(cfg: dict) -> Task:
     }
     _check_config(built)
     if built.get("metric") and built["metric"] != DEFAULT_METRIC[kind]:
-        log.warning("task %r: %s rows scored with metric %r (usual: %r)", name, kind, built["metric"], DEFAULT_METRIC[kind])
+        log.warning(
+            "task %r: %s rows scored with metric %r (usual: %r)", name, kind, built["metric"], DEFAULT_METRIC[kind]
+        )
     # row checks name the file line (JSONL, CSV) or row (Parquet)
     probe = Task(name, instruction, template, ["input"], "output", labels, kind=kind)
     for split in raw:
