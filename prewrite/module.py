@@ -51,7 +51,6 @@ class PRewriteModule(L.LightningModule):
         self.prompt_ids = [rollout_hf.rewriter_prompt(self.tokenizer, meta_prompt, task.instruction)]
         # Dev rows are a fixed seeded subset, the same at every evaluation, so dev curves are comparable.
         self.dev_rows = task.sample("dev", dev_examples, seed=[seed, 1 << 30])
-        self.metric_names = [f.__name__ for f, _ in scorer.weighted]
         self.rewrite_rows: list[dict[str, Any]] = []  # the rewrites table (see callbacks.RewritesTable)
         self.rollout_step = 0  # rollout steps done; Lightning's global_step counts optimizer steps
 
@@ -140,7 +139,9 @@ class PRewriteModule(L.LightningModule):
         metrics = {
             "train/reward": valid.mean() if len(valid) else torch.tensor(float("nan")),
             "train/reward_std": valid.std() if len(valid) > 1 else torch.tensor(0.0),
-            "train/reward_none": float(len(rewards) - len(valid)),
+            "train/reward_none": float(len(rewards) - len(valid)),  # rewrites with no computable reward
+            "train/metric_none": float(scores.none_values),  # per-example metric values left out
+            "train/empty_rewrites": float(sum(not t for t in rollout.texts)),
             "train/loss": loss.detach(),
             "train/completion_length": rollout.completion_mask.sum(1).float().mean(),
             "train/truncated_fraction": rollout.truncated.float().mean(),

@@ -51,7 +51,7 @@ def train(cfg: DictConfig) -> float:
     L.seed_everything(cfg.seed, workers=True)
     task = load_task(cfg.task)
     backend = instantiate(cfg.task_backend)
-    scorer = RewriteScorer(task, backend, cfg.reward.reward_funcs, cfg.reward.reward_weights)
+    scorer = RewriteScorer(task, backend, cfg.reward.reward_funcs, cfg.reward.reward_weights, report=[cfg.task.metric])
     module = PRewriteModule(
         task=task,
         scorer=scorer,

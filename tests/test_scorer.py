@@ -1,7 +1,5 @@
 """Scoring rewrites with the real embedded task model on a few SST-2 rows."""
 
-import math
-
 import pytest
 from omegaconf import OmegaConf
 
@@ -65,11 +63,47 @@ def test_a_reward_that_cannot_be_computed_is_none_not_zero(task, backend):
     assert scores.rewards == [None]
 
 
+def test_weight_zero_costs_no_task_llm_calls(task, backend):
+    rows = task.splits["test"][:4]
+    before = backend.num_calls
+    RewriteScorer(task, backend, ["accuracy", "perplexity"], [1.0, 0.0])(["Classify the sentiment."], rows)
+    assert backend.num_calls - before == 4  # generation only; the log-likelihood pass never ran
+    before = backend.num_calls
+    scores = RewriteScorer(task, backend, ["perplexity"], [1.0])(["Say positive or negative."], rows)
+    assert backend.num_calls - before == 4  # log-likelihood only: nothing generated
+    assert scores.answers == [[""] * 4]
+    assert 0.0 < scores.rewards[0] <= 1.0
+
+
+def test_reported_metric_is_computed_but_not_rewarded(task, backend):
+    rows = task.splits["test"][:4]
+    scores = RewriteScorer(task, backend, ["f1"], [1.0], report=["accuracy"])(["Classify the sentiment."], rows)
+    assert set(scores.metrics) == {"f1", "accuracy"}
+    assert scores.rewards == scores.metrics["f1"]
+
+
+def test_loglikelihood_matches_an_unbatched_forward_pass(task):
+    import torch
+
+    backend = HFBackend("embedded:smollm2-135m-instruct", dtype="float32")  # fp32: exact comparison
+    rows = task.splits["test"][:3]
+    prompts = [task.prompt(i, r) for i, r in zip(["Classify.", "Is it good or bad?", "x"], rows, strict=True)]
+    conts = ["positive", "negative", "not sure at all"]  # different lengths: padding on both sides
+    got = backend.loglikelihood(prompts, conts)
+    for p, c, g in zip(prompts, conts, got, strict=True):
+        ctx = backend._encode([p])[0]
+        tgt = backend.tokenizer(c, add_special_tokens=False)["input_ids"]
+        with torch.no_grad():
+            logps = backend.model(input_ids=torch.tensor([ctx + tgt])).logits[0, :-1].log_softmax(-1)
+        want = logps[len(ctx) - 1 :].gather(-1, torch.tensor(tgt).unsqueeze(-1)).mean().item()
+        assert g == pytest.approx(want, abs=1e-4)
+
+
 def test_bad_reward_config_is_explained(task, backend):
     with pytest.raises(ValueError, match="Unknown reward function 'nope'"):
-        resolve_reward_func("nope")
+        resolve_reward_func("nope", task)
     with pytest.raises(ValueError, match="reward_weights has 1 entries but reward_funcs has 2"):
         RewriteScorer(task, backend, ["accuracy", "accuracy"], [1.0])
     with pytest.raises(ValueError, match="every reward weight is 0"):
         RewriteScorer(task, backend, ["accuracy"], [0.0])
-    assert not math.isnan(RewriteScorer(task, backend, ["accuracy"], None).weighted[0][1])
+    assert RewriteScorer(task, backend, ["accuracy"], None).weighted[0][2] == 1.0

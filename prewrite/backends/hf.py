@@ -57,3 +57,30 @@ class HFBackend:
             answers.update({unique[i]: t for i, t in zip(idx, texts, strict=True)})
         self.num_calls += len(unique)
         return [answers[p] for p in prompts]
+
+    @torch.inference_mode()
+    def loglikelihood(self, prompts: list[str], continuations: list[str]) -> list[float | None]:
+        """Mean log-probability per token of each continuation as the assistant's reply to its
+        prompt (None for an empty continuation). One forward pass per batch, no generation."""
+        pairs = list(dict.fromkeys(zip(prompts, continuations, strict=True)))
+        contexts = self._encode([p for p, _ in pairs])
+        targets = [self.tokenizer(c, add_special_tokens=False)["input_ids"] for _, c in pairs]
+        order = sorted(range(len(pairs)), key=lambda i: len(contexts[i]) + len(targets[i]))
+        result: dict[tuple[str, str], float | None] = {}
+        for start in range(0, len(order), self.batch_size):
+            idx = order[start : start + self.batch_size]
+            seqs = [contexts[i] + targets[i] for i in idx]
+            batch = self.tokenizer.pad({"input_ids": seqs}, return_tensors="pt").to(self.device)
+            # Left padding puts every continuation at the end: only the last k positions need logits.
+            k = max(len(targets[i]) for i in idx) + 1
+            logps = self.model(**batch, logits_to_keep=k).logits[:, :-1].float().log_softmax(-1)
+            for row, i in enumerate(idx):
+                n = len(targets[i])
+                if n == 0:
+                    result[pairs[i]] = None
+                    continue
+                # logps[:, j] predicts the token at position width - k + 1 + j; the target is the last n
+                tok = batch["input_ids"][row, -n:]
+                result[pairs[i]] = logps[row, -n:].gather(-1, tok.unsqueeze(-1)).mean().item()
+        self.num_calls += len(pairs)
+        return [result[p] for p in zip(prompts, continuations, strict=True)]

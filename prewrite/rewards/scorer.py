@@ -1,4 +1,8 @@
-"""Scoring rewrites: one task-LLM pass over (rewrite x shared examples) feeds every metric."""
+"""Scoring rewrites: one task-LLM pass over (rewrite x shared examples) feeds every metric.
+
+Generation runs only if a metric with non-zero weight (or a reported metric) reads generated
+answers; the log-likelihood pass only if one reads log-likelihoods. Weight-0 metrics are never run.
+"""
 
 from __future__ import annotations
 
@@ -14,9 +18,10 @@ from prewrite.tasks import Task
 RewardFunc = Callable[..., list]
 
 
-def resolve_reward_func(name: str) -> RewardFunc:
-    """A metric of prewrite.rewards.metrics by name, or any function by dotted path (a TRL reward)."""
-    func = getattr(metrics, name, None)
+def resolve_reward_func(name: str, task: Task) -> RewardFunc:
+    """A metric of prewrite.rewards.metrics by name (chosen per task kind where the name means
+    different things, e.g. f1), or any function by dotted path (a TRL-style reward)."""
+    func = metrics.BY_KIND.get((name, task.kind)) or getattr(metrics, name, None)
     if callable(func):
         return func
     try:
@@ -30,9 +35,10 @@ def resolve_reward_func(name: str) -> RewardFunc:
 
 @dataclass
 class Scores:
-    rewards: list[float | None]  # one per rewrite; None where no metric could be computed
-    metrics: dict[str, list[float | None]]  # metric name -> per-rewrite mean over the examples
-    answers: list[list[str]]  # task-LLM answers, [rewrite][example]
+    rewards: list[float | None]  # one per rewrite; None where a weighted metric could not be computed
+    metrics: dict[str, list[float | None]]  # metric name -> per-rewrite value (mean over the examples)
+    answers: list[list[str]]  # task-LLM answers, [rewrite][example] ("" when nothing was generated)
+    none_values: int  # per-example metric values that could not be computed (left out of the means)
 
 
 def _mean(values: Sequence[float | None]) -> float | None:
@@ -40,8 +46,22 @@ def _mean(values: Sequence[float | None]) -> float | None:
     return sum(valid) / len(valid) if valid else None
 
 
+def _gold_text(task: Task, gold) -> str:
+    """The text whose likelihood the perplexity metric scores."""
+    if task.kind == "classification":
+        return task.labels[gold]
+    return str(gold[0]) if isinstance(gold, list | tuple) else str(gold)
+
+
 class RewriteScorer:
-    def __init__(self, task: Task, backend, reward_funcs: Sequence[str], reward_weights: Sequence[float] | None):
+    def __init__(
+        self,
+        task: Task,
+        backend,
+        reward_funcs: Sequence[str],
+        reward_weights: Sequence[float] | None,
+        report: Sequence[str] = (),
+    ):
         weights = list(reward_weights) if reward_weights is not None else [1.0] * len(reward_funcs)
         if len(weights) != len(reward_funcs):
             raise ValueError(
@@ -51,21 +71,50 @@ class RewriteScorer:
         self.task = task
         self.backend = backend
         # A weight-0 function is never computed.
-        self.weighted = [(resolve_reward_func(n), w) for n, w in zip(reward_funcs, weights, strict=True) if w != 0]
+        self.weighted = [
+            (_short(n), resolve_reward_func(n, task), w) for n, w in zip(reward_funcs, weights, strict=True) if w
+        ]
         if not self.weighted:
             raise ValueError(f"every reward weight is 0 ({list(reward_funcs)}, {weights}): nothing to optimize")
+        names = {n for n, _, _ in self.weighted}
+        # Reported metrics (e.g. the task's own metric on dev) are computed but never weighted.
+        self.reported = [(_short(n), resolve_reward_func(n, task)) for n in report if _short(n) not in names]
+
+    @property
+    def metric_names(self) -> list[str]:
+        return [n for n, _, _ in self.weighted] + [n for n, _ in self.reported]
 
     def __call__(self, rewrites: Sequence[str], rows: Sequence[dict]) -> Scores:
-        n = len(rows)
+        n, funcs = len(rows), [(n_, f) for n_, f, _ in self.weighted] + self.reported
+        needs = {getattr(f, "needs", "generation") for _, f in funcs}
         prompts = [self.task.prompt(rw, row) for rw in rewrites for row in rows]
-        answers = self.backend.generate(prompts)
+        gold = [self.task.gold(row) for row in rows] * len(rewrites)
         columns = {k: [row[k] for row in rows] * len(rewrites) for k in rows[0]}
+        answers = self.backend.generate(prompts) if "generation" in needs else [""] * len(prompts)
+        if "loglikelihood" in needs:
+            columns["loglikelihoods"] = self.backend.loglikelihood(prompts, [_gold_text(self.task, g) for g in gold])
+
         per_metric: dict[str, list[float | None]] = {}
-        for func, _ in self.weighted:
-            values = func(prompts=prompts, completions=answers, task=self.task, **columns)
-            per_metric[func.__name__] = [_mean(values[i * n : (i + 1) * n]) for i in range(len(rewrites))]
+        none_values = 0
+        for name, func in funcs:
+            kwargs = dict(prompts=prompts, completions=answers, task=self.task, gold=gold, **columns)
+            if getattr(func, "per_rewrite", False):
+                per_metric[name] = [
+                    func(**{k: v[i * n : (i + 1) * n] if isinstance(v, list) else v for k, v in kwargs.items()})[0]
+                    for i in range(len(rewrites))
+                ]
+                continue
+            values = func(**kwargs)
+            none_values += sum(v is None for v in values)
+            per_metric[name] = [_mean(values[i * n : (i + 1) * n]) for i in range(len(rewrites))]
+
         rewards: list[float | None] = []
         for i in range(len(rewrites)):
-            parts = [(per_metric[f.__name__][i], w) for f, w in self.weighted]
+            parts = [(per_metric[name][i], w) for name, _, w in self.weighted]
             rewards.append(None if any(v is None for v, _ in parts) else sum(v * w for v, w in parts))
-        return Scores(rewards, per_metric, [answers[i * n : (i + 1) * n] for i in range(len(rewrites))])
+        return Scores(rewards, per_metric, [answers[i * n : (i + 1) * n] for i in range(len(rewrites))], none_values)
+
+
+def _short(name: str) -> str:
+    """Metric name for logs: a dotted path's last part."""
+    return name.rsplit(".", 1)[-1]
