@@ -95,11 +95,27 @@ def test_macro_f1_over_the_sample():
     # reward=f1 on a classification task resolves to macro-F1
     from prewrite.rewards import resolve_reward_func
 
-    assert resolve_reward_func("f1", t) is metrics.macro_f1
-    assert resolve_reward_func("f1", task("nq_open")) is metrics.f1
+    assert resolve_reward_func("f1", t) == ("f1", metrics.macro_f1)
+    assert resolve_reward_func("f1", task("nq_open")) == ("f1", metrics.f1)
 
 
 def test_perplexity_turns_mean_logprob_into_inverse_perplexity():
     t = task("sst2")
     got = metrics.perplexity(prompts=[], completions=[], task=t, gold=[], loglikelihoods=[0.0, -1.0, None])
     assert got == [1.0, pytest.approx(0.36787944), None]
+
+
+def test_template_penalises_a_rewrite_that_drops_a_required_placeholder():
+    from tests.test_tasks import sst2_cfg
+
+    t = load_task(sst2_cfg(instruction="Positive or negative? {sentence}", template="{instruction}\nAnswer:"))
+    assert t.required_placeholders == ["{sentence}"]
+    row = t.splits["test"][0]
+    assert t.prompt("Review: {sentence} -- positive or negative?", row) == (
+        f"Review: {row['sentence']} -- positive or negative?\nAnswer:"
+    )
+    assert t.prompt("odd {braces} stay {0}", row) == "odd {braces} stay {0}\nAnswer:"
+    got = metrics.template(prompts=[], completions=[], task=t, rewrite=["Judge {sentence}", "Judge it"])
+    assert got == [0.0, -1.0]
+    # an instruction without placeholders requires none
+    assert metrics.template(prompts=[], completions=[], task=task("sst2"), rewrite=["anything"]) == [0.0]

@@ -99,6 +99,24 @@ def test_loglikelihood_matches_an_unbatched_forward_pass(task):
         assert g == pytest.approx(want, abs=1e-4)
 
 
+def scaled_accuracy(prompts, completions, task, gold, factor, **columns):
+    return [factor * float(task.parse(c) == g) for c, g in zip(completions, gold, strict=True)]
+
+
+def test_a_trl_style_reward_plugs_in_through_target(task, backend):
+    entry = {"_target_": f"{__name__}.scaled_accuracy", "_partial_": True, "factor": 2.0, "name": "double"}
+    rows = task.splits["test"][:4]
+    scores = RewriteScorer(task, backend, [entry, "accuracy"], [1.0, 1.0])(["Classify the sentiment."], rows)
+    assert scores.metrics["double"] == [2 * scores.metrics["accuracy"][0]]
+
+
+def test_an_empty_rewrite_is_scored_as_written(task, backend):
+    # The stated rule: an empty rewrite is scored as an empty instruction (the input alone).
+    rows = task.splits["test"][:2]
+    scores = RewriteScorer(task, backend, ["accuracy"], [1.0])(["", "Classify the sentiment."], rows)
+    assert scores.rewards[0] is not None and len(scores.answers[0]) == 2
+
+
 def test_bad_reward_config_is_explained(task, backend):
     with pytest.raises(ValueError, match="Unknown reward function 'nope'"):
         resolve_reward_func("nope", task)

@@ -118,8 +118,8 @@ def test_dev_size_must_leave_training_rows():
         load_task(sst2_cfg(dev_size=5000))
 
 
-def test_answer_field_replaces_label_field():
+def test_sst2_reads_its_gold_from_answer_field():
     task = load_task(sst2_cfg())
-    assert task.answer_field == "label" and task.label_field == "label"
+    assert task.answer_field == "label"
     assert task.kind == "classification" and task.metric == "accuracy"
     assert task.gold(task.splits["test"][0]) == task.splits["test"][0]["label"]

@@ -1,8 +1,8 @@
 """Metrics with TRL's reward-function calling convention.
 
 `prompts` are the task prompts, `completions` the task LLM's answers (one per rewrite x example), and
-keyword arguments carry the dataset columns of the examples plus `task` and `gold` (the task's gold
-answer per example). Each returns one float per completion, or None where the value cannot be
+keyword arguments carry the dataset columns of the examples plus `task`, `gold` (the task's gold
+answer per example) and `rewrite` (the rewritten instruction the answer was given under). Each returns one float per completion, or None where the value cannot be
 computed (left out of the mean and counted, never a silent 0). A wrong or unparseable answer is a
 computable 0.0.
 
@@ -85,8 +85,16 @@ def exact_match(prompts, completions, task: Task, gold, **columns) -> list[float
 
 
 def math_verify(prompts, completions, task: Task, gold, **columns) -> list[float | None]:
-    """1.0 where the extracted answer is mathematically equal to the gold (math-verify)."""
-    return [math_equal(task.parse(c), str(g)) for c, g in zip(completions, gold, strict=True)]
+    """1.0 where the extracted answer is mathematically equal to the gold (math-verify; for QA, to
+    any alias). Labels have no mathematical form: on classification this is exact_match."""
+    if task.kind == "classification":
+        return exact_match(prompts, completions, task, gold, **columns)
+    out = []
+    for c, g in zip(completions, gold, strict=True):
+        pred = task.parse(c)
+        values = [v for v in (math_equal(pred, a) for a in _aliases(g)) if v is not None]
+        out.append(max(values) if values else None)
+    return out
 
 
 def accuracy(prompts, completions, task: Task, gold, **columns) -> list[float | None]:
@@ -132,3 +140,10 @@ def perplexity(prompts, completions, task: Task, gold, loglikelihoods, **columns
 
 
 perplexity.needs = "loglikelihood"
+
+
+def template(prompts, completions, task: Task, rewrite, **columns) -> list[float | None]:
+    """-1 where the rewrite dropped an input placeholder (`{question}`...) that the initial instruction
+    carried, else 0: a penalty to add to a task metric (conf/reward/template.yaml)."""
+    required = task.required_placeholders
+    return [-1.0 if any(p not in rw for p in required) else 0.0 for rw in rewrite]

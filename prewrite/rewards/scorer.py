@@ -7,10 +7,10 @@ answers; the log-likelihood pass only if one reads log-likelihoods. Weight-0 met
 from __future__ import annotations
 
 import math
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 
-from hydra.utils import get_method
+from hydra.utils import get_method, instantiate
 
 from prewrite.rewards import metrics
 from prewrite.tasks import Task
@@ -18,17 +18,26 @@ from prewrite.tasks import Task
 RewardFunc = Callable[..., list]
 
 
-def resolve_reward_func(name: str, task: Task) -> RewardFunc:
-    """A metric of prewrite.rewards.metrics by name (chosen per task kind where the name means
-    different things, e.g. f1), or any function by dotted path (a TRL-style reward)."""
-    func = metrics.BY_KIND.get((name, task.kind)) or getattr(metrics, name, None)
+def resolve_reward_func(spec: str | Mapping, task: Task) -> tuple[str, RewardFunc]:
+    """(name for logs, function) of one `reward_funcs` entry: a metric of prewrite.rewards.metrics by
+    name (chosen per task kind where a name means different things, e.g. f1), a dotted path to a
+    TRL-style reward function, or a mapping with `_target_` that Hydra instantiates into one (a
+    factory, or `_partial_: true` to bind arguments); its `name` key, if any, names it in the logs."""
+    if isinstance(spec, Mapping):
+        spec = dict(spec)
+        name = spec.pop("name", None) or str(spec.get("_target_", "?")).rsplit(".", 1)[-1]
+        func = instantiate(spec)
+        if not callable(func):
+            raise ValueError(f"reward_funcs entry {spec} instantiated to {type(func).__name__}, not a function")
+        return name, func
+    func = metrics.BY_KIND.get((spec, task.kind)) or getattr(metrics, spec, None)
     if callable(func):
-        return func
+        return spec, func
     try:
-        return get_method(name)
+        return spec.rsplit(".", 1)[-1], get_method(spec)
     except Exception as e:
         raise ValueError(
-            f"Unknown reward function {name!r}: not a metric in prewrite.rewards.metrics and not an importable "
+            f"Unknown reward function {spec!r}: not a metric in prewrite.rewards.metrics and not an importable "
             f"dotted path ({e})"
         ) from None
 
@@ -71,14 +80,12 @@ class RewriteScorer:
         self.task = task
         self.backend = backend
         # A weight-0 function is never computed.
-        self.weighted = [
-            (_short(n), resolve_reward_func(n, task), w) for n, w in zip(reward_funcs, weights, strict=True) if w
-        ]
+        self.weighted = [(*resolve_reward_func(f, task), w) for f, w in zip(reward_funcs, weights, strict=True) if w]
         if not self.weighted:
             raise ValueError(f"every reward weight is 0 ({list(reward_funcs)}, {weights}): nothing to optimize")
         names = {n for n, _, _ in self.weighted}
         # Reported metrics (e.g. the task's own metric on dev) are computed but never weighted.
-        self.reported = [(_short(n), resolve_reward_func(n, task)) for n in report if _short(n) not in names]
+        self.reported = [r for r in (resolve_reward_func(f, task) for f in report) if r[0] not in names]
 
     @property
     def metric_names(self) -> list[str]:
@@ -89,6 +96,7 @@ class RewriteScorer:
         needs = {getattr(f, "needs", "generation") for _, f in funcs}
         prompts = [self.task.prompt(rw, row) for rw in rewrites for row in rows]
         gold = [self.task.gold(row) for row in rows] * len(rewrites)
+        rewrite = [rw for rw in rewrites for _ in rows]
         columns = {k: [row[k] for row in rows] * len(rewrites) for k in rows[0]}
         answers = self.backend.generate(prompts) if "generation" in needs else [""] * len(prompts)
         if "loglikelihood" in needs:
@@ -97,7 +105,7 @@ class RewriteScorer:
         per_metric: dict[str, list[float | None]] = {}
         none_values = 0
         for name, func in funcs:
-            kwargs = dict(prompts=prompts, completions=answers, task=self.task, gold=gold, **columns)
+            kwargs = dict(prompts=prompts, completions=answers, task=self.task, gold=gold, rewrite=rewrite, **columns)
             if getattr(func, "per_rewrite", False):
                 per_metric[name] = [
                     func(**{k: v[i * n : (i + 1) * n] if isinstance(v, list) else v for k, v in kwargs.items()})[0]
@@ -113,8 +121,3 @@ class RewriteScorer:
             parts = [(per_metric[name][i], w) for name, _, w in self.weighted]
             rewards.append(None if any(v is None for v, _ in parts) else sum(v * w for v, w in parts))
         return Scores(rewards, per_metric, [answers[i * n : (i + 1) * n] for i in range(len(rewrites))], none_values)
-
-
-def _short(name: str) -> str:
-    """Metric name for logs: a dotted path's last part."""
-    return name.rsplit(".", 1)[-1]

@@ -54,12 +54,18 @@ class Task:
     splits: dict[str, list[dict]] = field(default_factory=dict)
 
     @property
-    def label_field(self) -> str:
-        """The former name of `answer_field`."""
-        return self.answer_field
+    def required_placeholders(self) -> list[str]:
+        """Input placeholders (`{field}`) that the initial instruction carries: a rewrite must keep them
+        (the instruction is then a template of its own; see the `template` reward)."""
+        return [f"{{{f}}}" for f in self.input_fields if f"{{{f}}}" in self.instruction]
 
     def prompt(self, instruction: str, row: Mapping) -> str:
-        return self.template.format(instruction=instruction, **{k: row[k] for k in self.input_fields})
+        fields = {k: row[k] for k in self.input_fields}
+        # Fill the placeholders an instruction carries; plain replacement, since a generated rewrite may
+        # hold any other braces, which str.format would choke on.
+        for key, value in fields.items():
+            instruction = instruction.replace(f"{{{key}}}", str(value))
+        return self.template.format(instruction=instruction, **fields)
 
     def gold(self, row: Mapping) -> Any:
         """classification: the label as in the data; qa: list of gold aliases; math: the final answer (str)."""
@@ -169,10 +175,13 @@ def _check_config(cfg: Mapping) -> None:
     if kind not in KINDS:
         raise ValueError(f"task {name!r}: unknown kind {kind!r}; valid kinds are {list(KINDS)}")
     placeholders = {n for _, n, _, _ in string.Formatter().parse(cfg["template"]) if n}
-    expected = {"instruction", *cfg["input_fields"]}
+    # Input fields the instruction carries itself are left out of the template (else shown twice).
+    in_instruction = {f for f in cfg["input_fields"] if f"{{{f}}}" in cfg["instruction"]}
+    expected = {"instruction", *cfg["input_fields"]} - in_instruction
     if placeholders != expected:
         raise ValueError(
             f"task {name!r}: template placeholders {sorted(placeholders)} must be exactly {sorted(expected)}"
+            + (f" (the instruction already holds {sorted(in_instruction)})" if in_instruction else "")
         )
     if kind == "classification" and not cfg.get("labels"):
         raise ValueError(f"task {name!r}: a classification task needs `labels` (gold value -> verbalizer)")

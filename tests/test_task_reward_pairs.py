@@ -1,0 +1,53 @@
+"""Every task=X reward=Y pair composes and runs one reward computation through the real embedded
+task model on a few rows."""
+
+import json
+
+import pytest
+
+from prewrite.backends.hf import HFBackend
+from prewrite.rewards import RewriteScorer
+from prewrite.tasks import load_task
+from tests.conftest import CONF
+
+pytestmark = pytest.mark.integration
+
+TASKS = sorted(p.stem for p in (CONF / "task").glob("*.yaml"))
+REWARDS = sorted(p.stem for p in (CONF / "reward").glob("*.yaml"))
+
+
+@pytest.fixture(scope="module")
+def backend():
+    return HFBackend("embedded:smollm2-135m-instruct", dtype="bfloat16")
+
+
+@pytest.fixture(scope="module")
+def user_rows(tmp_path_factory):
+    path = tmp_path_factory.mktemp("user") / "rows.jsonl"
+    rows = [{"instruction": "Answer.", "input": f"Capital of country {i}?", "output": f"city {i}"} for i in range(300)]
+    path.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    return path
+
+
+_tasks: dict = {}
+
+
+@pytest.mark.parametrize("reward", REWARDS)
+@pytest.mark.parametrize("task_name", TASKS)
+def test_pair_scores_real_rows(compose_train, backend, user_rows, task_name, reward):
+    extra = [f"task.path={user_rows}"] if task_name == "jsonl" else []
+    cfg = compose_train(f"task={task_name}", f"reward={reward}", *extra)
+    if task_name not in _tasks:  # loading is the same for every reward
+        _tasks[task_name] = load_task(cfg.task)
+    task = _tasks[task_name]
+    backend.max_new_tokens = 16  # a few tokens suffice to exercise parsing; math answers get cut short
+    scorer = RewriteScorer(task, backend, cfg.reward.reward_funcs, cfg.reward.reward_weights, report=[task.metric])
+    rows = task.sample("test", 2, seed=[0])
+    before = backend.num_calls
+    scores = scorer([task.instruction], rows)
+    assert backend.num_calls > before  # the real task model ran
+    assert len(scores.rewards) == 1
+    assert scores.rewards[0] is None or isinstance(scores.rewards[0], float)
+    assert set(scorer.metric_names) == set(scores.metrics) and task.metric in scores.metrics
+    for name, values in scores.metrics.items():
+        assert values[0] is None or -1.0 <= values[0] <= 1.0, (name, values)
