@@ -2,9 +2,9 @@
 
 `prompts` are the task prompts, `completions` the task LLM's answers (one per rewrite x example), and
 keyword arguments carry the dataset columns of the examples plus `task`, `gold` (the task's gold
-answer per example) and `rewrite` (the rewritten instruction the answer was given under). Each returns one float per completion, or None where the value cannot be
-computed (left out of the mean and counted, never a silent 0). A wrong or unparseable answer is a
-computable 0.0.
+answer per example) and `rewrite` (the rewritten instruction the answer was given under). Each
+returns one float per completion, or None where the value cannot be computed (left out of the mean
+and counted, never a silent 0). A wrong or unparseable answer is a computable 0.0.
 
 Attributes read by the scorer:
 - `per_rewrite = True`: the function scores a rewrite's whole sample at once and returns one value
