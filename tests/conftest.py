@@ -5,6 +5,8 @@ from hydra import compose, initialize_config_dir
 from hydra.core.hydra_config import HydraConfig
 from omegaconf import open_dict
 
+import prewrite  # noqa: F401  (registers the ${cwd:} resolver that conf/paths uses)
+
 ROOT = Path(__file__).resolve().parents[1]
 CONF = ROOT / "conf"
 
