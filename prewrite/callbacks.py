@@ -28,7 +28,8 @@ class RewritesTable(L.Callback):
         self.path.parent.mkdir(parents=True, exist_ok=True)
         with self.path.open("a") as f:
             f.writelines(json.dumps(r) + "\n" for r in new)
-        columns = sorted({k for r in new for k in r}, key=lambda k: (k not in ("step", "split", "rewrite"), k))
+        lead = ["step", "split", "rewrite", "reward"]
+        columns = lead + sorted({k for r in new for k in r} - set(lead))
         table = {k: [r.get(k) for r in new] for k in columns}
         for logger in trainer.loggers:
             if isinstance(logger, MLFlowLogger):
