@@ -7,7 +7,9 @@ prewrite.algorithms and is called from here with explicit tensors (manual optimi
 from __future__ import annotations
 
 import copy
+import json
 import time
+from pathlib import Path
 from typing import Any
 
 import lightning as L
@@ -34,6 +36,9 @@ class PRewriteModule(L.LightningModule):
         examples_per_step: int,
         dev_examples: int | None,
         seed: int,
+        monitor: str,
+        instruction: str | None = None,
+        export_dir: str | None = None,
     ):
         super().__init__()
         self.automatic_optimization = False  # several policy epochs per rollout, as in TRL's num_iterations
@@ -48,11 +53,17 @@ class PRewriteModule(L.LightningModule):
         # state dict (and out of checkpoints); no reference is loaded when beta == 0.
         ref = copy.deepcopy(self.policy).eval().requires_grad_(False) if algorithm["beta"] != 0 else None
         object.__setattr__(self, "ref_policy", ref)
-        self.prompt_ids = [rollout_hf.rewriter_prompt(self.tokenizer, meta_prompt, task.instruction)]
+        # The instruction to rewrite: the task's initial one, or (multi-stage) the previous stage's best.
+        self.instruction = task.instruction if instruction is None else instruction
+        self.meta_prompt = meta_prompt
+        self.prompt_ids = [rollout_hf.rewriter_prompt(self.tokenizer, meta_prompt, self.instruction)]
         # Dev rows are a fixed seeded subset, the same at every evaluation, so dev curves are comparable.
         self.dev_rows = task.sample("dev", dev_examples, seed=[seed, 1 << 30])
         self.rewrite_rows: list[dict[str, Any]] = []  # the rewrites table (see callbacks.RewritesTable)
         self.rollout_step = 0  # rollout steps done; Lightning's global_step counts optimizer steps
+        self.monitor = monitor  # the dev score that picks the best rewriter (a key of score_on_dev)
+        self.export_dir = export_dir  # where the best-on-dev rewriter is saved as a Hugging Face folder
+        self.best: dict[str, Any] | None = None  # {"step", "score", "rewrite"} of the best dev evaluation
 
     def on_fit_start(self) -> None:
         if self.ref_policy is not None:  # not a registered submodule, so Lightning does not move it
@@ -187,23 +198,40 @@ class PRewriteModule(L.LightningModule):
         scores = self.scorer([instruction], self.dev_rows)
         return {"reward": _nan(scores.rewards[0])} | {name: _nan(vals[0]) for name, vals in scores.metrics.items()}
 
-    def on_train_start(self) -> None:
-        # Step 0 of the dev curve: the initial instruction and the untrained rewriter's greedy rewrite.
-        initial = self.score_on_dev(self.task.instruction)
-        rewrite = self.greedy_rewrite()
-        untrained = self.score_on_dev(rewrite)
-        metrics = {f"dev/initial_instruction/{k}": v for k, v in initial.items()}
-        self.log_to_loggers(metrics | {f"dev/{k}": v for k, v in untrained.items()})
-        self.rewrite_rows.append({"step": 0, "split": "initial", "rewrite": self.task.instruction, **initial})
-        self.rewrite_rows.append({"step": 0, "split": "dev", "rewrite": rewrite, **untrained})
-
-    def validation_step(self, batch: Any, batch_idx: int) -> None:
+    def evaluate_dev(self) -> dict[str, float]:
+        """Score the greedy rewrite (PRewrite-I) on the fixed dev rows and log it; when it beats every
+        earlier evaluation on `monitor`, keep it as the best and export the rewriter."""
         rewrite = self.greedy_rewrite()
         scores = self.score_on_dev(rewrite)
-        metrics = {f"dev/{k}": v for k, v in scores.items()}
-        self.log_dict(metrics, batch_size=1, logger=False)  # for callbacks (checkpointing, early stopping)
-        self.log_to_loggers(metrics)
+        self.log_to_loggers({f"dev/{k}": v for k, v in scores.items()})
         self.rewrite_rows.append({"step": self.rollout_step, "split": "dev", "rewrite": rewrite, **scores})
+        score = scores[self.monitor]
+        if self.best is None or score > self.best["score"]:
+            self.best = {"step": self.rollout_step, "score": score, "rewrite": rewrite}
+            if self.export_dir and self.trainer.is_global_zero:
+                self.save_rewriter(self.export_dir)
+        return scores
+
+    def save_rewriter(self, path: str) -> None:
+        """A plain Hugging Face folder (policy + tokenizer) plus prewrite.json, which records what
+        `prewrite.rewrite` and `prewrite.evaluate` need to use it the way it was trained."""
+        self.policy.save_pretrained(path)
+        self.tokenizer.save_pretrained(path)
+        info = {"task": self.task.name, "instruction": self.instruction, "meta_prompt": self.meta_prompt}
+        info |= {"monitor": self.monitor, **(self.best or {})}
+        (Path(path) / "prewrite.json").write_text(json.dumps(info, indent=2))
+
+    def on_train_start(self) -> None:
+        # Step 0 of the dev curve: the initial instruction and the untrained rewriter's greedy rewrite.
+        initial = self.score_on_dev(self.instruction)
+        self.log_to_loggers({f"dev/initial_instruction/{k}": v for k, v in initial.items()})
+        self.rewrite_rows.append({"step": 0, "split": "initial", "rewrite": self.instruction, **initial})
+        self.evaluate_dev()
+
+    def validation_step(self, batch: Any, batch_idx: int) -> None:
+        scores = self.evaluate_dev()
+        # for Lightning callbacks (early stopping); the loggers got them from evaluate_dev
+        self.log_dict({f"dev/{k}": v for k, v in scores.items()}, batch_size=1, logger=False)
 
 
 def _nan(x: float | None) -> float:

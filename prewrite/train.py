@@ -3,13 +3,13 @@
 from __future__ import annotations
 
 import logging
-import math
 import os
 
 import hydra
 import lightning as L
 from hydra.core.hydra_config import HydraConfig
 from hydra.utils import instantiate
+from lightning.pytorch.callbacks import EarlyStopping
 from lightning.pytorch.loggers import MLFlowLogger
 from omegaconf import DictConfig, OmegaConf
 
@@ -52,6 +52,8 @@ def train(cfg: DictConfig) -> float:
     task = load_task(cfg.task)
     backend = instantiate(cfg.task_backend)
     scorer = RewriteScorer(task, backend, cfg.reward.reward_funcs, cfg.reward.reward_weights, report=[cfg.task.metric])
+    run_dir = cfg.paths.run_dir
+    export_dir = os.path.join(run_dir, "rewriter")
     module = PRewriteModule(
         task=task,
         scorer=scorer,
@@ -62,28 +64,28 @@ def train(cfg: DictConfig) -> float:
         examples_per_step=cfg.examples_per_step,
         dev_examples=cfg.dev_examples,
         seed=cfg.seed,
+        monitor=cfg.optimized_metric.removeprefix("dev/"),
+        export_dir=export_dir,
     )
-    run_dir = cfg.paths.run_dir
     logger = instantiate(cfg.logger) if cfg.logger.get("_target_") else False
     if isinstance(logger, MLFlowLogger):
         log_config_to_mlflow(logger, cfg)
-    trainer = L.Trainer(
-        **cfg.trainer,
-        **cfg.hardware,
-        logger=logger,
-        callbacks=[RewritesTable(run_dir)],
-        default_root_dir=run_dir,
-    )
+    callbacks: list[L.Callback] = [RewritesTable(run_dir)]
+    if cfg.early_stopping_patience is not None:
+        callbacks.append(EarlyStopping(cfg.optimized_metric, patience=cfg.early_stopping_patience, mode="max"))
+    trainer = L.Trainer(**cfg.trainer, **cfg.hardware, logger=logger, callbacks=callbacks, default_root_dir=run_dir)
     trainer.fit(module)
 
-    dev = [r[cfg.optimized_metric.removeprefix("dev/")] for r in module.rewrite_rows if r["split"] == "dev"]
-    best = max((v for v in dev if not math.isnan(v)), default=float("nan"))
+    best = module.best or {"score": float("nan"), "step": None, "rewrite": None}
     if trainer.is_global_zero:
-        print(f"\nBest {cfg.optimized_metric}: {best:.4f}  (run folder: {os.path.relpath(run_dir)})")
+        if isinstance(logger, MLFlowLogger) and cfg.log_rewriter_to_mlflow:
+            logger.experiment.log_artifacts(logger.run_id, export_dir, "rewriter")
+        print(f"\nBest {cfg.optimized_metric}: {best['score']:.4f} at step {best['step']}: {best['rewrite']!r}")
+        print(f"Rewriter (best on dev): {os.path.relpath(export_dir)}")
         if isinstance(logger, MLFlowLogger):
             print(f"MLflow run {logger.run_id} in experiment {logger._experiment_name!r}")
             print(f"Open the UI: make ui   (or: mlflow ui --backend-store-uri {cfg.paths.mlflow_tracking_uri})")
-    return best
+    return best["score"]
 
 
 @hydra.main(version_base="1.3", config_path="../conf", config_name="train")

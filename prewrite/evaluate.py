@@ -1,0 +1,106 @@
+"""Evaluate a trained rewriter on the test split: `python -m prewrite.evaluate rewriter_path=... [task=...]`.
+
+Rows of the report: the initial instruction (baseline), PRewrite-I (the greedy rewrite) and
+PRewrite-S (the best on dev of `num_samples` sampled rewrites). Candidates are scored on dev only;
+test scores the three chosen instructions, after the choice.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+from pathlib import Path
+
+import hydra
+import lightning as L
+from hydra.utils import instantiate
+from lightning.pytorch.loggers import MLFlowLogger
+from omegaconf import DictConfig
+
+from prewrite import rewriter as rewriter_lib
+from prewrite.rewards import RewriteScorer
+from prewrite.tasks import load_task
+from prewrite.train import log_config_to_mlflow
+
+log = logging.getLogger(__name__)
+
+
+def evaluate(cfg: DictConfig) -> dict[str, float]:
+    L.seed_everything(cfg.seed, workers=True)
+    task = load_task(cfg.task)
+    metric = task.metric
+    scorer = RewriteScorer(task, instantiate(cfg.task_backend), [metric], [1.0])
+    rw = rewriter_lib.load(cfg.rewriter_path, cfg.paths.mlflow_tracking_uri, cfg.dtype)
+    if rw.info.get("task") not in (None, task.name):
+        log.warning("The rewriter was trained on task %r; evaluating it on %r", rw.info["task"], task.name)
+    initial = task.instruction
+    greedy = rw.rewrite(initial, cfg.meta_prompt, 0, max_new_tokens=cfg.max_new_tokens)[0]
+    samples = rw.rewrite(initial, cfg.meta_prompt, cfg.num_samples, cfg.sample_temperature, cfg.max_new_tokens)
+
+    # PRewrite-S: select on dev (a fixed seeded subset when dev_examples is set)
+    candidates = list(dict.fromkeys(samples))
+    dev_rows = task.sample("dev", cfg.dev_examples, seed=[cfg.seed, 1 << 30])
+    dev_scores = scorer(candidates, dev_rows).metrics[metric]
+    best = max(range(len(candidates)), key=lambda i: -1.0 if dev_scores[i] is None else dev_scores[i])
+    selected = candidates[best]
+
+    # Report on test: only now, and only the three chosen instructions.
+    test_rows = task.sample("test", cfg.test_examples, seed=[cfg.seed, 1 << 31])
+    reported = {"initial": initial, "prewrite_i": greedy, "prewrite_s": selected}
+    test_scores = scorer(list(reported.values()), test_rows).metrics[metric]
+    dev_of = dict(zip(candidates, dev_scores, strict=True))
+    dev_reported = scorer([initial, greedy], dev_rows).metrics[metric] + [dev_scores[best]]
+    results = {}
+    table = []
+    for (name, text), dev, test in zip(reported.items(), dev_reported, test_scores, strict=True):
+        results[f"test/{name}/{metric}"] = test
+        results[f"dev/{name}/{metric}"] = dev
+        table.append({"method": name, "instruction": text, f"dev_{metric}": dev, f"test_{metric}": test})
+    candidates_table = [
+        {"candidate": i, "instruction": c, f"dev_{metric}": dev_of[c], "selected": c == selected}
+        for i, c in enumerate(candidates)
+    ]
+    _report(cfg, task.name, metric, len(dev_rows), len(test_rows), table, candidates_table, results)
+    return results
+
+
+def _report(cfg, task_name, metric, n_dev, n_test, table, candidates_table, results) -> None:
+    print(
+        f"\n{task_name}: {metric} on {n_test} test rows; "
+        f"PRewrite-S chosen among {len(candidates_table)} candidates on {n_dev} dev rows"
+    )
+    print(f"{'method':<12} {'dev':>7} {'test':>7}  instruction")
+    for row in table:
+        dev, test = row[f"dev_{metric}"], row[f"test_{metric}"]
+        print(f"{row['method']:<12} {_fmt(dev):>7} {_fmt(test):>7}  {row['instruction']!r}")
+    out = Path(cfg.paths.run_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "evaluation.json").write_text(json.dumps({"results": table, "candidates": candidates_table}, indent=2))
+    print(f"Written to {os.path.relpath(out / 'evaluation.json')}")
+    logger = instantiate(cfg.logger, run_name=f"eval-{task_name}") if cfg.logger.get("_target_") else None
+    if isinstance(logger, MLFlowLogger):
+        log_config_to_mlflow(logger, cfg)
+        logger.log_metrics({k: float("nan") if v is None else v for k, v in results.items()})
+        logger.experiment.log_table(logger.run_id, _columns(table), "evaluation.json")
+        logger.experiment.log_table(logger.run_id, _columns(candidates_table), "candidates.json")
+        logger.finalize("success")
+        print(f"MLflow run {logger.run_id}")
+
+
+def _columns(rows: list[dict]) -> dict[str, list]:
+    return {k: [r[k] for r in rows] for k in rows[0]}
+
+
+def _fmt(x: float | None) -> str:
+    return "n/a" if x is None else f"{x:.4f}"
+
+
+@hydra.main(version_base="1.3", config_path="../conf", config_name="evaluate")
+def main(cfg: DictConfig) -> None:
+    os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
+    evaluate(cfg)
+
+
+if __name__ == "__main__":
+    main()

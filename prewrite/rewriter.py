@@ -1,0 +1,66 @@
+"""A trained rewriter: find it (a folder, a training run folder or an MLflow run id), load it, use it."""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from pathlib import Path
+
+from transformers import PreTrainedModel, PreTrainedTokenizerBase
+
+from prewrite import models
+from prewrite.rollout import hf as rollout_hf
+
+
+@dataclass
+class Rewriter:
+    model: PreTrainedModel
+    tokenizer: PreTrainedTokenizerBase
+    info: dict  # prewrite.json written at export: task, instruction, meta_prompt, best step and score
+    path: Path
+
+    def rewrite(
+        self, instruction: str, meta_prompt: str, num: int = 1, temperature: float = 1.0, max_new_tokens: int = 48
+    ) -> list[str]:
+        """The greedy rewrite (num=0) or `num` sampled rewrites of `instruction`."""
+        prompt = rollout_hf.rewriter_prompt(self.tokenizer, meta_prompt, instruction)
+        out = rollout_hf.generate(
+            self.model,
+            self.tokenizer,
+            [prompt],
+            num_generations=max(num, 1),
+            max_new_tokens=max_new_tokens,
+            temperature=temperature,
+            do_sample=num > 0,
+        )
+        return out.texts
+
+
+def locate(spec: str, tracking_uri: str | None = None) -> Path:
+    """A Hugging Face folder for `spec`: that folder, a training run folder's `rewriter/`, or the
+    `rewriter` artifact of an MLflow run id (downloaded)."""
+    path = Path(spec).expanduser()
+    if (path / "config.json").exists():
+        return path
+    if (path / "rewriter" / "config.json").exists():
+        return path / "rewriter"
+    if path.exists():
+        raise FileNotFoundError(f"{path} holds no rewriter: expected config.json in it or in {path / 'rewriter'}")
+    import mlflow
+
+    try:
+        local = mlflow.artifacts.download_artifacts(run_id=spec, artifact_path="rewriter", tracking_uri=tracking_uri)
+    except Exception as e:
+        raise FileNotFoundError(
+            f"rewriter_path={spec!r} is neither a folder nor an MLflow run with a `rewriter` artifact in "
+            f"{tracking_uri}: {e}"
+        ) from None
+    return Path(local)
+
+
+def load(spec: str, tracking_uri: str | None = None, dtype: str = "float32") -> Rewriter:
+    path = locate(spec, tracking_uri)
+    info_file = path / "prewrite.json"
+    info = json.loads(info_file.read_text()) if info_file.exists() else {}
+    model = models.load_model(str(path), dtype).eval()
+    return Rewriter(model=model, tokenizer=models.load_tokenizer(str(path)), info=info, path=path)
