@@ -104,7 +104,11 @@ class FaultServer:
                     "object": "chat.completion",
                     "model": body["model"],
                     "choices": [
-                        {"index": 0, "message": {"role": "assistant", "content": f"echo: {prompt}"}, "finish_reason": "stop"}
+                        {
+                            "index": 0,
+                            "message": {"role": "assistant", "content": f"echo: {prompt}"},
+                            "finish_reason": "stop",
+                        }
                     ],
                     "usage": {"prompt_tokens": len(prompt.split()), "completion_tokens": 2},
                 }
