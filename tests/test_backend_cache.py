@@ -7,6 +7,7 @@ import sqlite3
 
 import pytest
 
+from prewrite.backends import build_backend
 from prewrite.backends.cache import CachedBackend, ResponseCache
 from prewrite.backends.hf import folder_fingerprint
 from prewrite.backends.openai import OpenAIBackend
@@ -157,6 +158,16 @@ def test_a_backend_without_an_identity_cannot_be_cached(cache_path):
 
     with pytest.raises(TypeError, match="NoIdentity cannot be cached.*cache.enabled=false"):
         CachedBackend(NoIdentity(), ResponseCache(cache_path))
+
+
+def test_build_backend_wraps_the_configured_backend_when_the_cache_is_enabled(compose_train, tmp_path):
+    cfg = compose_train("task_backend=openai", f"cache.path={tmp_path}/c.sqlite")
+    backend = build_backend(cfg.task_backend, cfg.cache)
+    assert isinstance(backend, CachedBackend) and isinstance(backend.inner, OpenAIBackend)
+    assert backend.inner.max_new_tokens == cfg.task.max_new_tokens
+    assert backend.cache.path == tmp_path / "c.sqlite"
+    cfg = compose_train("task_backend=openai", "cache.enabled=false")
+    assert isinstance(build_backend(cfg.task_backend, cfg.cache), OpenAIBackend)
 
 
 @pytest.mark.integration
