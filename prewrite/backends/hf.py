@@ -2,9 +2,29 @@
 
 from __future__ import annotations
 
+import hashlib
+import logging
+from pathlib import Path
+
 import torch
 
 from prewrite import models
+from prewrite.backends.usage import Usage
+
+log = logging.getLogger(__name__)
+
+
+def folder_fingerprint(folder: str | Path) -> str:
+    """A model folder's identity for the response cache: the content of config.json plus the name,
+    size and mtime of every other top-level file (weights, tokenizer, chat template). Hashing the
+    weights themselves would cost seconds per run; size+mtime changes whenever they are rewritten."""
+    folder = Path(folder)
+    h = hashlib.sha256((folder / "config.json").read_bytes())
+    for f in sorted(folder.iterdir()):
+        if f.is_file() and f.name != "config.json":
+            st = f.stat()
+            h.update(f"{f.name}:{st.st_size}:{st.st_mtime_ns};".encode())
+    return h.hexdigest()[:16]
 
 
 class HFBackend:
@@ -21,14 +41,48 @@ class HFBackend:
         batch_size: int = 32,
         max_new_tokens: int = 4,
         device: str = "cpu",
+        price_per_1m_prompt_tokens: float | None = None,
+        price_per_1m_completion_tokens: float | None = None,
     ):
         self.model_name_or_path = model_name_or_path
         self.tokenizer = models.load_tokenizer(model_name_or_path)
         self.model = models.load_model(model_name_or_path, dtype).to(device).eval().requires_grad_(False)
+        self.dtype = dtype
         self.batch_size = batch_size
         self.max_new_tokens = max_new_tokens
         self.device = device
         self.num_calls = 0  # prompts actually run through the model (after deduplication)
+        self.usage = Usage(price_per_1m_prompt_tokens, price_per_1m_completion_tokens)
+
+    def usage_snapshot(self) -> dict[str, float]:
+        return self.usage.snapshot()
+
+    def cache_identity(self) -> dict:
+        """Everything that decides an answer, for the response cache's key: the model (a fingerprint of
+        its folder, or a hub id with the commit it was loaded at), the dtype (bf16 and fp32 can pick
+        different greedy tokens) and the generation settings. batch_size and device are left out on
+        purpose: they only move floating-point rounding, and keying on them would stop answers cached
+        by a GPU job from serving a CPU job."""
+        resolved = models.resolve(self.model_name_or_path)
+        if Path(resolved).is_dir():
+            model = {"folder_fingerprint": folder_fingerprint(resolved)}
+        else:
+            revision = getattr(self.model.config, "_commit_hash", None)
+            if revision is None:
+                log.warning(
+                    "Response cache: no commit hash known for %s; cached answers are keyed by the hub id "
+                    "alone and survive an upstream update of the model.",
+                    resolved,
+                )
+            model = {"hub_id": resolved, "revision": revision}
+        return {
+            "backend": "hf",
+            **model,
+            "dtype": self.dtype,
+            "decoding": "greedy",
+            "max_new_tokens": self.max_new_tokens,
+            "prompt_format": "chat: one user message + generation prompt",
+        }
 
     def _encode(self, prompts: list[str]) -> list[list[int]]:
         return [
@@ -53,10 +107,23 @@ class HFBackend:
                 max_new_tokens=self.max_new_tokens,
                 pad_token_id=self.tokenizer.pad_token_id,
             )
-            texts = self.tokenizer.batch_decode(out[:, batch["input_ids"].shape[1] :], skip_special_tokens=True)
+            generated = out[:, batch["input_ids"].shape[1] :]
+            texts = self.tokenizer.batch_decode(generated, skip_special_tokens=True)
             answers.update({unique[i]: t for i, t in zip(idx, texts, strict=True)})
+            self.usage.add(completion_tokens=self._count_generated(generated))
         self.num_calls += len(unique)
+        self.usage.add(calls=len(unique), prompt_tokens=sum(len(e) for e in encoded))
         return [answers[p] for p in prompts]
+
+    def _count_generated(self, generated: torch.Tensor) -> int:
+        """Generated tokens up to and including each row's first stop token; what follows is padding."""
+        eos = self.model.generation_config.eos_token_id
+        eos = [eos] if isinstance(eos, int) else list(eos or [])
+        if not eos:
+            return int((generated != self.tokenizer.pad_token_id).sum())
+        is_eos = torch.isin(generated, torch.tensor(eos, device=generated.device))
+        after_first_eos = (is_eos.cumsum(1) - is_eos.long()) > 0
+        return int((~after_first_eos).sum())
 
     @torch.inference_mode()
     def loglikelihood(self, prompts: list[str], continuations: list[str]) -> list[float | None]:
@@ -83,4 +150,7 @@ class HFBackend:
                 tok = batch["input_ids"][row, -n:]
                 result[pairs[i]] = logps[row, -n:].gather(-1, tok.unsqueeze(-1)).mean().item()
         self.num_calls += len(pairs)
+        # A scoring pass reads every token and generates none.
+        read = sum(len(c) + len(t) for c, t in zip(contexts, targets, strict=True))
+        self.usage.add(calls=len(pairs), prompt_tokens=read)
         return [result[p] for p in zip(prompts, continuations, strict=True)]

@@ -1,0 +1,223 @@
+"""Task LLM behind any OpenAI-compatible chat-completions server (vLLM, SGLang, Ollama, hosted APIs).
+
+Requests run concurrently on an asyncio client (at most `max_concurrency` in flight), each with its
+own timeout. Connection errors, timeouts, 429 and 5xx are retried with exponential backoff and
+jitter (a server's Retry-After is honoured); any other 4xx is a mistake in the request and fails at
+once. The API key comes from an environment variable and is kept out of configs, logs, reprs and
+error messages.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import concurrent.futures
+import email.utils
+import json
+import logging
+import os
+import random
+import time
+
+import aiohttp
+
+from prewrite.backends.usage import Usage
+
+log = logging.getLogger(__name__)
+
+_BODY_EXCERPT = 300  # characters of an error body quoted in an exception
+
+
+class TaskBackendError(RuntimeError):
+    """A request to the task-LLM server failed for good (after its retries, or at once for a 4xx)."""
+
+
+class _Retryable(Exception):
+    """One attempt failed in a way worth retrying; `cause` says how, `wait_s` is the server's hint."""
+
+    def __init__(self, cause: str, wait_s: float | None = None):
+        super().__init__(cause)
+        self.cause = cause
+        self.wait_s = wait_s
+
+
+def _retry_after_s(value: str | None) -> float | None:
+    """Retry-After as seconds: either a number of seconds or an HTTP date."""
+    if not value:
+        return None
+    try:
+        return max(0.0, float(value))
+    except ValueError:
+        pass
+    try:
+        return max(0.0, email.utils.parsedate_to_datetime(value).timestamp() - time.time())
+    except (TypeError, ValueError):
+        return None
+
+
+class OpenAIBackend:
+    """Answers user messages with a model served behind `{base_url}/chat/completions`, greedily."""
+
+    def __init__(
+        self,
+        model: str,
+        base_url: str = "http://127.0.0.1:8000/v1",
+        api_key_env: str | None = "OPENAI_API_KEY",
+        max_concurrency: int = 16,
+        timeout_s: float = 60.0,
+        max_retries: int = 5,
+        backoff_base_s: float = 0.5,
+        backoff_max_s: float = 30.0,
+        max_new_tokens: int = 16,
+        price_per_1m_prompt_tokens: float | None = None,
+        price_per_1m_completion_tokens: float | None = None,
+    ):
+        if max_concurrency < 1:
+            raise ValueError(f"task_backend.max_concurrency must be >= 1, got {max_concurrency}")
+        if max_retries < 0:
+            raise ValueError(f"task_backend.max_retries must be >= 0, got {max_retries}")
+        self.model = model
+        self.base_url = base_url.rstrip("/")
+        self.url = f"{self.base_url}/chat/completions"
+        self.api_key_env = api_key_env
+        # Read once, kept private; a local server needs none, so a missing variable is not an error.
+        self._api_key = os.environ.get(api_key_env) if api_key_env else None
+        self.max_concurrency = max_concurrency
+        self.timeout_s = timeout_s
+        self.max_retries = max_retries
+        self.backoff_base_s = backoff_base_s
+        self.backoff_max_s = backoff_max_s
+        self.max_new_tokens = max_new_tokens
+        self.num_calls = 0  # prompts answered by the server (after deduplication), as in HFBackend
+        self.retries = 0  # attempts that failed and were tried again
+        self.usage = Usage(price_per_1m_prompt_tokens, price_per_1m_completion_tokens)
+
+    def __repr__(self) -> str:
+        key = f"${self.api_key_env} set" if self._api_key else "no key"
+        return f"OpenAIBackend(model={self.model!r}, url={self.url!r}, {key})"
+
+    def cache_identity(self) -> dict:
+        """What decides an answer: the served model and where it is served (two servers may serve
+        different weights under one name), and every request parameter that changes the answer."""
+        return {
+            "backend": "openai-chat",
+            "model": self.model,
+            "base_url": self.base_url,
+            "temperature": 0.0,
+            "max_tokens": self.max_new_tokens,
+        }
+
+    def usage_snapshot(self) -> dict[str, float]:
+        return {**self.usage.snapshot(), "retries": float(self.retries)}
+
+    def loglikelihood(self, prompts: list[str], continuations: list[str]) -> list[float | None]:
+        raise NotImplementedError(
+            f"OpenAIBackend ({self.url}) cannot score log-likelihoods: the chat-completions endpoint returns no "
+            "log-probabilities of a given answer. The `perplexity` reward (reward=perplexity or f1_perplexity) "
+            "needs them; use task_backend=hf for it."
+        )
+
+    def generate(self, prompts: list[str]) -> list[str]:
+        """Synchronous for callers: runs its own event loop (in a helper thread if the calling thread
+        already runs one, e.g. inside a notebook)."""
+        unique = list(dict.fromkeys(prompts))
+        if not unique:
+            return []
+        try:
+            asyncio.get_running_loop()
+        except RuntimeError:
+            answers = asyncio.run(self._generate_all(unique))
+        else:
+            with concurrent.futures.ThreadPoolExecutor(1) as pool:
+                answers = pool.submit(asyncio.run, self._generate_all(unique)).result()
+        self.num_calls += len(unique)
+        by_prompt = dict(zip(unique, answers, strict=True))
+        return [by_prompt[p] for p in prompts]
+
+    async def _generate_all(self, prompts: list[str]) -> list[str]:
+        headers = {"Authorization": f"Bearer {self._api_key}"} if self._api_key else {}
+        limit = asyncio.Semaphore(self.max_concurrency)
+        connector = aiohttp.TCPConnector(limit=self.max_concurrency)
+        async with aiohttp.ClientSession(connector=connector, headers=headers) as session:
+            tasks = [asyncio.ensure_future(self._generate_one(session, limit, p)) for p in prompts]
+            try:
+                return await asyncio.gather(*tasks)
+            except BaseException:
+                # One prompt failed for good: the step cannot be scored, so stop the others now.
+                for t in tasks:
+                    t.cancel()
+                await asyncio.gather(*tasks, return_exceptions=True)
+                raise
+
+    async def _generate_one(self, session: aiohttp.ClientSession, limit: asyncio.Semaphore, prompt: str) -> str:
+        body = {
+            "model": self.model,
+            "messages": [{"role": "user", "content": prompt}],
+            "temperature": 0.0,
+            "max_tokens": self.max_new_tokens,
+            "n": 1,
+        }
+        attempts = self.max_retries + 1
+        for attempt in range(1, attempts + 1):
+            try:
+                async with limit:  # the slot is held only while a request is in flight, not while backing off
+                    data = await self._post(session, body)
+                return self._read_answer(data)
+            except _Retryable as e:
+                if attempt == attempts:
+                    raise TaskBackendError(f"POST {self.url} failed after {attempts} attempts: {e.cause}") from None
+                self.retries += 1
+                backoff = min(self.backoff_max_s, self.backoff_base_s * 2 ** (attempt - 1)) * random.uniform(0.5, 1.0)
+                # Retry-After is honoured, but capped at backoff_max_s so one hint cannot stall a run for hours.
+                delay = min(self.backoff_max_s, e.wait_s) if e.wait_s is not None else backoff
+                log.warning(
+                    "POST %s attempt %d/%d failed (%s); retrying in %.2f s", self.url, attempt, attempts, e.cause, delay
+                )
+                await asyncio.sleep(delay)
+        raise AssertionError("unreachable")
+
+    async def _post(self, session: aiohttp.ClientSession, body: dict) -> dict:
+        try:
+            async with session.post(
+                self.url, json=body, timeout=aiohttp.ClientTimeout(total=self.timeout_s)
+            ) as response:
+                text = await response.text()
+                if response.status == 200:
+                    try:
+                        return json.loads(text)
+                    except ValueError as e:
+                        raise TaskBackendError(
+                            f"POST {self.url}: HTTP 200 but the body is not JSON ({e}): {self._excerpt(text)}"
+                        ) from None
+                cause = f"HTTP {response.status}: {self._excerpt(text)}"
+                if response.status == 429 or response.status >= 500:
+                    raise _Retryable(cause, _retry_after_s(response.headers.get("Retry-After")))
+                hint = f" (is ${self.api_key_env} set?)" if response.status in (401, 403) and self.api_key_env else ""
+                raise TaskBackendError(f"POST {self.url} failed: {cause}{hint}")
+        except asyncio.TimeoutError:
+            raise _Retryable(f"no complete answer within timeout_s={self.timeout_s}") from None
+        except aiohttp.ClientError as e:  # refused, reset, dropped mid-answer, DNS, ...
+            raise _Retryable(f"{type(e).__name__}: {self._scrub(str(e))}") from None
+
+    def _read_answer(self, data: dict) -> str:
+        try:
+            message = data["choices"][0]["message"]
+        except (KeyError, IndexError, TypeError):
+            raise TaskBackendError(
+                f"POST {self.url}: expected a chat-completions answer with choices[0].message, got "
+                f"{self._excerpt(str(data))}"
+            ) from None
+        usage = data.get("usage") or {}
+        self.usage.add(
+            calls=1,
+            prompt_tokens=int(usage.get("prompt_tokens") or 0),
+            completion_tokens=int(usage.get("completion_tokens") or 0),
+        )
+        return message.get("content") or ""  # null content (e.g. a refusal) is an empty answer
+
+    def _scrub(self, text: str) -> str:
+        # A misbehaving server or proxy may echo the request headers back: never let the key through.
+        return text.replace(self._api_key, "***") if self._api_key else text
+
+    def _excerpt(self, text: str) -> str:
+        text = self._scrub(text).strip()
+        return text if len(text) <= _BODY_EXCERPT else text[:_BODY_EXCERPT] + "..."

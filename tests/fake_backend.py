@@ -1,0 +1,43 @@
+"""A stand-in task backend for cache tests, and a cache-writing worker for multiprocess tests.
+
+Only light imports here: spawned worker processes import this module.
+"""
+
+from prewrite.backends.cache import CachedBackend, ResponseCache
+
+
+class FakeBackend:
+    """Stands in for a model where the model is not the point: answers are a function of the request,
+    and every request it receives is recorded."""
+
+    def __init__(self, model="fake", **sampling):
+        self.model, self.sampling = model, sampling
+        self.received: list[list] = []
+        self.num_calls = 0
+
+    def cache_identity(self):
+        return {"model": self.model, **self.sampling}
+
+    def generate(self, prompts):
+        self.received.append(list(prompts))
+        self.num_calls += len(prompts)
+        return [f"{self.model}:{p}" for p in prompts]
+
+    def loglikelihood(self, prompts, continuations):
+        self.received.append(list(zip(prompts, continuations, strict=True)))
+        self.num_calls += len(prompts)
+        return [-float(len(p) + len(c)) if c else None for p, c in zip(prompts, continuations, strict=True)]
+
+    def usage_snapshot(self):
+        return {"calls": float(self.num_calls)}
+
+
+def write_keys(path, start, stop, barrier, results):
+    """One of several processes filling the same cache file at once. It lives here, not in the test
+    module, so that a spawned child imports nothing heavy (the test module imports torch)."""
+    cached = CachedBackend(FakeBackend(), ResponseCache(path))
+    barrier.wait(30)
+    prompts = [f"prompt {i}" for i in range(start, stop)]
+    for i in range(0, len(prompts), 5):  # many small transactions: the writers interleave
+        assert cached.generate(prompts[i : i + 5]) == [f"fake:{p}" for p in prompts[i : i + 5]]
+    results.put((start, cached.hits, cached.misses))
