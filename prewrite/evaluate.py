@@ -19,6 +19,7 @@ from lightning.pytorch.loggers import MLFlowLogger
 from omegaconf import DictConfig
 
 from prewrite import rewriter as rewriter_lib
+from prewrite.backends import build_backend
 from prewrite.rewards import RewriteScorer
 from prewrite.tasks import load_task
 from prewrite.train import log_config_to_mlflow
@@ -30,7 +31,7 @@ def evaluate(cfg: DictConfig) -> dict[str, float]:
     L.seed_everything(cfg.seed, workers=True)
     task = load_task(cfg.task)
     metric = task.metric
-    scorer = RewriteScorer(task, instantiate(cfg.task_backend), [metric], [1.0])
+    scorer = RewriteScorer(task, build_backend(cfg.task_backend, cfg.cache), [metric], [1.0])
     rw = rewriter_lib.load(cfg.rewriter_path, cfg.paths.mlflow_tracking_uri, cfg.dtype)
     if rw.info.get("task") not in (None, task.name):
         log.warning("The rewriter was trained on task %r; evaluating it on %r", rw.info["task"], task.name)

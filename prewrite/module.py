@@ -222,11 +222,13 @@ class PRewriteModule(L.LightningModule):
         (Path(path) / "prewrite.json").write_text(json.dumps(info, indent=2))
 
     def on_train_start(self) -> None:
-        # Step 0 of the dev curve: the initial instruction and the untrained rewriter's greedy rewrite.
+        # Step 0 of the dev curve: the initial instruction and the untrained rewriter's greedy rewrite,
+        # under the same precision context as the later validation steps.
         initial = self.score_on_dev(self.instruction)
         self.log_to_loggers({f"dev/initial_instruction/{k}": v for k, v in initial.items()})
         self.rewrite_rows.append({"step": 0, "split": "initial", "rewrite": self.instruction, **initial})
-        self.evaluate_dev()
+        with self.trainer.precision_plugin.val_step_context():
+            self.evaluate_dev()
 
     def validation_step(self, batch: Any, batch_idx: int) -> None:
         scores = self.evaluate_dev()

@@ -12,13 +12,13 @@ CONF = ROOT / "conf"
 
 
 @pytest.fixture
-def compose_train(tmp_path):
-    """Compose conf/train.yaml with overrides, as `python -m prewrite.train` would; ${hydra:...}
+def compose_config(tmp_path):
+    """Compose conf/<name>.yaml with overrides, as `python -m prewrite.<name>` would; ${hydra:...}
     interpolations resolve as in a real run whose folder is tmp_path."""
 
-    def _compose(*overrides: str):
+    def _compose(name: str, *overrides: str):
         with initialize_config_dir(config_dir=str(CONF), version_base="1.3"):
-            cfg = compose(config_name="train", overrides=list(overrides), return_hydra_config=True)
+            cfg = compose(config_name=name, overrides=list(overrides), return_hydra_config=True)
         with open_dict(cfg):
             cfg.hydra.runtime.output_dir = str(tmp_path)
             cfg.hydra.job.num = 0
@@ -28,3 +28,8 @@ def compose_train(tmp_path):
         return cfg
 
     return _compose
+
+
+@pytest.fixture
+def compose_train(compose_config):
+    return lambda *overrides: compose_config("train", *overrides)

@@ -59,3 +59,11 @@ def test_cli_cfg_job_prints_the_composed_config():
     assert out.returncode == 0
     printed = OmegaConf.create(out.stdout)
     assert printed.algorithm.beta == 0.1 and printed.task.name == "sst2"
+
+
+@pytest.mark.parametrize("name", ["evaluate", "rewrite"])
+def test_evaluate_and_rewrite_configs_compose(compose_config, name):
+    cfg = compose_config(name, "rewriter_path=some/folder")
+    assert OmegaConf.to_container(cfg, resolve=True)["rewriter_path"] == "some/folder"
+    with pytest.raises(Exception, match="rewriter_path"):
+        OmegaConf.to_container(compose_config(name), resolve=True, throw_on_missing=True)

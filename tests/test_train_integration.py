@@ -101,3 +101,46 @@ def test_multirun_launches_one_run_per_job(tmp_path):
     assert sorted(r.data.params["algorithm.beta"] for r in runs) == ["0", "0.04"]  # as typed on the command line
     assert all(r.info.status == "FINISHED" for r in runs)
     assert len(list((tmp_path / "multiruns").glob("*/[01]"))) == 2
+
+
+def test_best_rewriter_is_exported_as_a_hugging_face_folder_and_to_mlflow(run):
+    _, client, outputs = run
+    r = client.search_runs([client.get_experiment_by_name("prewrite-sst2").experiment_id])[0]
+    folder = next((outputs / "runs" / "sst2").iterdir()) / "rewriter"
+    assert {"config.json", "model.safetensors", "tokenizer.json", "prewrite.json"} <= {p.name for p in folder.iterdir()}
+    info = json.loads((folder / "prewrite.json").read_text())
+    dev = history(client, r.info.run_id, "dev/accuracy")
+    assert info["score"] == max(v for _, v in dev)
+    assert info["step"] == next(s for s, v in dev if v == info["score"])  # the first best evaluation
+    assert info["instruction"] == "Classify the sentiment." and "{instruction}" in info["meta_prompt"]
+    assert "rewriter/config.json" in {a.path for a in client.list_artifacts(r.info.run_id, "rewriter")}
+
+
+def test_rewrite_cli_reads_a_run_folder_or_an_mlflow_run_id(run):
+    _, client, outputs = run
+    run_id = client.search_runs([client.get_experiment_by_name("prewrite-sst2").experiment_id])[0].info.run_id
+    run_dir = next((outputs / "runs" / "sst2").iterdir())
+    texts = []
+    for spec in (str(run_dir), run_id):
+        cmd = [sys.executable, "-m", "prewrite.rewrite", f"rewriter_path={spec}", f"paths.outputs_dir={outputs}"]
+        proc = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=300)
+        assert proc.returncode == 0, proc.stderr[-3000:]
+        texts.append(proc.stdout.strip().splitlines()[-1])
+    assert texts[0] and texts[0] == texts[1]
+
+
+def test_early_stopping_ends_a_run_that_stops_improving(tmp_path):
+    # learning_rate 0: the rewriter never changes, so dev never improves after the first evaluation
+    cmd = [
+        sys.executable, "-m", "prewrite.train",
+        "steps=5", "eval_every=1", "early_stopping_patience=1", "algorithm.learning_rate=0",
+        "examples_per_step=2", "dev_examples=2", "algorithm.num_generations=2", "algorithm.max_completion_length=8",
+        f"paths.outputs_dir={tmp_path}", "trainer.enable_progress_bar=false", "log_rewriter_to_mlflow=false",
+    ]  # fmt: skip
+    proc = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=900)
+    assert proc.returncode == 0, proc.stderr[-4000:]
+    client = MlflowClient(f"sqlite:///{tmp_path}/mlflow.db")
+    r = client.search_runs([client.get_experiment_by_name("prewrite-sst2").experiment_id])[0]
+    assert [s for s, _ in history(client, r.info.run_id, "train/loss")] == [1, 2]
+    info = json.loads(next((tmp_path / "runs" / "sst2").iterdir()).joinpath("rewriter", "prewrite.json").read_text())
+    assert info["step"] == 0  # the untrained rewriter was never beaten
