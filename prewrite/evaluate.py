@@ -81,7 +81,7 @@ def _report(cfg, task_name, metric, n_dev, n_test, table, candidates_table, resu
     print(f"Written to {os.path.relpath(out / 'evaluation.json')}")
     logger = instantiate(cfg.logger, run_name=f"eval-{task_name}") if cfg.logger.get("_target_") else None
     if isinstance(logger, MLFlowLogger):
-        log_config_to_mlflow(logger, cfg)
+        log_config_to_mlflow(logger.experiment, logger.run_id, cfg)
         logger.log_metrics({k: float("nan") if v is None else v for k, v in results.items()})
         logger.experiment.log_table(logger.run_id, _columns(table), "evaluation.json")
         logger.experiment.log_table(logger.run_id, _columns(candidates_table), "candidates.json")

@@ -8,11 +8,13 @@ from __future__ import annotations
 
 import copy
 import json
+import random
 import time
 from pathlib import Path
 from typing import Any
 
 import lightning as L
+import numpy as np
 import torch
 from torch.utils.data import DataLoader
 
@@ -34,7 +36,7 @@ class PRewriteModule(L.LightningModule):
         meta_prompt: str,
         steps: int,
         examples_per_step: int,
-        dev_examples: int | None,
+        dev_rows: list[dict],
         seed: int,
         monitor: str,
         instruction: str | None = None,
@@ -57,8 +59,7 @@ class PRewriteModule(L.LightningModule):
         self.instruction = task.instruction if instruction is None else instruction
         self.meta_prompt = meta_prompt
         self.prompt_ids = [rollout_hf.rewriter_prompt(self.tokenizer, meta_prompt, self.instruction)]
-        # Dev rows are a fixed seeded subset, the same at every evaluation, so dev curves are comparable.
-        self.dev_rows = task.sample("dev", dev_examples, seed=[seed, 1 << 30])
+        self.dev_rows = dev_rows  # scored at every dev evaluation
         self.rewrite_rows: list[dict[str, Any]] = []  # the rewrites table (see callbacks.RewritesTable)
         self.rollout_step = 0  # rollout steps done; Lightning's global_step counts optimizer steps
         self.monitor = monitor  # the dev score that picks the best rewriter (a key of score_on_dev)
@@ -71,7 +72,8 @@ class PRewriteModule(L.LightningModule):
 
     # ---- data: one "batch" is the index of a rollout step; its examples derive from [seed, step] ----
     def train_dataloader(self) -> DataLoader:
-        return DataLoader(range(self.steps), batch_size=None, shuffle=False)
+        # Called after a checkpoint is restored: a resumed run continues at the step after it.
+        return DataLoader(range(self.rollout_step, self.steps), batch_size=None, shuffle=False)
 
     def val_dataloader(self) -> DataLoader:
         return DataLoader(range(1), batch_size=None)
@@ -221,7 +223,24 @@ class PRewriteModule(L.LightningModule):
         info |= {"monitor": self.monitor, **(self.best or {})}
         (Path(path) / "prewrite.json").write_text(json.dumps(info, indent=2))
 
+    # ---- checkpoint: what Lightning does not keep (weights, optimizer, scheduler and loops it does) ----
+    def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        checkpoint["prewrite"] = {
+            "rollout_step": self.rollout_step,
+            "best": self.best,
+            "rewrite_rows": self.rewrite_rows,
+            "rng": _rng_state(),
+        }
+
+    def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        state = checkpoint["prewrite"]
+        self.rollout_step, self.best, self.rewrite_rows = state["rollout_step"], state["best"], state["rewrite_rows"]
+        self._rng_to_restore = state["rng"]  # applied at train start, after Lightning's own set-up
+
     def on_train_start(self) -> None:
+        if self.rollout_step > 0:  # resumed: step 0 was evaluated and logged before the checkpoint
+            _set_rng_state(self._rng_to_restore)
+            return
         # Step 0 of the dev curve: the initial instruction and the untrained rewriter's greedy rewrite,
         # under the same precision context as the later validation steps.
         initial = self.score_on_dev(self.instruction)
@@ -234,6 +253,21 @@ class PRewriteModule(L.LightningModule):
         scores = self.evaluate_dev()
         # for Lightning callbacks (early stopping); the loggers got them from evaluate_dev
         self.log_dict({f"dev/{k}": v for k, v in scores.items()}, batch_size=1, logger=False)
+
+
+def _rng_state() -> dict[str, Any]:
+    state = {"python": random.getstate(), "numpy": np.random.get_state(), "torch": torch.get_rng_state()}
+    if torch.cuda.is_available():
+        state["cuda"] = torch.cuda.get_rng_state_all()
+    return state
+
+
+def _set_rng_state(state: dict[str, Any]) -> None:
+    random.setstate(state["python"])
+    np.random.set_state(state["numpy"])
+    torch.set_rng_state(state["torch"])
+    if "cuda" in state:
+        torch.cuda.set_rng_state_all(state["cuda"])
 
 
 def _nan(x: float | None) -> float:

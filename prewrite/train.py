@@ -1,27 +1,39 @@
-"""Train a prompt rewriter: `python -m prewrite.train [task=sst2] [reward=accuracy] [key=value ...]`."""
+"""Train a prompt rewriter: `python -m prewrite.train [task=sst2] [reward=accuracy] [key=value ...]`.
+
+Stages (`stages=S`) are an outer loop: each stage builds a fresh module and Trainer from the base
+rewriter weights (so optimizer and scheduler start anew too) and rewrites the best rewrite of the
+stage before it. A run re-launched in the same folder (`hydra.run.dir=<run folder>`) skips finished
+stages and resumes the unfinished one from its last checkpoint, in the same MLflow run.
+"""
 
 from __future__ import annotations
 
+import json
 import logging
 import os
+from pathlib import Path
 
 import hydra
 import lightning as L
+import numpy as np
 from hydra.core.hydra_config import HydraConfig
 from hydra.utils import instantiate
 from lightning.pytorch.callbacks import EarlyStopping
-from lightning.pytorch.loggers import MLFlowLogger
+from mlflow import MlflowClient
+from mlflow.utils.mlflow_tags import MLFLOW_PARENT_RUN_ID, MLFLOW_RUN_NAME
 from omegaconf import DictConfig, OmegaConf
 
 from prewrite.backends import build_backend
-from prewrite.callbacks import RewritesTable
+from prewrite.callbacks import LastCheckpoint, RewritesTable
 from prewrite.module import PRewriteModule
 from prewrite.rewards import RewriteScorer
-from prewrite.tasks import load_task
+from prewrite.tasks import Task, load_task
 
 log = logging.getLogger(__name__)
 
 MLFLOW_PARAM_MAX = 6000  # MLflow's limit on a param value
+RUN_ID_FILE = "mlflow_run_id"  # in a run (or stage) folder: the MLflow run a resume continues
+RESULT_FILE = "result.json"  # in a run (or stage) folder: written when it finished
 
 
 def flatten(cfg: dict, prefix: str = "") -> dict[str, str]:
@@ -35,7 +47,7 @@ def flatten(cfg: dict, prefix: str = "") -> dict[str, str]:
     return out
 
 
-def log_config_to_mlflow(logger: MLFlowLogger, cfg: DictConfig) -> None:
+def log_config_to_mlflow(client: MlflowClient, run_id: str, cfg: DictConfig) -> None:
     """The flattened resolved config as params (full values, unlike Lightning's 250-char cut) and
     the resolved YAML as an artifact."""
     from mlflow.entities import Param
@@ -43,18 +55,40 @@ def log_config_to_mlflow(logger: MLFlowLogger, cfg: DictConfig) -> None:
     resolved = OmegaConf.to_container(cfg, resolve=True)
     params = [Param(k, v[:MLFLOW_PARAM_MAX]) for k, v in flatten(resolved).items()]
     for i in range(0, len(params), 100):  # MLflow accepts at most 100 params per batch
-        logger.experiment.log_batch(logger.run_id, params=params[i : i + 100])
-    logger.experiment.log_text(logger.run_id, OmegaConf.to_yaml(resolved), "config.yaml")
+        client.log_batch(run_id, params=params[i : i + 100])
+    client.log_text(run_id, OmegaConf.to_yaml(resolved), "config.yaml")
 
 
-def train(cfg: DictConfig) -> float:
-    """Runs one training and returns the best value of `cfg.optimized_metric` seen on dev."""
-    L.seed_everything(cfg.seed, workers=True)
-    task = load_task(cfg.task)
-    backend = build_backend(cfg.task_backend, cfg.get("cache"))
-    scorer = RewriteScorer(task, backend, cfg.reward.reward_funcs, cfg.reward.reward_weights, report=[cfg.task.metric])
-    run_dir = cfg.paths.run_dir
-    export_dir = os.path.join(run_dir, "rewriter")
+def _checkpoint_to_resume(cfg: DictConfig, run_dir: Path) -> Path | None:
+    """ckpt_path: null = the run folder's last checkpoint if there is one; "last" = that, required;
+    else a checkpoint file."""
+    last = run_dir / "checkpoints" / "last.ckpt"
+    if cfg.ckpt_path is None:
+        return last if last.exists() else None
+    path = last if cfg.ckpt_path == "last" else Path(cfg.ckpt_path)
+    if not path.exists():
+        hint = " (re-run in the killed run's folder: hydra.run.dir=<its folder>)" if cfg.ckpt_path == "last" else ""
+        raise FileNotFoundError(f"ckpt_path={cfg.ckpt_path!r}: no checkpoint at {path}{hint}")
+    return path
+
+
+def fit_stage(
+    cfg: DictConfig,
+    task: Task,
+    scorer: RewriteScorer,
+    dev_rows: list[dict],
+    instruction: str,
+    run_dir: Path,
+    seed: int,
+    tags: dict[str, str],
+) -> dict:
+    """One training (one stage) in `run_dir`; returns its best dev evaluation {step, score, rewrite}."""
+    if (run_dir / RESULT_FILE).exists():  # finished before a resume
+        return json.loads((run_dir / RESULT_FILE).read_text())
+    run_dir.mkdir(parents=True, exist_ok=True)
+    ckpt = _checkpoint_to_resume(cfg, run_dir)
+    L.seed_everything(seed, workers=True)
+    export_dir = run_dir / "rewriter"
     module = PRewriteModule(
         task=task,
         scorer=scorer,
@@ -63,35 +97,95 @@ def train(cfg: DictConfig) -> float:
         meta_prompt=cfg.meta_prompt,
         steps=cfg.steps,
         examples_per_step=cfg.examples_per_step,
-        dev_examples=cfg.dev_examples,
-        seed=cfg.seed,
+        dev_rows=dev_rows,
+        seed=seed,
         monitor=cfg.optimized_metric.removeprefix("dev/"),
-        export_dir=export_dir,
+        instruction=instruction,
+        export_dir=str(export_dir),
     )
-    logger = instantiate(cfg.logger) if cfg.logger.get("_target_") else False
-    if isinstance(logger, MLFlowLogger):
-        log_config_to_mlflow(logger, cfg)
-    callbacks: list[L.Callback] = [RewritesTable(run_dir)]
+    logger = False
+    if cfg.logger.get("_target_"):
+        run_id_file = (ckpt.parent.parent if ckpt else run_dir) / RUN_ID_FILE
+        resumed_id = run_id_file.read_text().strip() if ckpt and run_id_file.exists() else None
+        logger = instantiate(cfg.logger, run_id=resumed_id, tags=tags or None)
+        if resumed_id is None and hasattr(logger, "run_id"):
+            (run_dir / RUN_ID_FILE).write_text(logger.run_id)
+            log_config_to_mlflow(logger.experiment, logger.run_id, cfg)
+    callbacks: list[L.Callback] = [RewritesTable(str(run_dir))]
+    if cfg.save_checkpoints:
+        callbacks.append(LastCheckpoint(str(run_dir / "checkpoints")))
     if cfg.early_stopping_patience is not None:
         callbacks.append(EarlyStopping(cfg.optimized_metric, patience=cfg.early_stopping_patience, mode="max"))
-    trainer = L.Trainer(**cfg.trainer, **cfg.hardware, logger=logger, callbacks=callbacks, default_root_dir=run_dir)
-    trainer.fit(module)
+    trainer = L.Trainer(
+        **cfg.trainer, **cfg.hardware, logger=logger, callbacks=callbacks, default_root_dir=str(run_dir)
+    )
+    trainer.fit(module, ckpt_path=str(ckpt) if ckpt else None)
 
     best = module.best or {"score": float("nan"), "step": None, "rewrite": None}
     if trainer.is_global_zero:
-        if isinstance(logger, MLFlowLogger) and cfg.log_rewriter_to_mlflow:
-            logger.experiment.log_artifacts(logger.run_id, export_dir, "rewriter")
+        if logger and cfg.log_rewriter_to_mlflow and export_dir.exists():
+            logger.experiment.log_artifacts(logger.run_id, str(export_dir), "rewriter")
+        (run_dir / RESULT_FILE).write_text(json.dumps(best))
         print(f"\nBest {cfg.optimized_metric}: {best['score']:.4f} at step {best['step']}: {best['rewrite']!r}")
         print(f"Rewriter (best on dev): {os.path.relpath(export_dir)}")
-        if isinstance(logger, MLFlowLogger):
+        if logger:
             print(f"MLflow run {logger.run_id} in experiment {logger._experiment_name!r}")
-            print(f"Open the UI: make ui   (or: mlflow ui --backend-store-uri {cfg.paths.mlflow_tracking_uri})")
+    return best
+
+
+def _parent_run(cfg: DictConfig, run_dir: Path) -> str | None:
+    """The MLflow run that holds a multi-stage training's stages as child runs (resumed if it exists)."""
+    if not cfg.logger.get("_target_"):
+        return None
+    run_id_file = run_dir / RUN_ID_FILE
+    if run_id_file.exists():
+        return run_id_file.read_text().strip()
+    client = MlflowClient(cfg.logger.tracking_uri)
+    exp = client.get_experiment_by_name(cfg.logger.experiment_name)
+    exp_id = (
+        exp.experiment_id if exp else client.create_experiment(cfg.logger.experiment_name, cfg.logger.artifact_location)
+    )
+    run_id = client.create_run(exp_id, tags={MLFLOW_RUN_NAME: cfg.logger.run_name}).info.run_id
+    run_dir.mkdir(parents=True, exist_ok=True)
+    run_id_file.write_text(run_id)
+    log_config_to_mlflow(client, run_id, cfg)
+    return run_id
+
+
+def train(cfg: DictConfig) -> float:
+    """Runs the training (all its stages) and returns the best value of `cfg.optimized_metric` on
+    dev of the last stage."""
+    task = load_task(cfg.task)
+    backend = build_backend(cfg.task_backend, cfg.get("cache"))
+    scorer = RewriteScorer(task, backend, cfg.reward.reward_funcs, cfg.reward.reward_weights, report=[cfg.task.metric])
+    # A fixed seeded dev subset, the same at every evaluation and stage, so dev curves are comparable.
+    dev_rows = task.sample("dev", cfg.dev_examples, seed=[cfg.seed, 1 << 30])
+    run_dir = Path(cfg.paths.run_dir)
+    if cfg.stages == 1:
+        best = fit_stage(cfg, task, scorer, dev_rows, task.instruction, run_dir, cfg.seed, tags={})
+    else:
+        parent = _parent_run(cfg, run_dir)
+        instruction = task.instruction
+        for stage in range(cfg.stages):
+            tags = {"prewrite.stage": str(stage)}
+            if parent:
+                tags |= {MLFLOW_PARENT_RUN_ID: parent, MLFLOW_RUN_NAME: f"{cfg.logger.run_name}-stage{stage}"}
+            # each stage its own seed stream, so a resumed stage replays exactly
+            seed = int(np.random.SeedSequence([cfg.seed, stage]).generate_state(1)[0])
+            best = fit_stage(cfg, task, scorer, dev_rows, instruction, run_dir / f"stage{stage}", seed, tags)
+            instruction = best["rewrite"] or instruction  # the next stage rewrites this stage's best
+        if parent:
+            client = MlflowClient(cfg.logger.tracking_uri)
+            client.log_metric(parent, cfg.optimized_metric, best["score"])
+            client.set_terminated(parent, "FINISHED")
+    if cfg.logger.get("_target_"):
+        print(f"Open the UI: make ui   (or: mlflow ui --backend-store-uri {cfg.logger.tracking_uri})")
     return best["score"]
 
 
 @hydra.main(version_base="1.3", config_path="../conf", config_name="train")
 def main(cfg: DictConfig) -> float:
-    # log_table downloads the table before each append; its progress bar would clutter the console.
+    # artifact downloads (the MLflow table helpers) would clutter the console with progress bars
     os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
     log.info("Run folder: %s", HydraConfig.get().runtime.output_dir)
     return train(cfg)
