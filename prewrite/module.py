@@ -21,6 +21,7 @@ from torch.utils.data import DataLoader
 from prewrite import models
 from prewrite.algorithms.grpo import group_advantages, grpo_loss
 from prewrite.algorithms.logprobs import completion_logprobs
+from prewrite.backends.usage import Usage
 from prewrite.rewards import RewriteScorer
 from prewrite.rollout import hf as rollout_hf
 from prewrite.tasks import Task
@@ -65,6 +66,9 @@ class PRewriteModule(L.LightningModule):
         self.monitor = monitor  # the dev score that picks the best rewriter (a key of score_on_dev)
         self.export_dir = export_dir  # where the best-on-dev rewriter is saved as a Hugging Face folder
         self.best: dict[str, Any] | None = None  # {"step", "score", "rewrite"} of the best dev evaluation
+        self.rewriter_usage = Usage()  # rollout tokens and samples, totalled over the run
+        self.task_usage_before: dict[str, float] = {}  # task-LLM usage of the run before a resume
+        self.last_task_usage: dict[str, float] = {}  # task-LLM totals at the last step (for checkpoints)
 
     def on_fit_start(self) -> None:
         if self.ref_policy is not None:  # not a registered submodule, so Lightning does not move it
@@ -159,6 +163,7 @@ class PRewriteModule(L.LightningModule):
             "train/completion_length": rollout.completion_mask.sum(1).float().mean(),
             "train/truncated_fraction": rollout.truncated.float().mean(),
             "train/task_llm_calls": float(self.scorer.backend.num_calls - calls_before),
+            **self.usage_totals(rollout),
             "train/lr": sched.get_last_lr()[0],
             "time/rollout_s": t1 - t0,
             "time/reward_s": t2 - t1,
@@ -180,6 +185,24 @@ class PRewriteModule(L.LightningModule):
         values = {k: float(v) for k, v in metrics.items()}
         for logger in self.loggers:
             logger.log_metrics(values, step=self.rollout_step)
+
+    def usage_totals(self, rollout: rollout_hf.Rollout) -> dict[str, float]:
+        """Run totals so far per role: `usage/rewriter/*` and `usage/task_llm/*` (calls, tokens, and
+        cost_usd / cache_hit_rate where the backend has them)."""
+        self.rewriter_usage.add(
+            calls=len(rollout.texts),
+            prompt_tokens=int(rollout.prompt_mask.sum()),
+            completion_tokens=int(rollout.completion_mask.sum()),
+        )
+        task = self.scorer.backend.usage_snapshot()
+        before = self.task_usage_before
+        task = {k: v + before.get(k, 0.0) for k, v in task.items() if k != "cache_hit_rate"}
+        if "cache_hits" in task:
+            task["cache_hit_rate"] = task["cache_hits"] / max(1.0, task["cache_hits"] + task["cache_misses"])
+        self.last_task_usage = task
+        return {f"usage/rewriter/{k}": v for k, v in self.rewriter_usage.snapshot().items()} | {
+            f"usage/task_llm/{k}": v for k, v in task.items()
+        }
 
     # ---- dev evaluation of the greedy rewrite (PRewrite-I) ----
     def greedy_rewrite(self) -> str:
@@ -227,6 +250,7 @@ class PRewriteModule(L.LightningModule):
     def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
         checkpoint["prewrite"] = {
             "rollout_step": self.rollout_step,
+            "usage": {"rewriter": self.rewriter_usage.snapshot(), "task_llm": self.last_task_usage},
             "best": self.best,
             "rewrite_rows": self.rewrite_rows,
             "rng": _rng_state(),
@@ -235,6 +259,11 @@ class PRewriteModule(L.LightningModule):
     def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
         state = checkpoint["prewrite"]
         self.rollout_step, self.best, self.rewrite_rows = state["rollout_step"], state["best"], state["rewrite_rows"]
+        rewriter = state["usage"]["rewriter"]
+        self.rewriter_usage.add(
+            int(rewriter["calls"]), int(rewriter["prompt_tokens"]), int(rewriter["completion_tokens"])
+        )
+        self.task_usage_before = state["usage"]["task_llm"]
         self._rng_to_restore = state["rng"]  # applied at train start, after Lightning's own set-up
 
     def on_train_start(self) -> None:

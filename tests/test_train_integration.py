@@ -59,6 +59,15 @@ def test_run_is_logged_to_mlflow_with_params_metrics_and_artifacts(run):
     artifacts = {a.path for a in client.list_artifacts(r.info.run_id)}
     assert {"config.yaml", "rewrites.json"} <= artifacts
 
+    # usage per role, totalled over the run: rewriter samples and tokens, task-LLM calls and cache
+    rewriter_calls = [v for _, v in history(client, r.info.run_id, "usage/rewriter/calls")]
+    assert rewriter_calls == [3.0, 6.0]  # 3 rewrites per step
+    tokens = [v for _, v in history(client, r.info.run_id, "usage/rewriter/completion_tokens")]
+    assert 0 < tokens[0] <= tokens[1] <= 2 * 3 * 16
+    task_calls = [v for _, v in history(client, r.info.run_id, "usage/task_llm/calls")]
+    assert task_calls == sorted(task_calls) and task_calls[-1] > 0
+    assert 0.0 <= history(client, r.info.run_id, "usage/task_llm/cache_hit_rate")[-1][1] <= 1.0
+
 
 def test_rewrites_table_holds_every_rewrite_with_its_reward(run):
     _, client, outputs = run
