@@ -51,7 +51,7 @@ def train(cfg: DictConfig) -> float:
     """Runs one training and returns the best value of `cfg.optimized_metric` seen on dev."""
     L.seed_everything(cfg.seed, workers=True)
     task = load_task(cfg.task)
-    backend = build_backend(cfg.task_backend, cfg.get("cache"))
+    backend = build_backend(cfg.task_backend, cfg.get("cache"), task)
     scorer = RewriteScorer(task, backend, cfg.reward.reward_funcs, cfg.reward.reward_weights, report=[cfg.task.metric])
     run_dir = cfg.paths.run_dir
     export_dir = os.path.join(run_dir, "rewriter")
