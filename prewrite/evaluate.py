@@ -31,7 +31,7 @@ def evaluate(cfg: DictConfig) -> dict[str, float]:
     L.seed_everything(cfg.seed, workers=True)
     task = load_task(cfg.task)
     metric = task.metric
-    scorer = RewriteScorer(task, build_backend(cfg.task_backend, cfg.cache), [metric], [1.0])
+    scorer = RewriteScorer(task, build_backend(cfg.task_backend, cfg.cache, task), [metric], [1.0])
     rw = rewriter_lib.load(cfg.rewriter_path, cfg.paths.mlflow_tracking_uri, cfg.dtype)
     if rw.info.get("task") not in (None, task.name):
         log.warning("The rewriter was trained on task %r; evaluating it on %r", rw.info["task"], task.name)

@@ -23,6 +23,11 @@ from transformers import AutoModelForCausalLM, AutoTokenizer, PreTrainedModel, P
 log = logging.getLogger(__name__)
 
 EMBEDDED_PREFIX = "embedded:"
+# Version of the converted folder's layout, part of its path: a change to what _convert_gguf writes then
+# converts afresh instead of reusing an old folder. 2: the tied embedding is stored under its own name
+# (model.embed_tokens.weight) as save_pretrained does; version 1 kept only lm_head.weight, which
+# transformers re-ties but vLLM leaves uninitialized (uniform logits).
+CONVERTED_LAYOUT = 2
 
 
 @dataclass(frozen=True)
@@ -56,7 +61,7 @@ def resolve(model_name_or_path: str) -> str:
             f"Unknown embedded model {name!r} in model_name_or_path={model_name_or_path!r}; "
             f"known: {sorted(EMBEDDED_MODELS)}. Use a Hugging Face hub id or a local folder otherwise."
         )
-    target = cache_dir() / "models" / name
+    target = cache_dir() / "models" / f"{name}.v{CONVERTED_LAYOUT}"
     if not (target / "config.json").exists():
         _convert_gguf(EMBEDDED_MODELS[name], target)
     return str(target)
@@ -86,10 +91,16 @@ def _convert_gguf(spec: EmbeddedModel, target: Path) -> None:
     target.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(dir=target.parent, prefix=f".{target.name}-"))
     try:
-        from safetensors.torch import save_model
+        from safetensors.torch import save_file
 
-        # save_pretrained refuses GGUF-loaded models; save_model also drops the tied lm_head copy.
-        save_model(model, str(tmp / "model.safetensors"), metadata={"format": "pt"})
+        # save_pretrained refuses GGUF-loaded models. Like it, leave out the tied lm_head copy: loaders
+        # (transformers, vLLM) rebuild it from the embedding.
+        state = model.state_dict()
+        if model.config.tie_word_embeddings:
+            state.pop("lm_head.weight", None)
+        save_file(
+            {k: v.contiguous() for k, v in state.items()}, str(tmp / "model.safetensors"), metadata={"format": "pt"}
+        )
         config = model.config.to_dict()
         config.pop("quantization_config", None)
         config["architectures"] = [type(model).__name__]

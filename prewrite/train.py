@@ -156,7 +156,7 @@ def train(cfg: DictConfig) -> float:
     """Runs the training (all its stages) and returns the best value of `cfg.optimized_metric` on
     dev of the last stage."""
     task = load_task(cfg.task)
-    backend = build_backend(cfg.task_backend, cfg.get("cache"))
+    backend = build_backend(cfg.task_backend, cfg.get("cache"), task)
     scorer = RewriteScorer(task, backend, cfg.reward.reward_funcs, cfg.reward.reward_weights, report=[cfg.task.metric])
     # A fixed seeded dev subset, the same at every evaluation and stage, so dev curves are comparable.
     dev_rows = task.sample("dev", cfg.dev_examples, seed=[cfg.seed, 1 << 30])

@@ -4,6 +4,7 @@ import importlib.util
 from pathlib import Path
 
 import pytest
+from safetensors import safe_open
 
 from prewrite import models
 
@@ -35,5 +36,8 @@ def test_embedded_model_converts_once_then_loads_from_the_cache():
     assert weights.stat().st_mtime_ns == written, "the cached folder was converted again"
     assert sum(p.numel() for p in model.parameters()) == 134_515_008
     assert "quantization_config" not in model.config.to_dict()
+    # The tied embedding is stored under its own name (vLLM does not rebuild it from lm_head.weight).
+    with safe_open(weights, "pt") as f:
+        assert "model.embed_tokens.weight" in f.keys() and "lm_head.weight" not in f.keys()
     tok = models.load_tokenizer("embedded:smollm2-135m-instruct")
     assert tok.padding_side == "left" and tok.pad_token is not None

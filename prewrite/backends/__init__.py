@@ -5,13 +5,25 @@ from __future__ import annotations
 from collections.abc import Mapping
 
 
-def build_backend(backend_cfg, cache_cfg: Mapping | None = None):
-    """The configured backend (`task_backend`), wrapped in the response cache when `cache.enabled`."""
+def build_backend(backend_cfg, cache_cfg: Mapping | None = None, task=None):
+    """The configured backend (`task_backend`), wrapped in the response cache when `cache.enabled`.
+
+    A backend configured with `constrained: true` answers a classification task by choosing among its
+    label verbalizers; it is given them here, from `task`, so the scorer's interface stays the same."""
     from hydra.utils import instantiate
 
     from prewrite.backends.cache import CachedBackend, ResponseCache
 
-    backend = instantiate(backend_cfg)
+    extra = {}
+    if backend_cfg.get("constrained", False):
+        if task is None or task.kind != "classification":
+            kind = "no task" if task is None else f"task {task.name!r} of kind {task.kind!r}"
+            raise ValueError(
+                f"task_backend.constrained=true chooses among a classification task's labels, but got {kind}; "
+                "set task_backend.constrained=false for qa and math tasks"
+            )
+        extra["choices"] = list(task.labels.values())
+    backend = instantiate(backend_cfg, **extra)
     if not cache_cfg or not cache_cfg.get("enabled", False):
         return backend
     if not cache_cfg.get("path"):

