@@ -74,10 +74,11 @@ class PRewriteModule(L.LightningModule):
         if self.ref_policy is not None:  # not a registered submodule, so Lightning does not move it
             self.ref_policy.to(self.device)
 
-    # ---- data: one "batch" is the index of a rollout step; its examples derive from [seed, step] ----
+    # ---- data: one "batch" per rollout step; the step's examples derive from [seed, step] ----
     def train_dataloader(self) -> DataLoader:
-        # Called after a checkpoint is restored: a resumed run continues at the step after it.
-        return DataLoader(range(self.rollout_step, self.steps), batch_size=None, shuffle=False)
+        # Only ticks: the step number is the module's counter (kept in checkpoints), because a resumed
+        # Lightning epoch continues its batch count over a fresh iterator of the same length.
+        return DataLoader(range(self.steps), batch_size=None, shuffle=False)
 
     def val_dataloader(self) -> DataLoader:
         return DataLoader(range(1), batch_size=None)
@@ -92,7 +93,7 @@ class PRewriteModule(L.LightningModule):
 
     # ---- training ----
     def training_step(self, batch: torch.Tensor, batch_idx: int) -> None:
-        step = int(batch)
+        step = self.rollout_step
         self.rollout_step = step + 1
         algo = self.algo
         t0 = time.perf_counter()
@@ -285,7 +286,10 @@ class PRewriteModule(L.LightningModule):
 
 
 def _rng_state() -> dict[str, Any]:
-    state = {"python": random.getstate(), "numpy": np.random.get_state(), "torch": torch.get_rng_state()}
+    # plain types only: Lightning loads checkpoints with torch.load(weights_only=True)
+    kind, keys, pos, has_gauss, gauss = np.random.get_state()
+    numpy_state = [kind, keys.tolist(), pos, has_gauss, gauss]
+    state = {"python": random.getstate(), "numpy": numpy_state, "torch": torch.get_rng_state()}
     if torch.cuda.is_available():
         state["cuda"] = torch.cuda.get_rng_state_all()
     return state
@@ -293,7 +297,8 @@ def _rng_state() -> dict[str, Any]:
 
 def _set_rng_state(state: dict[str, Any]) -> None:
     random.setstate(state["python"])
-    np.random.set_state(state["numpy"])
+    kind, keys, pos, has_gauss, gauss = state["numpy"]
+    np.random.set_state((kind, np.asarray(keys, dtype=np.uint32), pos, has_gauss, gauss))
     torch.set_rng_state(state["torch"])
     if "cuda" in state:
         torch.cuda.set_rng_state_all(state["cuda"])
