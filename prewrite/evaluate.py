@@ -41,13 +41,13 @@ def evaluate(cfg: DictConfig) -> dict[str, float]:
 
     # PRewrite-S: select on dev (a fixed seeded subset when dev_examples is set)
     candidates = list(dict.fromkeys(samples))
-    dev_rows = task.sample("dev", cfg.dev_examples, seed=[cfg.seed, 1 << 30])
+    dev_rows = task.eval_rows("dev", cfg.dev_examples, cfg.seed)
     dev_scores = scorer(candidates, dev_rows).metrics[metric]
     best = max(range(len(candidates)), key=lambda i: -1.0 if dev_scores[i] is None else dev_scores[i])
     selected = candidates[best]
 
     # Report on test: only now, and only the three chosen instructions.
-    test_rows = task.sample("test", cfg.test_examples, seed=[cfg.seed, 1 << 31])
+    test_rows = task.eval_rows("test", cfg.test_examples, cfg.seed)
     reported = {"initial": initial, "prewrite_i": greedy, "prewrite_s": selected}
     test_scores = scorer(list(reported.values()), test_rows).metrics[metric]
     dev_of = dict(zip(candidates, dev_scores, strict=True))

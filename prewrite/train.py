@@ -159,7 +159,7 @@ def train(cfg: DictConfig) -> float:
     backend = build_backend(cfg.task_backend, cfg.get("cache"), task)
     scorer = RewriteScorer(task, backend, cfg.reward.reward_funcs, cfg.reward.reward_weights, report=[cfg.task.metric])
     # A fixed seeded dev subset, the same at every evaluation and stage, so dev curves are comparable.
-    dev_rows = task.sample("dev", cfg.dev_examples, seed=[cfg.seed, 1 << 30])
+    dev_rows = task.eval_rows("dev", cfg.dev_examples, cfg.seed)
     run_dir = Path(cfg.paths.run_dir)
     if cfg.stages == 1:
         best = fit_stage(cfg, task, scorer, dev_rows, task.instruction, run_dir, cfg.seed, tags={})

@@ -33,6 +33,7 @@ from prewrite.tasks.io import data_path, read_jsonl, read_rows
 log = logging.getLogger(__name__)
 
 SPLITS = ("train", "dev", "test")
+EVAL_SAMPLE_STREAM = {"dev": 1 << 30, "test": 1 << 31}  # seed-stream ids far from any step number
 KINDS = ("classification", "qa", "math")
 SOURCES = ("packaged", "hub", "file")
 DEFAULT_METRIC = {"classification": "accuracy", "qa": "f1", "math": "math_verify"}
@@ -106,6 +107,11 @@ class Task:
             return list(rows)
         idx = np.random.default_rng(list(seed)).choice(len(rows), size=n, replace=False)
         return [rows[i] for i in sorted(idx)]
+
+    def eval_rows(self, split: str, n: int | None, seed: int) -> list[dict]:
+        """The fixed seeded subset of dev or test that evaluations score: the same rows at every
+        evaluation, stage and script of one seed, and apart from the per-step training samples."""
+        return self.sample(split, n, seed=[seed, EVAL_SAMPLE_STREAM[split]])
 
 
 # ---------------------------------------------------------------------------------------------------
