@@ -143,6 +143,7 @@ class PRewriteModule(L.LightningModule):
                 epsilon=algo["epsilon"],
                 epsilon_high=algo["epsilon_high"],
                 beta=algo["beta"],
+                use_bias_correction_kl=algo["use_bias_correction_kl"],
                 ref_logps=ref_logps,
                 max_completion_length=algo["max_completion_length"],
             )

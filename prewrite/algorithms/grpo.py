@@ -54,10 +54,14 @@ def grpo_loss(
     epsilon_high: float | None = None,
     beta: float = 0.0,
     ref_logps: torch.Tensor | None = None,
+    use_bias_correction_kl: bool = True,
     max_completion_length: int | None = None,
     num_items_in_batch: int | float | None = None,
 ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
     """Clipped surrogate loss with an optional k3 KL penalty to a reference policy.
+
+    `use_bias_correction_kl` weights the KL by the (differentiable) importance ratio, as TRL does by
+    default, which makes its gradient the unbiased reverse-KL gradient even on-policy.
 
     logps, old_logps, ref_logps, mask: [B, T] over completion tokens; advantages: [B].
     `num_items_in_batch` is the number of completion tokens of the whole generation batch (dapo
@@ -80,6 +84,8 @@ def grpo_loss(
             raise ValueError("beta != 0 needs ref_logps")
         delta = ref_logps - logps
         per_token_kl = torch.exp(delta) - delta - 1  # k3 estimator of KL(pi || ref), >= 0
+        if use_bias_correction_kl:
+            per_token_kl = per_token_kl * ratio
         per_token = per_token + beta * per_token_kl
         stats["kl"] = _masked_mean(per_token_kl, mask).detach()
 
