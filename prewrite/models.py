@@ -126,3 +126,27 @@ def load_tokenizer(model_name_or_path: str) -> PreTrainedTokenizerBase:
 
 def load_model(model_name_or_path: str, dtype: str = "float32") -> PreTrainedModel:
     return AutoModelForCausalLM.from_pretrained(resolve(model_name_or_path), dtype=getattr(torch, dtype))
+
+
+def add_lora(model: PreTrainedModel, lora: dict) -> PreTrainedModel:
+    """Wrap `model` with a trainable LoRA adapter (peft); the base weights are frozen."""
+    from peft import LoraConfig, get_peft_model
+
+    config = LoraConfig(
+        r=lora["r"],
+        lora_alpha=lora["lora_alpha"],
+        lora_dropout=lora["lora_dropout"],
+        target_modules=lora["target_modules"],
+        task_type="CAUSAL_LM",
+    )
+    return get_peft_model(model, config)
+
+
+def plain_model(model: PreTrainedModel) -> PreTrainedModel:
+    """A plain transformers model with the policy's current weights: the model itself, or for a LoRA
+    policy a copy with the adapter merged in (so exports and weight syncs need no peft)."""
+    if not hasattr(model, "merge_and_unload"):
+        return model
+    import copy
+
+    return copy.deepcopy(model).merge_and_unload()

@@ -19,8 +19,9 @@ import torch
 from torch.utils.data import DataLoader
 
 from prewrite import models
+from prewrite.algorithms import ppo
 from prewrite.algorithms.grpo import group_advantages, grpo_loss
-from prewrite.algorithms.logprobs import completion_logprobs
+from prewrite.algorithms.logprobs import completion_logprobs, completion_logprobs_and_values
 from prewrite.backends.usage import Usage
 from prewrite.rewards import RewriteScorer
 from prewrite.rollout import hf as rollout_hf
@@ -49,13 +50,22 @@ class PRewriteModule(L.LightningModule):
         self.algo = algorithm
         self.steps, self.examples_per_step, self.seed = steps, examples_per_step, seed
         self.tokenizer = models.load_tokenizer(rewriter["model_name_or_path"])
-        self.policy = models.load_model(rewriter["model_name_or_path"], rewriter["dtype"]).train()
-        if rewriter.get("gradient_checkpointing"):
-            self.policy.gradient_checkpointing_enable()
-        # The reference policy is frozen and rebuilt from the base weights, so it stays out of the
-        # state dict (and out of checkpoints); no reference is loaded when beta == 0.
-        ref = copy.deepcopy(self.policy).eval().requires_grad_(False) if algorithm["beta"] != 0 else None
+        policy = models.load_model(rewriter["model_name_or_path"], rewriter["dtype"])
+        if rewriter["gradient_checkpointing"]:
+            policy.gradient_checkpointing_enable()
+        lora = rewriter["lora"]
+        # The frozen reference policy: with LoRA the base weights under the adapter (no copy); else a copy
+        # rebuilt from the base weights, kept out of the state dict (and checkpoints); none when no KL is used.
+        ref = None
+        if _kl_weight(algorithm) != 0 and not lora["enabled"]:
+            ref = copy.deepcopy(policy).eval().requires_grad_(False)
         object.__setattr__(self, "ref_policy", ref)
+        self.policy = (models.add_lora(policy, lora) if lora["enabled"] else policy).train()
+        if algorithm["name"] == "ppo":  # the critic: a linear value head on the policy's last hidden state
+            self.value_head = torch.nn.Linear(policy.config.hidden_size, 1)
+            torch.nn.init.zeros_(self.value_head.weight)  # V = 0 at the start: no random critic noise in GAE
+            torch.nn.init.zeros_(self.value_head.bias)
+            self.kl_coef = float(algorithm["kl_coef"])  # adapted during training when adap_kl_ctrl
         # The instruction to rewrite: the task's initial one, or (multi-stage) the previous stage's best.
         self.instruction = task.instruction if instruction is None else instruction
         self.meta_prompt = meta_prompt
@@ -84,9 +94,10 @@ class PRewriteModule(L.LightningModule):
         return DataLoader(range(1), batch_size=None)
 
     def configure_optimizers(self):
-        opt = torch.optim.AdamW(
-            self.policy.parameters(), lr=self.algo["learning_rate"], weight_decay=self.algo["weight_decay"]
-        )
+        # One optimizer over everything trainable (policy or its LoRA adapter, and PPO's value head):
+        # DeepSpeed allows a single optimizer.
+        params = [p for p in self.parameters() if p.requires_grad]
+        opt = torch.optim.AdamW(params, lr=self.algo["learning_rate"], weight_decay=self.algo["weight_decay"])
         warmup = max(1, self.algo["warmup_steps"])
         sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: min(1.0, (s + 1) / warmup))
         return [opt], [sched]
@@ -117,41 +128,11 @@ class PRewriteModule(L.LightningModule):
         t2 = time.perf_counter()
 
         rewards = torch.tensor([float("nan") if r is None else r for r in scores.rewards], device=self.device)
-        advantages = group_advantages(rewards, algo["num_generations"], algo["scale_rewards"])
         mask = rollout.completion_mask
         if algo["mask_truncated_completions"]:
             mask = mask * (~rollout.truncated).unsqueeze(1).to(mask.dtype)
-        n_tokens = rollout.completion_ids.size(1)
-
-        def logprobs(model):
-            return completion_logprobs(model, rollout.input_ids, rollout.attention_mask, n_tokens, algo["temperature"])
-
-        with torch.no_grad():
-            ref_logps = logprobs(self.ref_policy) if self.ref_policy is not None else None
-            # With one policy epoch the sampling policy is the current one: ratio 1 (TRL does the same).
-            old_logps = logprobs(self.policy) if algo["num_iterations"] > 1 else None
-
-        opt, sched = self.optimizers(), self.lr_schedulers()
-        for _ in range(algo["num_iterations"]):
-            logps = logprobs(self.policy)
-            loss, stats = grpo_loss(
-                logps,
-                logps.detach() if old_logps is None else old_logps,
-                advantages,
-                mask,
-                loss_type=algo["loss_type"],
-                epsilon=algo["epsilon"],
-                epsilon_high=algo["epsilon_high"],
-                beta=algo["beta"],
-                use_bias_correction_kl=algo["use_bias_correction_kl"],
-                ref_logps=ref_logps,
-                max_completion_length=algo["max_completion_length"],
-            )
-            opt.zero_grad()
-            self.manual_backward(loss)
-            self.clip_gradients(opt, gradient_clip_val=algo["max_grad_norm"], gradient_clip_algorithm="norm")
-            opt.step()
-        sched.step()
+        update = self.ppo_update if algo["name"] == "ppo" else self.grpo_update
+        stats = update(rollout, rewards, mask)
         t3 = time.perf_counter()
 
         valid = rewards[~torch.isnan(rewards)]
@@ -161,12 +142,11 @@ class PRewriteModule(L.LightningModule):
             "train/reward_none": float(len(rewards) - len(valid)),  # rewrites with no computable reward
             "train/metric_none": float(scores.none_values),  # per-example metric values left out
             "train/empty_rewrites": float(sum(not t for t in rollout.texts)),
-            "train/loss": loss.detach(),
             "train/completion_length": rollout.completion_mask.sum(1).float().mean(),
             "train/truncated_fraction": rollout.truncated.float().mean(),
             "train/task_llm_calls": float(self.scorer.backend.num_calls - calls_before),
             **self.usage_totals(rollout),
-            "train/lr": sched.get_last_lr()[0],
+            "train/lr": self.lr_schedulers().get_last_lr()[0],
             "time/rollout_s": t1 - t0,
             "time/reward_s": t2 - t1,
             "time/update_s": t3 - t2,
@@ -180,6 +160,105 @@ class PRewriteModule(L.LightningModule):
             per_metric = {name: vals[i] for name, vals in scores.metrics.items()}
             row = {"step": self.rollout_step, "split": "train", "rewrite": text, "reward": scores.rewards[i]}
             self.rewrite_rows.append(row | per_metric)
+
+    def logprobs(self, rollout: rollout_hf.Rollout, model: torch.nn.Module | None = None) -> torch.Tensor:
+        """Per-token log-probs of the rollout's completions under `model` (default: the policy)."""
+        n = rollout.completion_ids.size(1)
+        model = self.policy if model is None else model
+        return completion_logprobs(model, rollout.input_ids, rollout.attention_mask, n, self.algo["temperature"])
+
+    @torch.no_grad()
+    def ref_logprobs(self, rollout: rollout_hf.Rollout) -> torch.Tensor:
+        """Log-probs under the frozen reference: the base weights (with LoRA, the policy with its adapter off)."""
+        if self.ref_policy is not None:
+            return self.logprobs(rollout, self.ref_policy)
+        with self.policy.disable_adapter():
+            return self.logprobs(rollout)
+
+    def optimizer_step(self, loss: torch.Tensor) -> None:
+        opt = self.optimizers()
+        opt.zero_grad()
+        self.manual_backward(loss)
+        self.clip_gradients(opt, gradient_clip_val=self.algo["max_grad_norm"], gradient_clip_algorithm="norm")
+        opt.step()
+
+    def grpo_update(self, rollout: rollout_hf.Rollout, rewards: torch.Tensor, mask: torch.Tensor) -> dict:
+        """`num_iterations` policy epochs on the group-relative advantages (prewrite.algorithms.grpo)."""
+        algo = self.algo
+        advantages = group_advantages(rewards, algo["num_generations"], algo["scale_rewards"])
+        ref_logps = self.ref_logprobs(rollout) if algo["beta"] != 0 else None
+        with torch.no_grad():  # with one policy epoch the sampling policy is the current one: ratio 1, as in TRL
+            old_logps = self.logprobs(rollout) if algo["num_iterations"] > 1 else None
+        for _ in range(algo["num_iterations"]):
+            logps = self.logprobs(rollout)
+            loss, stats = grpo_loss(
+                logps,
+                logps.detach() if old_logps is None else old_logps,
+                advantages,
+                mask,
+                loss_type=algo["loss_type"],
+                epsilon=algo["epsilon"],
+                epsilon_high=algo["epsilon_high"],
+                beta=algo["beta"],
+                use_bias_correction_kl=algo["use_bias_correction_kl"],
+                ref_logps=ref_logps,
+                max_completion_length=algo["max_completion_length"],
+            )
+            self.optimizer_step(loss)
+        self.lr_schedulers().step()
+        return {"loss": loss.detach(), **stats}
+
+    def ppo_update(self, rollout: rollout_hf.Rollout, rewards: torch.Tensor, mask: torch.Tensor) -> dict:
+        """PPO as in the paper (prewrite.algorithms.ppo): KL-penalised per-token rewards, GAE over the value
+        head's estimates, then `num_ppo_epochs` passes of clipped policy + value losses over minibatches."""
+        algo, n = self.algo, rollout.completion_ids.size(1)
+        # a rewrite whose reward could not be computed is left out of the update
+        mask = mask * (~torch.isnan(rewards)).unsqueeze(1).to(mask.dtype)
+        scores = torch.nan_to_num(rewards, nan=0.0)
+
+        def logprobs_and_values(idx):
+            ids, att = rollout.input_ids[idx], rollout.attention_mask[idx]
+            return completion_logprobs_and_values(self.policy, self.value_head, ids, att, n, algo["temperature"])
+
+        everyone = torch.arange(len(rewards), device=mask.device)
+        with torch.no_grad():
+            old_logps, old_values = logprobs_and_values(everyone)
+            ref_logps = self.ref_logprobs(rollout) if self.kl_coef != 0 or algo["adap_kl_ctrl"] else old_logps
+            token_rewards, kl = ppo.token_rewards(scores, old_logps, ref_logps, mask, self.kl_coef)
+            advantages, returns = ppo.gae(token_rewards, old_values, mask, algo["gamma"], algo["lam"])
+            advantages = ppo.masked_whiten(advantages, mask)
+
+        for _ in range(algo["num_ppo_epochs"]):
+            for idx in torch.randperm(len(rewards), device=mask.device).chunk(algo["num_mini_batches"]):
+                logps, values = logprobs_and_values(idx)
+                policy_loss, value_loss, stats = ppo.ppo_losses(
+                    logps,
+                    old_logps[idx],
+                    advantages[idx],
+                    values,
+                    old_values[idx],
+                    returns[idx],
+                    mask[idx],
+                    cliprange=algo["cliprange"],
+                    cliprange_value=algo["cliprange_value"],
+                )
+                self.optimizer_step(policy_loss + algo["vf_coef"] * value_loss)
+        self.lr_schedulers().step()
+
+        sequence_kl = kl.sum(1).mean().item()  # KL(pi || ref) of a whole rewrite, as the controller sees it
+        kl_coef = self.kl_coef
+        if algo["adap_kl_ctrl"]:
+            self.kl_coef = ppo.adaptive_kl_coef(kl_coef, sequence_kl, algo["target"], algo["horizon"], len(rewards))
+        return {
+            "loss": (policy_loss + algo["vf_coef"] * value_loss).detach(),
+            "policy_loss": policy_loss.detach(),
+            "value_loss": value_loss.detach(),
+            "kl": sequence_kl,
+            "kl_coef": kl_coef,
+            "value_mean": ppo.masked_mean(old_values, mask),
+            "returns_mean": ppo.masked_mean(returns, mask),
+            **stats,
+        }
 
     def log_to_loggers(self, metrics: dict[str, Any]) -> None:
         """Log at step = rollout steps done, so train and dev curves share one x-axis
@@ -242,7 +321,7 @@ class PRewriteModule(L.LightningModule):
     def save_rewriter(self, path: str) -> None:
         """A plain Hugging Face folder (policy + tokenizer) plus prewrite.json, which records what
         `prewrite.rewrite` and `prewrite.evaluate` need to use it the way it was trained."""
-        self.policy.save_pretrained(path)
+        models.plain_model(self.policy).save_pretrained(path)
         self.tokenizer.save_pretrained(path)
         info = {"task": self.task.name, "instruction": self.instruction, "meta_prompt": self.meta_prompt}
         info |= {"monitor": self.monitor, **(self.best or {})}
@@ -256,6 +335,7 @@ class PRewriteModule(L.LightningModule):
             "best": self.best,
             "rewrite_rows": self.rewrite_rows,
             "rng": _rng_state(),
+            "kl_coef": getattr(self, "kl_coef", None),
         }
 
     def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
@@ -266,7 +346,9 @@ class PRewriteModule(L.LightningModule):
             int(rewriter["calls"]), int(rewriter["prompt_tokens"]), int(rewriter["completion_tokens"])
         )
         self.task_usage_before = state["usage"]["task_llm"]
-        self._rng_to_restore = state["rng"]  # applied at train start, after Lightning's own set-up
+        self._rng_to_restore = state["rng"]
+        if state.get("kl_coef") is not None:
+            self.kl_coef = state["kl_coef"]  # applied at train start, after Lightning's own set-up
 
     def on_train_start(self) -> None:
         if self.rollout_step > 0:  # resumed: step 0 was evaluated and logged before the checkpoint
@@ -284,6 +366,13 @@ class PRewriteModule(L.LightningModule):
         scores = self.evaluate_dev()
         # for Lightning callbacks (early stopping); the loggers got them from evaluate_dev
         self.log_dict({f"dev/{k}": v for k, v in scores.items()}, batch_size=1, logger=False)
+
+
+def _kl_weight(algorithm: dict) -> float:
+    """The weight of the KL to the reference: GRPO's beta, PPO's kl_coef (adaptive counts as used)."""
+    if algorithm["name"] == "ppo":
+        return 1.0 if algorithm["adap_kl_ctrl"] else algorithm["kl_coef"]
+    return algorithm["beta"]
 
 
 def _rng_state() -> dict[str, Any]:

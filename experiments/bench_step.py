@@ -1,0 +1,204 @@
+"""GRPO step time: ours (PRewriteModule under a Lightning Trainer) against TRL's GRPOTrainer.
+
+The identical setup on both sides: the embedded SmolLM2-135M-Instruct as the policy (fp32 weights,
+bf16 autocast on both: our `hardware=cpu`, TRL's `bf16=True`), one prompt (PRewrite's meta prompt
+around SST-2's initial instruction, chat template), `num_generations` rewrites of at most
+`max_completion_length` tokens at temperature 1, beta 0.04 (a reference model on both sides), the
+dapo loss, lr 1e-5, one policy epoch per rollout, and the same reward: one RewriteScorer (the hf
+task backend, accuracy on the step's `examples_per_step` SST-2 train rows, response cache off)
+called by both. Runs alternate inside one invocation (ours, TRL, TRL, ours, ...), each run
+`--steps` steps; the first step of each run is warm-up and left out. Reported: median step time per
+side over all timed steps, the ratio ours / TRL, and where the time goes.
+
+    python experiments/bench_step.py --steps 4 --repeats 3 --out experiments/bench_step.json
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import platform
+import statistics
+import tempfile
+import time
+from pathlib import Path
+
+import lightning as L
+import torch
+from hydra import compose, initialize_config_dir
+from lightning.pytorch.loggers import Logger
+from omegaconf import OmegaConf, open_dict
+
+from prewrite import models
+from prewrite.backends import build_backend
+from prewrite.module import PRewriteModule
+from prewrite.rewards import RewriteScorer
+from prewrite.tasks import load_task
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+class MemoryLogger(Logger):
+    """Keeps what the module logs (its time/* breakdown among it) in memory."""
+
+    def __init__(self):
+        super().__init__()
+        self.rows: list[dict[str, float]] = []
+
+    name, version, experiment = "memory", 0, None
+
+    def log_metrics(self, metrics, step=None):
+        self.rows.append(dict(metrics))
+
+    def log_hyperparams(self, params, *args, **kwargs):
+        pass
+
+
+def config(overrides: list[str]):
+    with initialize_config_dir(config_dir=str(ROOT / "conf"), version_base="1.3"):
+        cfg = compose(config_name="train", overrides=overrides)
+    with open_dict(cfg):
+        del cfg.hydra
+    return cfg
+
+
+def run_ours(cfg, scorer: RewriteScorer, task, steps: int) -> list[dict[str, float]]:
+    module = PRewriteModule(
+        task=task,
+        scorer=scorer,
+        rewriter=OmegaConf.to_container(cfg.rewriter, resolve=True),
+        algorithm=OmegaConf.to_container(cfg.algorithm, resolve=True),
+        meta_prompt=cfg.meta_prompt,
+        steps=steps,
+        examples_per_step=cfg.examples_per_step,
+        dev_rows=task.eval_rows("dev", 1, cfg.seed),  # the step-0 dev evaluation, not timed
+        seed=cfg.seed,
+        monitor="accuracy",
+    )
+    logger = MemoryLogger()
+    trainer_args = OmegaConf.to_container(cfg.trainer) | {"val_check_interval": steps, "enable_progress_bar": False}
+    trainer = L.Trainer(**trainer_args, **cfg.hardware, logger=logger, limit_val_batches=0)
+    trainer.fit(module)
+    return [
+        {k: r[f"time/{k}_s"] for k in ("step", "rollout", "reward", "update")}
+        for r in logger.rows
+        if "time/step_s" in r
+    ]
+
+
+def run_trl(cfg, scorer: RewriteScorer, task, steps: int, out_dir: str) -> list[dict[str, float]]:
+    from datasets import Dataset
+    from transformers import TrainerCallback
+    from trl import GRPOConfig, GRPOTrainer
+
+    algo = cfg.algorithm
+    prompt = [{"role": "user", "content": cfg.meta_prompt.format(instruction=task.instruction)}]
+    dataset = Dataset.from_list([{"prompt": prompt}] * (algo.num_generations * steps))
+    times: list[dict[str, float]] = []
+    step = {"n": 0}
+
+    def task_reward(completions, **_):
+        start = time.perf_counter()
+        rows = task.sample("train", cfg.examples_per_step, seed=[cfg.seed, step["n"]])
+        rewards = scorer([c[0]["content"].strip() for c in completions], rows).rewards
+        times[-1]["reward"] = time.perf_counter() - start
+        return rewards
+
+    class Timer(TrainerCallback):
+        def on_step_begin(self, args, state, control, **kw):
+            times.append({"start": time.perf_counter()})
+
+        def on_step_end(self, args, state, control, **kw):
+            times[-1]["step"] = time.perf_counter() - times[-1].pop("start")
+            step["n"] += 1
+
+    args = GRPOConfig(
+        output_dir=out_dir,
+        per_device_train_batch_size=algo.num_generations,
+        num_generations=algo.num_generations,
+        max_completion_length=algo.max_completion_length,
+        temperature=algo.temperature,
+        beta=algo.beta,
+        loss_type=algo.loss_type,
+        learning_rate=algo.learning_rate,
+        max_grad_norm=algo.max_grad_norm,
+        max_steps=steps,
+        bf16=True,
+        use_cpu=True,
+        report_to=[],
+        logging_steps=1,
+        save_strategy="no",
+        seed=cfg.seed,
+        disable_tqdm=True,
+    )
+    path = cfg.rewriter.model_name_or_path
+    trainer = GRPOTrainer(
+        model=models.load_model(path),
+        reward_funcs=task_reward,
+        args=args,
+        train_dataset=dataset,
+        processing_class=models.load_tokenizer(path),
+        callbacks=[Timer()],
+    )
+    generate = trainer._generate_and_score_completions
+
+    def timed_generate(*a, **kw):  # rollout + reference log-probs + reward, as TRL groups them
+        start = time.perf_counter()
+        out = generate(*a, **kw)
+        times[-1]["generate_and_score"] = time.perf_counter() - start
+        return out
+
+    trainer._generate_and_score_completions = timed_generate
+    trainer.train()
+    return [
+        {
+            "step": t["step"],
+            "rollout": t["generate_and_score"] - t["reward"],  # includes TRL's reference log-probs
+            "reward": t["reward"],
+            "update": t["step"] - t["generate_and_score"],
+        }
+        for t in times
+    ]
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--steps", type=int, default=4, help="steps per run; the first is warm-up")
+    parser.add_argument("--repeats", type=int, default=3, help="runs per side, alternating")
+    parser.add_argument("--out", default=None)
+    parser.add_argument("overrides", nargs="*", help="config overrides for both sides")
+    args = parser.parse_args()
+
+    cfg = config(["logger=none", "cache.enabled=false", *args.overrides])
+    task = load_task(cfg.task)
+    backend = build_backend(cfg.task_backend, cfg.cache, task)
+    scorer = RewriteScorer(task, backend, cfg.reward.reward_funcs, cfg.reward.reward_weights)
+
+    runs: dict[str, list[list[dict[str, float]]]] = {"ours": [], "trl": []}
+    with tempfile.TemporaryDirectory() as tmp:
+        for rep in range(args.repeats):
+            order = ("ours", "trl") if rep % 2 == 0 else ("trl", "ours")
+            for side in order:
+                torch.manual_seed(cfg.seed)
+                steps = (
+                    run_ours(cfg, scorer, task, args.steps)
+                    if side == "ours"
+                    else run_trl(cfg, scorer, task, args.steps, tmp)
+                )
+                runs[side].append(steps)
+                print(f"rep {rep} {side}: " + ", ".join(f"{s['step']:.1f}s" for s in steps), flush=True)
+
+    summary = {}
+    for side, reps in runs.items():
+        timed = [s for steps in reps for s in steps[1:]]
+        summary[side] = {k: statistics.median(s[k] for s in timed) for k in ("step", "rollout", "reward", "update")}
+    summary["ratio_ours_over_trl"] = summary["ours"]["step"] / summary["trl"]["step"]
+    print(json.dumps(summary, indent=2))
+    if args.out:
+        machine = {"platform": platform.platform(), "cpus": torch.get_num_threads(), "torch": torch.__version__}
+        record = {"args": vars(args), "machine": machine, "runs": runs, "summary": summary}
+        Path(args.out).write_text(json.dumps(record, indent=2))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,93 @@
+"""PPO and LoRA with the embedded model: real updates, the reference under LoRA, plain exports."""
+
+import subprocess
+import sys
+
+import pytest
+import torch
+from mlflow import MlflowClient
+from omegaconf import OmegaConf
+from safetensors import safe_open
+
+from prewrite import models
+from prewrite.module import PRewriteModule
+from prewrite.rollout import hf as rollout_hf
+from prewrite.tasks import load_task
+from tests.conftest import ROOT
+
+pytestmark = pytest.mark.integration
+
+
+def _module(cfg) -> PRewriteModule:
+    task = load_task(cfg.task)
+    return PRewriteModule(
+        task=task,
+        scorer=None,  # not scored here
+        rewriter=OmegaConf.to_container(cfg.rewriter, resolve=True),
+        algorithm=OmegaConf.to_container(cfg.algorithm, resolve=True),
+        meta_prompt=cfg.meta_prompt,
+        steps=1,
+        examples_per_step=1,
+        dev_rows=[],
+        seed=0,
+        monitor="accuracy",
+    )
+
+
+def test_lora_trains_only_the_adapter_and_its_reference_is_the_base_model(compose_train):
+    module = _module(compose_train("rewriter.lora.enabled=true", "algorithm.beta=0.04"))
+    assert module.ref_policy is None  # no copy: the reference is the policy with its adapter off
+    trainable = sum(p.numel() for p in module.parameters() if p.requires_grad)
+    total = sum(p.numel() for p in module.parameters())
+    assert 0 < trainable < 0.1 * total
+    (opt,), _ = module.configure_optimizers()
+    assert sum(p.numel() for g in opt.param_groups for p in g["params"]) == trainable
+
+    torch.manual_seed(0)
+    rollout = rollout_hf.generate(module.policy, module.tokenizer, module.prompt_ids, 2, max_new_tokens=8)
+    base = models.load_model(compose_train().rewriter.model_name_or_path).eval()
+    with torch.no_grad():
+        base_logps = module.logprobs(rollout, base)
+        torch.testing.assert_close(module.ref_logprobs(rollout), base_logps)
+        for name, p in module.policy.named_parameters():  # LoRA's B starts at 0: move the adapter
+            if "lora_B" in name:
+                p.add_(0.05)
+        moved = module.logprobs(rollout)
+        assert (moved - base_logps).abs().max() > 1e-2
+        torch.testing.assert_close(module.ref_logprobs(rollout), base_logps)  # the reference did not move
+        # the export is a plain transformers model computing what the policy computes
+        plain = models.plain_model(module.policy)
+        assert not any("lora" in n for n, _ in plain.named_parameters())
+        torch.testing.assert_close(module.logprobs(rollout, plain), moved, atol=1e-4, rtol=0)
+
+
+def test_ppo_with_lora_runs_real_steps_and_adapts_its_kl_coefficient(tmp_path):
+    cmd = [
+        sys.executable, "-m", "prewrite.train", "algorithm=ppo", "rewriter.lora.enabled=true",
+        "reward=perplexity",  # continuous: the rewrites' rewards differ, so the first update moves the policy
+        "algorithm.adap_kl_ctrl=true", "algorithm.horizon=10", "algorithm.target=0.001",
+        "algorithm.learning_rate=1e-3", "algorithm.num_ppo_epochs=2", "algorithm.num_mini_batches=2",
+        "steps=2", "eval_every=1", "examples_per_step=2", "dev_examples=4",
+        "algorithm.num_generations=4", "algorithm.max_completion_length=12",
+        f"paths.outputs_dir={tmp_path}", f"hydra.run.dir={tmp_path}/run",
+        "trainer.enable_progress_bar=false", "log_rewriter_to_mlflow=false", "save_checkpoints=false",
+    ]  # fmt: skip
+    proc = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=900)
+    assert proc.returncode == 0, proc.stderr[-4000:]
+    client = MlflowClient(f"sqlite:///{tmp_path}/mlflow.db")
+    run = client.search_runs([client.get_experiment_by_name("prewrite-sst2").experiment_id])[0]
+
+    def values(key):
+        return [m.value for m in sorted(client.get_metric_history(run.info.run_id, key), key=lambda m: m.step)]
+
+    for key in ("train/policy_loss", "train/value_loss", "train/kl", "train/clipfrac", "train/returns_mean"):
+        assert len(values(key)) == 2, key
+    kl, coef = values("train/kl"), values("train/kl_coef")
+    assert coef[0] == 0.05  # the configured start
+    assert kl[0] == 0.0  # step 1 samples from the reference itself (the adapter starts as a no-op)
+    assert kl[1] > 0.001  # after a real update at lr 1e-3 the policy has left the reference
+    # the coefficient used at step 2 was adapted after step 1, whose KL (0) was under the target
+    assert coef[1] == pytest.approx(0.05 * (1 - 0.2 * 4 / 10))
+    # the export is a plain Hugging Face folder: merged weights, no adapter keys
+    with safe_open(str(tmp_path / "run" / "rewriter" / "model.safetensors"), "pt") as f:
+        assert f.keys() and not any("lora" in k for k in f.keys())
