@@ -27,7 +27,7 @@ import lightning as L
 import torch
 from hydra import compose, initialize_config_dir
 from lightning.pytorch.loggers import Logger
-from omegaconf import OmegaConf, open_dict
+from omegaconf import OmegaConf
 
 from prewrite import models
 from prewrite.backends import build_backend
@@ -56,10 +56,7 @@ class MemoryLogger(Logger):
 
 def config(overrides: list[str]):
     with initialize_config_dir(config_dir=str(ROOT / "conf"), version_base="1.3"):
-        cfg = compose(config_name="train", overrides=overrides)
-    with open_dict(cfg):
-        del cfg.hydra
-    return cfg
+        return compose(config_name="train", overrides=overrides)
 
 
 def run_ours(cfg, scorer: RewriteScorer, task, steps: int) -> list[dict[str, float]]:
