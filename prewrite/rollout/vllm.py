@@ -32,7 +32,8 @@ def _import_vllm():
 
 
 class VLLMRollout:
-    """A vLLM engine on the policy's starting weights, in this process, so `sync` can reach its model."""
+    """A vLLM engine in this process, so `sync` can reach its model. It starts from the folder the
+    policy was loaded from (`policy.name_or_path`): sync first if the policy has changed since."""
 
     def __init__(
         self,
@@ -40,6 +41,7 @@ class VLLMRollout:
         tokenizer: PreTrainedTokenizerBase,
         dtype: str = "bfloat16",
         gpu_memory_utilization: float = 0.3,
+        kv_cache_memory_bytes: int | None = None,
         max_model_len: int = 1024,
         enforce_eager: bool = True,
         enable_prefix_caching: bool = True,
@@ -64,11 +66,11 @@ class VLLMRollout:
         # training's seeded streams do not depend on which rollout engine is configured.
         py_state, np_state = random.getstate(), np.random.get_state()
         with torch.random.fork_rng():
-            # The folder the policy was loaded from: the engine starts on the policy's weights.
             self.llm = vllm.LLM(
                 model=policy.name_or_path,
                 dtype=dtype,
                 gpu_memory_utilization=gpu_memory_utilization,
+                kv_cache_memory_bytes=kv_cache_memory_bytes,
                 max_model_len=max_model_len,
                 enforce_eager=enforce_eager,
                 enable_prefix_caching=enable_prefix_caching,
