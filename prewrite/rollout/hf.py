@@ -66,9 +66,9 @@ def to_rollout(
     num_generations: int,
 ) -> Rollout:
     """The Rollout of `num_generations` completions per prompt of the left-padded `prompt_batch`
-    (grouped contiguously); `completion_ids` [B, T] hold whatever follows the first EOS (generate's
-    padding, or the padding of shorter vLLM outputs), which is masked and set to the pad id here.
-    Shared by the hf and vllm rollouts so the loss sees one convention."""
+    (grouped contiguously). `completion_ids` [B, T] may hold anything after a row's first EOS
+    (generate's padding, or the padding of shorter vLLM outputs): it is masked and set to the pad id
+    here. Shared by the hf and vllm rollouts, so the loss sees one convention."""
     is_eos = completion_ids == tokenizer.eos_token_id
     # Index of the first EOS (or T when none): tokens after it are padding.
     first_eos = torch.where(is_eos.any(1), is_eos.int().argmax(1), completion_ids.size(1))
