@@ -24,6 +24,7 @@ from prewrite.algorithms.grpo import group_advantages, grpo_loss
 from prewrite.algorithms.logprobs import completion_logprobs, completion_logprobs_and_values
 from prewrite.backends.usage import Usage
 from prewrite.rewards import RewriteScorer
+from prewrite.rollout import build_rollout
 from prewrite.rollout import hf as rollout_hf
 from prewrite.tasks import Task
 
@@ -43,6 +44,7 @@ class PRewriteModule(L.LightningModule):
         monitor: str,
         instruction: str | None = None,
         export_dir: str | None = None,
+        rollout: dict | None = None,
     ):
         super().__init__()
         self.automatic_optimization = False  # several policy epochs per rollout, as in TRL's num_iterations
@@ -61,6 +63,10 @@ class PRewriteModule(L.LightningModule):
             ref = copy.deepcopy(policy).eval().requires_grad_(False)
         object.__setattr__(self, "ref_policy", ref)
         self.policy = (models.add_lora(policy, lora) if lora["enabled"] else policy).train()
+        # Samples the rewrites (conf/rollout; None = transformers generate on the policy itself).
+        self.rollout_engine = build_rollout(
+            rollout or {"_target_": "prewrite.rollout.hf.HFRollout"}, self.policy, self.tokenizer
+        )
         if algorithm["name"] == "ppo":  # the critic: a linear value head on the policy's last hidden state
             self.value_head = torch.nn.Linear(policy.config.hidden_size, 1)
             torch.nn.init.zeros_(self.value_head.weight)  # V = 0 at the start: no random critic noise in GAE
@@ -110,9 +116,7 @@ class PRewriteModule(L.LightningModule):
         t0 = time.perf_counter()
 
         self.policy.eval()
-        rollout = rollout_hf.generate(
-            self.policy,
-            self.tokenizer,
+        rollout = self.rollout_engine.generate(
             self.prompt_ids,
             num_generations=algo["num_generations"],
             max_new_tokens=algo["max_completion_length"],
@@ -134,6 +138,8 @@ class PRewriteModule(L.LightningModule):
         update = self.ppo_update if algo["name"] == "ppo" else self.grpo_update
         stats = update(rollout, rewards, mask)
         t3 = time.perf_counter()
+        self.rollout_engine.sync(self.policy)  # the next rollout samples from the updated weights
+        t4 = time.perf_counter()
 
         valid = rewards[~torch.isnan(rewards)]
         metrics = {
@@ -150,7 +156,8 @@ class PRewriteModule(L.LightningModule):
             "time/rollout_s": t1 - t0,
             "time/reward_s": t2 - t1,
             "time/update_s": t3 - t2,
-            "time/step_s": t3 - t0,
+            "time/sync_s": t4 - t3,
+            "time/step_s": t4 - t0,
             **{f"train/{k}": v for k, v in stats.items()},
             **{f"train/{name}": _nanmean(vals) for name, vals in scores.metrics.items()},
         }
@@ -288,9 +295,7 @@ class PRewriteModule(L.LightningModule):
     # ---- dev evaluation of the greedy rewrite (PRewrite-I) ----
     def greedy_rewrite(self) -> str:
         self.policy.eval()
-        out = rollout_hf.generate(
-            self.policy,
-            self.tokenizer,
+        out = self.rollout_engine.generate(
             self.prompt_ids,
             num_generations=1,
             max_new_tokens=self.algo["max_completion_length"],
@@ -353,6 +358,7 @@ class PRewriteModule(L.LightningModule):
     def on_train_start(self) -> None:
         if self.rollout_step > 0:  # resumed: step 0 was evaluated and logged before the checkpoint
             _set_rng_state(self._rng_to_restore)
+            self.rollout_engine.sync(self.policy)  # an engine with its own weights still has the base ones
             return
         # Step 0 of the dev curve: the initial instruction and the untrained rewriter's greedy rewrite,
         # under the same precision context as the later validation steps.

@@ -102,6 +102,7 @@ def fit_stage(
         monitor=cfg.optimized_metric.removeprefix("dev/"),
         instruction=instruction,
         export_dir=str(export_dir),
+        rollout=OmegaConf.to_container(cfg.rollout, resolve=True),
     )
     logger = False
     if cfg.logger.get("_target_"):

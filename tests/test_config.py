@@ -16,7 +16,7 @@ REQUIRED = {("task", "jsonl"): ["task.path=rows.jsonl"]}
 
 
 def test_every_group_has_options():
-    expected = {"task", "reward", "algorithm", "rewriter", "task_backend", "hardware", "logger", "paths"}
+    expected = {"task", "reward", "algorithm", "rewriter", "task_backend", "rollout", "hardware", "logger", "paths"}
     assert expected <= set(GROUPS)
 
 

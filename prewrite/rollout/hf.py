@@ -1,4 +1,5 @@
-"""Rollouts with transformers `generate` (the CPU default)."""
+"""Rollouts with transformers `generate` on the policy itself (the CPU default), and the Rollout
+conventions every rollout engine follows."""
 
 from __future__ import annotations
 
@@ -55,19 +56,55 @@ def generate(
         **sampling,
     )
     prompt_len = batch["input_ids"].shape[1]
-    completion_ids = out[:, prompt_len:]
+    return to_rollout(tokenizer, batch, out[:, prompt_len:], num_generations)
+
+
+def to_rollout(
+    tokenizer: PreTrainedTokenizerBase,
+    prompt_batch: dict[str, torch.Tensor],
+    completion_ids: torch.Tensor,
+    num_generations: int,
+) -> Rollout:
+    """The Rollout of `num_generations` completions per prompt of the left-padded `prompt_batch`
+    (grouped contiguously). `completion_ids` [B, T] may hold anything after a row's first EOS
+    (generate's padding, or the padding of shorter vLLM outputs): it is masked and set to the pad id
+    here. Shared by the hf and vllm rollouts, so the loss sees one convention."""
     is_eos = completion_ids == tokenizer.eos_token_id
     # Index of the first EOS (or T when none): tokens after it are padding.
     first_eos = torch.where(is_eos.any(1), is_eos.int().argmax(1), completion_ids.size(1))
-    positions = torch.arange(completion_ids.size(1), device=device).unsqueeze(0)
+    positions = torch.arange(completion_ids.size(1), device=completion_ids.device).unsqueeze(0)
     completion_mask = (positions <= first_eos.unsqueeze(1)).long()
     completion_ids = completion_ids.masked_fill(completion_mask == 0, tokenizer.pad_token_id)
     texts = tokenizer.batch_decode(completion_ids, skip_special_tokens=True)
     return Rollout(
-        prompt_ids=batch["input_ids"].repeat_interleave(num_generations, 0),
-        prompt_mask=batch["attention_mask"].repeat_interleave(num_generations, 0),
+        prompt_ids=prompt_batch["input_ids"].repeat_interleave(num_generations, 0),
+        prompt_mask=prompt_batch["attention_mask"].repeat_interleave(num_generations, 0),
         completion_ids=completion_ids,
         completion_mask=completion_mask,
         truncated=~is_eos.any(1),
         texts=[t.strip() for t in texts],
     )
+
+
+class HFRollout:
+    """Rollouts sampled from the policy module itself: its weights are always the current ones."""
+
+    def __init__(self, policy: PreTrainedModel, tokenizer: PreTrainedTokenizerBase):
+        self.policy, self.tokenizer = policy, tokenizer
+
+    def generate(
+        self,
+        prompt_ids: list[list[int]],
+        num_generations: int,
+        max_new_tokens: int,
+        temperature: float = 1.0,
+        top_p: float = 1.0,
+        do_sample: bool = True,
+    ) -> Rollout:
+        return generate(
+            self.policy, self.tokenizer, prompt_ids, num_generations, max_new_tokens, temperature, top_p, do_sample
+        )
+
+    def sync(self, policy: PreTrainedModel) -> None:
+        # Nothing to copy; keeping the reference follows a policy the caller has replaced (e.g. wrapped).
+        self.policy = policy
