@@ -11,6 +11,7 @@ called by both. Runs alternate inside one invocation (ours, TRL, TRL, ours, ...)
 side over all timed steps, the ratio ours / TRL, and where the time goes.
 
     python experiments/bench_step.py --steps 4 --repeats 3 --out experiments/bench_step.json
+    python experiments/bench_step.py --steps 4 --repeats 3 --ours rollout=vllm   # our vLLM rollouts (make setup-vllm)
 """
 
 from __future__ import annotations
@@ -164,9 +165,11 @@ def main() -> None:
     parser.add_argument("--repeats", type=int, default=3, help="runs per side, alternating")
     parser.add_argument("--out", default=None)
     parser.add_argument("overrides", nargs="*", help="config overrides for both sides")
+    parser.add_argument("--ours", nargs="*", default=[], help="config overrides for our side only, e.g. rollout=vllm")
     args = parser.parse_args()
 
     cfg = config(["logger=none", "cache.enabled=false", *args.overrides])
+    ours_cfg = config(["logger=none", "cache.enabled=false", *args.overrides, *args.ours])
     task = load_task(cfg.task)
     backend = build_backend(cfg.task_backend, cfg.cache, task)
     scorer = RewriteScorer(task, backend, cfg.reward.reward_funcs, cfg.reward.reward_weights)
@@ -178,7 +181,7 @@ def main() -> None:
             for side in order:
                 torch.manual_seed(cfg.seed)
                 steps = (
-                    run_ours(cfg, scorer, task, args.steps)
+                    run_ours(ours_cfg, scorer, task, args.steps)
                     if side == "ours"
                     else run_trl(cfg, scorer, task, args.steps, tmp)
                 )
