@@ -72,6 +72,7 @@ def run_ours(cfg, scorer: RewriteScorer, task, steps: int) -> list[dict[str, flo
         dev_rows=task.eval_rows("dev", 1, cfg.seed),  # the step-0 dev evaluation, not timed
         seed=cfg.seed,
         monitor="accuracy",
+        rollout=OmegaConf.to_container(cfg.rollout, resolve=True),
     )
     logger = MemoryLogger()
     trainer_args = OmegaConf.to_container(cfg.trainer) | {"val_check_interval": steps, "enable_progress_bar": False}
