@@ -4,10 +4,10 @@ The identical setup on both sides: the embedded SmolLM2-135M-Instruct as the pol
 bf16 autocast on both: our `hardware=cpu`, TRL's `bf16=True`), one prompt (PRewrite's meta prompt
 around SST-2's initial instruction, chat template), `num_generations` rewrites of at most
 `max_completion_length` tokens at temperature 1, beta 0.04 (a reference model on both sides), the
-dapo loss, lr 1e-5, one policy epoch per rollout, and the same reward: one RewriteScorer (the hf
+dapo loss, lr 1e-5, one policy epoch per rollout, and the same reward: a RewriteScorer (the hf
 task backend, accuracy on the step's `examples_per_step` SST-2 train rows, response cache off)
-called by both. Runs alternate inside one invocation (ours, TRL, TRL, ours, ...), each run
-`--steps` steps; the first step of each run is warm-up and left out. Reported: median step time per
+called by both. Runs alternate inside one invocation (ours, TRL, TRL, ours, ...), each in a fresh
+process and `--steps` steps long; the first step of each run is warm-up and left out. Reported: median step time per
 side over all timed steps, the ratio ours / TRL, and where the time goes.
 
     python experiments/bench_step.py --steps 4 --repeats 3 --out experiments/bench_step.json
@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import multiprocessing
 import platform
 import statistics
 import tempfile
@@ -160,6 +161,19 @@ def run_trl(cfg, scorer: RewriteScorer, task, steps: int, out_dir: str) -> list[
     ]
 
 
+def one_run(side: str, overrides: list[str], steps: int) -> list[dict[str, float]]:
+    """One run of one side, in a fresh process (see main), with its own task model and scorer."""
+    cfg = config(["logger=none", "cache.enabled=false", *overrides])
+    task = load_task(cfg.task)
+    backend = build_backend(cfg.task_backend, cfg.cache, task)
+    scorer = RewriteScorer(task, backend, cfg.reward.reward_funcs, cfg.reward.reward_weights)
+    torch.manual_seed(cfg.seed)
+    if side == "ours":
+        return run_ours(cfg, scorer, task, steps)
+    with tempfile.TemporaryDirectory() as tmp:
+        return run_trl(cfg, scorer, task, steps, tmp)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--steps", type=int, default=4, help="steps per run; the first is warm-up")
@@ -169,25 +183,17 @@ def main() -> None:
     parser.add_argument("--ours", nargs="*", default=[], help="config overrides for our side only, e.g. rollout=vllm")
     args = parser.parse_args()
 
-    cfg = config(["logger=none", "cache.enabled=false", *args.overrides])
-    ours_cfg = config(["logger=none", "cache.enabled=false", *args.overrides, *args.ours])
-    task = load_task(cfg.task)
-    backend = build_backend(cfg.task_backend, cfg.cache, task)
-    scorer = RewriteScorer(task, backend, cfg.reward.reward_funcs, cfg.reward.reward_weights)
-
+    overrides = {"ours": [*args.overrides, *args.ours], "trl": args.overrides}
     runs: dict[str, list[list[dict[str, float]]]] = {"ours": [], "trl": []}
-    with tempfile.TemporaryDirectory() as tmp:
-        for rep in range(args.repeats):
-            order = ("ours", "trl") if rep % 2 == 0 else ("trl", "ours")
-            for side in order:
-                torch.manual_seed(cfg.seed)
-                steps = (
-                    run_ours(ours_cfg, scorer, task, args.steps)
-                    if side == "ours"
-                    else run_trl(cfg, scorer, task, args.steps, tmp)
-                )
-                runs[side].append(steps)
-                print(f"rep {rep} {side}: " + ", ".join(f"{s['step']:.1f}s" for s in steps), flush=True)
+    # Each run in its own process: a vLLM engine (rollout=vllm) changes the process's threading and
+    # holds memory after its run, which would slow or break whatever ran next in the same process.
+    spawn = multiprocessing.get_context("spawn")
+    for rep in range(args.repeats):
+        for side in ("ours", "trl") if rep % 2 == 0 else ("trl", "ours"):
+            with spawn.Pool(1) as pool:
+                steps = pool.apply(one_run, (side, overrides[side], args.steps))
+            runs[side].append(steps)
+            print(f"rep {rep} {side}: " + ", ".join(f"{s['step']:.1f}s" for s in steps), flush=True)
 
     summary = {}
     for side, reps in runs.items():
