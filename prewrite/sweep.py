@@ -136,7 +136,7 @@ class SweepRun(Callback):
 
     def _fail_if_open(self) -> None:
         if self.parent is not None:
-            self.client.set_tag(self.parent, ERROR, "the sweep stopped before its last job returned")
+            self.client.set_tag(self.parent, ERROR, "the sweeper stopped with an error (see the console)")
             self.client.set_terminated(self.parent, "FAILED")
 
 

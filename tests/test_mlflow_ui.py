@@ -41,11 +41,11 @@ METRIC_VALUES_JS = """key => {
   return [...grids[grids.indexOf(names) + 1].children].filter(c => c.style.top === top)
     .sort((a, b) => parseFloat(a.style.left) - parseFloat(b.style.left)).map(c => c.textContent.trim());
 }"""
-SCROLL_METRICS_JS = """key => {
-  const name = [...document.querySelectorAll('a[title="Plot chart"]')].find(a => a.textContent.trim() === key);
+SCROLL_METRICS_JS = """top => {
+  const name = document.querySelector('a[title="Plot chart"]');  // any metric row still rendered
   const grids = [...document.querySelectorAll('.ReactVirtualized__Grid')];
   const values = grids[grids.indexOf(name.closest('.ReactVirtualized__Grid')) + 1];
-  values.scrollTop += 200;
+  values.scrollTop = top ? 0 : values.scrollTop + 200;
 }"""
 
 if CHROMIUM is None:
@@ -125,29 +125,31 @@ def test_run_comparison_shows_both_runs_metrics_and_rewrites(server, page, tmp_p
     ids = [r.info.run_id for r in runs]
     page.goto(f"{url}/#/compare-runs?runs={json.dumps(ids)}&experiments={json.dumps([exp])}")
     page.get_by_text("Comparing 2 Runs").wait_for(timeout=60_000)
+    page.get_by_text("dev/accuracy", exact=True).first.wait_for()
     for run in runs:
         assert page.get_by_text(run.info.run_name, exact=True).count() >= 1
 
     for key in ("dev/best/accuracy", "dev/accuracy", "train/reward", "system/cpu_utilization_percentage"):
-        page.get_by_text("dev/accuracy", exact=True).first.wait_for()
+        page.evaluate(SCROLL_METRICS_JS, True)
         for _ in range(20):  # rows further down render once the grid is scrolled to them
+            page.wait_for_timeout(200)
             values = page.evaluate(METRIC_VALUES_JS, key)
             if values:
                 break
-            page.evaluate(SCROLL_METRICS_JS, "dev/accuracy")
-            page.wait_for_timeout(200)
+            page.evaluate(SCROLL_METRICS_JS, False)
         assert values and len(values) == 2, key
         for value, run in zip(values, runs, strict=True):
             assert float(value) == pytest.approx(run.data.metrics[key], rel=1e-3, abs=1e-3), key
 
     page.get_by_text("rewrites.json", exact=True).first.click()
     previews = page.locator("pre", has_text='"dev_score"')
-    previews.first.wait_for(timeout=30_000)
-    assert previews.count() == 2  # one rewrites table per run, side by side
+    playwright.expect(previews).to_have_count(2, timeout=30_000)  # one rewrites table per run, side by side
     for preview, run in zip(previews.all(), runs, strict=True):
         text = shown(preview.inner_text())
         for row in rewrites(client, run.info.run_id, tmp_path):
             assert shown(json.dumps(row["rewrite"], ensure_ascii=False)) in text
+    page.evaluate(SCROLL_METRICS_JS, True)  # the metrics from the top, for the record
+    page.wait_for_timeout(500)
     page.screenshot(path=str(tmp_path / "compare_runs.png"))
     assert (tmp_path / "compare_runs.png").stat().st_size > 10_000
 
