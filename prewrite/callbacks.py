@@ -90,7 +90,9 @@ class SystemMetrics(L.Callback):
     """MLflow's system metrics (`system/cpu_utilization_percentage`, memory, disk, network, GPU when
     there is one) for the runs of the MLflow loggers, sampled every `interval_s` while fitting.
     The runs are made by Lightning's MlflowClient, not mlflow.start_run, so MLflow's own switch
-    (log_system_metrics) does not reach them: the monitor is started here."""
+    (log_system_metrics) does not reach them: the monitor is started here. They are sent as sampled,
+    not held back for a checkpoint like the training metrics: they describe the machine, which a
+    resume does not replay."""
 
     def __init__(self, interval_s: float):
         self.interval_s = interval_s
