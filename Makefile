@@ -5,6 +5,7 @@ PY := $(VENV)/bin/python
 PIP := $(PY) -m pip
 STAMP := $(VENV)/.installed
 VLLM_STAMP := $(VENV)/.installed-vllm
+UI_PORT ?= 5000
 
 .PHONY: setup setup-vllm run test test-fast ui lint clean
 
@@ -38,8 +39,8 @@ test: setup  ## the whole suite (unit + integration on the embedded model)
 test-fast: setup  ## unit tests only
 	$(PY) -m pytest -q -m "not integration"
 
-ui: setup  ## MLflow UI on the project's store
-	$(VENV)/bin/mlflow ui --backend-store-uri sqlite:///$(CURDIR)/outputs/mlflow.db --host 127.0.0.1 --port 5000
+ui: setup  ## MLflow UI on the project's store (outputs/mlflow.db; artifacts under outputs/mlartifacts)
+	$(VENV)/bin/mlflow ui --backend-store-uri sqlite:///$(CURDIR)/outputs/mlflow.db --host 127.0.0.1 --port $(UI_PORT)
 
 lint: setup
 	$(VENV)/bin/ruff check prewrite tests experiments

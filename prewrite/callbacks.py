@@ -1,4 +1,5 @@
-"""Lightning callbacks: the rewrites table (MLflow and the run folder) and the resumable last checkpoint."""
+"""Lightning callbacks: the rewrites table and the reward/dev plot (MLflow and the run folder), MLflow
+system metrics, and the resumable last checkpoint."""
 
 from __future__ import annotations
 
@@ -10,35 +11,44 @@ from pathlib import Path
 import lightning as L
 import pandas as pd
 from lightning.pytorch.loggers import MLFlowLogger
+from mlflow.system_metrics.system_metrics_monitor import SystemMetricsMonitor
 from mlflow.utils.mlflow_tags import MLFLOW_LOGGED_ARTIFACTS
 
+from prewrite import plots
 from prewrite.loggers import CheckpointedMLFlowLogger
+
+
+def _mlflow_loggers(trainer: L.Trainer) -> list[MLFlowLogger]:
+    return [lg for lg in trainer.loggers if isinstance(lg, MLFlowLogger)] if trainer.is_global_zero else []
 
 
 class RewritesTable(L.Callback):
     """Writes the module's whole rewrites table after each dev evaluation and at the end of training.
 
     The table is rewritten, not appended to (MLflow's log_table appends): the rows live in the
-    module's checkpoint, so after a resume the table holds each step exactly once.
+    module's checkpoint, so after a resume the table holds each step exactly once. `dev_score` is
+    the monitored dev metric of the greedy rewrite (split `dev`) and of the initial instruction
+    (split `initial`), empty on sampled training rewrites. The leading columns are the ones the
+    MLflow UI's table comparison groups by (the first) and compares (the second).
     """
 
-    LEAD = ["step", "split", "rewrite", "reward"]
+    LEAD = ["step", "rewrite", "reward", "dev_score", "split"]
 
     def __init__(self, run_dir: str, artifact_file: str = "rewrites.json"):
         self.path = Path(run_dir) / "rewrites.jsonl"
         self.artifact_file = artifact_file
 
     def flush(self, trainer: L.Trainer, module: L.LightningModule) -> None:
-        rows = module.rewrite_rows
-        if not rows or not trainer.is_global_zero:
+        if not module.rewrite_rows or not trainer.is_global_zero:
             return
+        monitor = module.monitor
+        rows = [r | {"dev_score": r.get(monitor) if r["split"] != "train" else None} for r in module.rewrite_rows]
         self.path.parent.mkdir(parents=True, exist_ok=True)
         self.path.write_text("".join(json.dumps(r) + "\n" for r in rows))
         columns = self.LEAD + sorted({k for r in rows for k in r} - set(self.LEAD))
         table = pd.DataFrame([[r.get(k) for k in columns] for r in rows], columns=columns)
-        for logger in trainer.loggers:
-            if isinstance(logger, MLFlowLogger):
-                _overwrite_table(logger, table, self.artifact_file)
+        for logger in _mlflow_loggers(trainer):
+            _overwrite_table(logger, table, self.artifact_file)
 
     def on_validation_end(self, trainer: L.Trainer, module: L.LightningModule) -> None:
         self.flush(trainer, module)
@@ -57,6 +67,57 @@ def _overwrite_table(logger: MLFlowLogger, table: pd.DataFrame, artifact_file: s
     tags = json.loads(client.get_run(run_id).data.tags.get(MLFLOW_LOGGED_ARTIFACTS, "[]"))
     if {"path": artifact_file, "type": "table"} not in tags:
         client.set_tag(run_id, MLFLOW_LOGGED_ARTIFACTS, json.dumps([*tags, {"path": artifact_file, "type": "table"}]))
+
+
+class RewardDevPlot(L.Callback):
+    """At the end of training: the training reward and the dev score against the step, as
+    `plots/reward_dev.png` in the run folder and in MLflow."""
+
+    ARTIFACT = "plots/reward_dev.png"
+
+    def __init__(self, run_dir: str):
+        self.path = Path(run_dir) / self.ARTIFACT
+
+    def on_train_end(self, trainer: L.Trainer, module: L.LightningModule) -> None:
+        if not module.rewrite_rows or not trainer.is_global_zero:
+            return
+        plots.save(plots.reward_and_dev(module.rewrite_rows, module.monitor), self.path)
+        for logger in _mlflow_loggers(trainer):
+            logger.experiment.log_artifact(logger.run_id, str(self.path), os.path.dirname(self.ARTIFACT))
+
+
+class SystemMetrics(L.Callback):
+    """MLflow's system metrics (`system/cpu_utilization_percentage`, memory, disk, network, GPU when
+    there is one) for the runs of the MLflow loggers, sampled every `interval_s` while fitting.
+    The runs are made by Lightning's MlflowClient, not mlflow.start_run, so MLflow's own switch
+    (log_system_metrics) does not reach them: the monitor is started here. They are sent as sampled,
+    not held back for a checkpoint like the training metrics: they describe the machine, which a
+    resume does not replay."""
+
+    def __init__(self, interval_s: float):
+        self.interval_s = interval_s
+        self.monitors: list[SystemMetricsMonitor] = []
+
+    def setup(self, trainer: L.Trainer, module: L.LightningModule, stage: str) -> None:
+        for logger in _mlflow_loggers(trainer):
+            # resume_logging: a resumed run continues its system/ steps instead of restarting at 0
+            monitor = SystemMetricsMonitor(
+                logger.run_id, self.interval_s, resume_logging=True, tracking_uri=logger._tracking_uri
+            )
+            monitor.start()
+            self.monitors.append(monitor)
+
+    def _stop(self) -> None:
+        # before the loggers close their runs: the monitor's last batch goes to a running run
+        for monitor in self.monitors:
+            monitor.finish()
+        self.monitors.clear()
+
+    def teardown(self, trainer: L.Trainer, module: L.LightningModule, stage: str) -> None:
+        self._stop()
+
+    def on_exception(self, trainer: L.Trainer, module: L.LightningModule, exception: BaseException) -> None:
+        self._stop()
 
 
 class LastCheckpoint(L.Callback):

@@ -18,6 +18,7 @@ from hydra.utils import instantiate
 from lightning.pytorch.loggers import MLFlowLogger
 from omegaconf import DictConfig
 
+from prewrite import plots
 from prewrite import rewriter as rewriter_lib
 from prewrite.backends import build_backend
 from prewrite.rewards import RewriteScorer
@@ -78,13 +79,15 @@ def _report(cfg, task_name, metric, n_dev, n_test, table, candidates_table, resu
     out = Path(cfg.paths.run_dir)
     out.mkdir(parents=True, exist_ok=True)
     (out / "evaluation.json").write_text(json.dumps({"results": table, "candidates": candidates_table}, indent=2))
-    print(f"Written to {os.path.relpath(out / 'evaluation.json')}")
+    png = plots.save(plots.methods(table, metric), out / "plots" / "methods.png")
+    print(f"Written to {os.path.relpath(out / 'evaluation.json')} and {os.path.relpath(png)}")
     logger = instantiate(cfg.logger, run_name=f"eval-{task_name}") if cfg.logger.get("_target_") else None
     if isinstance(logger, MLFlowLogger):
         log_config_to_mlflow(logger.experiment, logger.run_id, cfg)
         logger.log_metrics({k: float("nan") if v is None else v for k, v in results.items()})
         logger.experiment.log_table(logger.run_id, _columns(table), "evaluation.json")
         logger.experiment.log_table(logger.run_id, _columns(candidates_table), "candidates.json")
+        logger.experiment.log_artifact(logger.run_id, str(png), "plots")
         logger.finalize("success")
         print(f"MLflow run {logger.run_id}")
 

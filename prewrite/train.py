@@ -4,6 +4,7 @@ Stages (`stages=S`) are an outer loop: each stage builds a fresh module and Trai
 rewriter weights (so optimizer and scheduler start anew too) and rewrites the best rewrite of the
 stage before it. A run re-launched in the same folder (`hydra.run.dir=<run folder>`) skips finished
 stages and resumes the unfinished one from its last checkpoint, in the same MLflow run.
+In a multirun each job runs through prewrite.sweep.run_job: a child of the sweep's MLflow run.
 """
 
 from __future__ import annotations
@@ -17,14 +18,16 @@ import hydra
 import lightning as L
 import numpy as np
 from hydra.core.hydra_config import HydraConfig
+from hydra.types import RunMode
 from hydra.utils import instantiate
 from lightning.pytorch.callbacks import EarlyStopping
 from mlflow import MlflowClient
 from mlflow.utils.mlflow_tags import MLFLOW_PARENT_RUN_ID, MLFLOW_RUN_NAME
 from omegaconf import DictConfig, OmegaConf
 
+from prewrite import sweep
 from prewrite.backends import build_backend
-from prewrite.callbacks import LastCheckpoint, RewritesTable
+from prewrite.callbacks import LastCheckpoint, RewardDevPlot, RewritesTable, SystemMetrics
 from prewrite.module import PRewriteModule
 from prewrite.rewards import RewriteScorer
 from prewrite.tasks import Task, load_task
@@ -105,14 +108,18 @@ def fit_stage(
         rollout=OmegaConf.to_container(cfg.rollout, resolve=True),
     )
     logger = False
+    callbacks: list[L.Callback] = [RewritesTable(str(run_dir)), RewardDevPlot(str(run_dir))]
     if cfg.logger.get("_target_"):
         run_id_file = (ckpt.parent.parent if ckpt else run_dir) / RUN_ID_FILE
         resumed_id = run_id_file.read_text().strip() if ckpt and run_id_file.exists() else None
-        logger = instantiate(cfg.logger, run_id=resumed_id, tags=tags or None)
+        tags = dict(tags)
+        run_name = tags.pop(MLFLOW_RUN_NAME, cfg.logger.run_name)  # as a tag Lightning would overwrite it
+        logger = instantiate(cfg.logger, run_id=resumed_id, run_name=run_name, tags=tags or None)
         if resumed_id is None and hasattr(logger, "run_id"):
             (run_dir / RUN_ID_FILE).write_text(logger.run_id)
             log_config_to_mlflow(logger.experiment, logger.run_id, cfg)
-    callbacks: list[L.Callback] = [RewritesTable(str(run_dir))]
+        if cfg.system_metrics_interval_s:
+            callbacks.append(SystemMetrics(cfg.system_metrics_interval_s))
     if cfg.save_checkpoints:
         callbacks.append(LastCheckpoint(str(run_dir / "checkpoints")))
     if cfg.early_stopping_patience is not None:
@@ -124,6 +131,10 @@ def fit_stage(
 
     best = module.best or {"score": float("nan"), "step": None, "rewrite": None}
     if trainer.is_global_zero:
+        if logger:
+            # the run's objective (what train() returns), one number a sweep's runs compare on
+            objective = sweep.objective_metric(cfg.optimized_metric)
+            logger.experiment.log_metric(logger.run_id, objective, best["score"], step=best["step"] or 0)
         if logger and cfg.log_rewriter_to_mlflow and export_dir.exists():
             logger.experiment.log_artifacts(logger.run_id, str(export_dir), "rewriter")
         (run_dir / RESULT_FILE).write_text(json.dumps(best))
@@ -134,7 +145,7 @@ def fit_stage(
     return best
 
 
-def _parent_run(cfg: DictConfig, run_dir: Path) -> str | None:
+def _parent_run(cfg: DictConfig, run_dir: Path, tags: dict[str, str]) -> str | None:
     """The MLflow run that holds a multi-stage training's stages as child runs (resumed if it exists)."""
     if not cfg.logger.get("_target_"):
         return None
@@ -146,16 +157,17 @@ def _parent_run(cfg: DictConfig, run_dir: Path) -> str | None:
     exp_id = (
         exp.experiment_id if exp else client.create_experiment(cfg.logger.experiment_name, cfg.logger.artifact_location)
     )
-    run_id = client.create_run(exp_id, tags={MLFLOW_RUN_NAME: cfg.logger.run_name}).info.run_id
+    run_id = client.create_run(exp_id, tags=tags | {MLFLOW_RUN_NAME: cfg.logger.run_name}).info.run_id
     run_dir.mkdir(parents=True, exist_ok=True)
     run_id_file.write_text(run_id)
     log_config_to_mlflow(client, run_id, cfg)
     return run_id
 
 
-def train(cfg: DictConfig) -> float:
+def train(cfg: DictConfig, tags: dict[str, str] | None = None) -> float:
     """Runs the training (all its stages) and returns the best value of `cfg.optimized_metric` on
-    dev of the last stage."""
+    dev of the last stage. `tags` go on its MLflow run (the parent run of its stages)."""
+    tags = tags or {}
     task = load_task(cfg.task)
     backend = build_backend(cfg.task_backend, cfg.get("cache"), task)
     scorer = RewriteScorer(task, backend, cfg.reward.reward_funcs, cfg.reward.reward_weights, report=[cfg.task.metric])
@@ -163,9 +175,9 @@ def train(cfg: DictConfig) -> float:
     dev_rows = task.eval_rows("dev", cfg.dev_examples, cfg.seed)
     run_dir = Path(cfg.paths.run_dir)
     if cfg.stages == 1:
-        best = fit_stage(cfg, task, scorer, dev_rows, task.instruction, run_dir, cfg.seed, tags={})
+        best = fit_stage(cfg, task, scorer, dev_rows, task.instruction, run_dir, cfg.seed, tags)
     else:
-        parent = _parent_run(cfg, run_dir)
+        parent = _parent_run(cfg, run_dir, tags)
         instruction = task.instruction
         for stage in range(cfg.stages):
             tags = {"prewrite.stage": str(stage)}
@@ -178,6 +190,7 @@ def train(cfg: DictConfig) -> float:
         if parent:
             client = MlflowClient(cfg.logger.tracking_uri)
             client.log_metric(parent, cfg.optimized_metric, best["score"])
+            client.log_metric(parent, sweep.objective_metric(cfg.optimized_metric), best["score"])
             client.set_terminated(parent, "FINISHED")
     if cfg.logger.get("_target_"):
         print(f"Open the UI: make ui   (or: mlflow ui --backend-store-uri {cfg.logger.tracking_uri})")
@@ -185,10 +198,12 @@ def train(cfg: DictConfig) -> float:
 
 
 @hydra.main(version_base="1.3", config_path="../conf", config_name="train")
-def main(cfg: DictConfig) -> float:
+def main(cfg: DictConfig) -> float | None:
     # artifact downloads (the MLflow table helpers) would clutter the console with progress bars
     os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
     log.info("Run folder: %s", HydraConfig.get().runtime.output_dir)
+    if HydraConfig.get().mode == RunMode.MULTIRUN:  # a failed job is recorded and the sweep goes on
+        return sweep.run_job(train, cfg)
     return train(cfg)
 
 

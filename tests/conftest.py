@@ -1,8 +1,11 @@
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
 from hydra import compose, initialize_config_dir
 from hydra.core.hydra_config import HydraConfig
+from mlflow import MlflowClient
 from omegaconf import open_dict
 
 import prewrite  # noqa: F401  (registers the ${cwd:} resolver that conf/paths uses)
@@ -33,3 +36,25 @@ def compose_config(tmp_path):
 @pytest.fixture
 def compose_train(compose_config):
     return lambda *overrides: compose_config("train", *overrides)
+
+
+# A real training at its smallest: two GRPO steps of two rewrites, dev scored at every step.
+TINY_TRAINING = [
+    "steps=2", "eval_every=1", "examples_per_step=2", "dev_examples=4",
+    "algorithm.num_generations=2", "algorithm.max_completion_length=8",
+    "save_checkpoints=false", "log_rewriter_to_mlflow=false", "trainer.enable_progress_bar=false",
+    "system_metrics_interval_s=1",  # a tiny run lasts seconds; sample often enough to see system/ metrics
+]  # fmt: skip
+
+
+@pytest.fixture(scope="session")
+def grid_sweep(tmp_path_factory):
+    """A real grid sweep on the joblib launcher (2 workers): three tiny trainings over loss_type, one
+    of them invalid, into a fresh MLflow store. Shared by the sweep and the MLflow UI tests."""
+    outputs = tmp_path_factory.mktemp("grid_sweep")
+    cmd = [
+        sys.executable, "-m", "prewrite.train", "-m", "hydra/launcher=parallel",
+        "algorithm.loss_type=dapo,dr_grpo,bogus", *TINY_TRAINING, f"paths.outputs_dir={outputs}",
+    ]  # fmt: skip
+    proc = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=900)
+    return proc, MlflowClient(f"sqlite:///{outputs}/mlflow.db"), outputs

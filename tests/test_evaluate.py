@@ -60,3 +60,5 @@ def test_prewrite_s_selects_on_dev_and_test_scores_only_the_three_reported(compo
     run = client.search_runs([client.get_experiment_by_name("prewrite-sst2").experiment_id])[0]
     assert run.data.metrics["test/prewrite_s/accuracy"] == by_method["prewrite_s"]["test_accuracy"]
     assert {"evaluation.json", "candidates.json"} <= {a.path for a in client.list_artifacts(run.info.run_id)}
+    assert [a.path for a in client.list_artifacts(run.info.run_id, "plots")] == ["plots/methods.png"]
+    assert (tmp_path / "plots" / "methods.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"

@@ -8,6 +8,7 @@ import sys
 
 import pytest
 from mlflow import MlflowClient
+from mlflow.utils.mlflow_tags import MLFLOW_PARENT_RUN_ID
 
 from tests.conftest import ROOT
 
@@ -107,7 +108,9 @@ def test_multirun_launches_one_run_per_job(tmp_path):
     assert proc.returncode == 0, proc.stderr[-4000:]
     client = MlflowClient(f"sqlite:///{tmp_path}/mlflow.db")
     runs = client.search_runs([client.get_experiment_by_name("prewrite-sst2").experiment_id])
-    assert sorted(r.data.params["algorithm.beta"] for r in runs) == ["0", "0.04"]  # as typed on the command line
+    jobs = [r for r in runs if MLFLOW_PARENT_RUN_ID in r.data.tags]  # the other one is the sweep's parent run
+    assert len(runs) == 3
+    assert sorted(r.data.params["algorithm.beta"] for r in jobs) == ["0", "0.04"]  # as typed on the command line
     assert all(r.info.status == "FINISHED" for r in runs)
     assert len(list((tmp_path / "multiruns").glob("*/[01]"))) == 2
 
