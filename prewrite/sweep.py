@@ -89,9 +89,12 @@ class SweepRun(Callback):
             "tracking_uri": logger.tracking_uri,
             "experiment_name": logger.experiment_name,
             # what every job shares; a job's other overrides are its point of the search space
-            "fixed_keys": [o.get_key_element() for o in OverridesParser.create().parse_overrides(overrides)
-                           if not o.is_sweep_override()],
-        }  # fmt: skip
+            "fixed_keys": [
+                o.get_key_element()
+                for o in OverridesParser.create().parse_overrides(overrides)
+                if not o.is_sweep_override()
+            ],
+        }
         tmp = sweep_dir / (SWEEP_FILE + ".tmp")
         tmp.write_text(json.dumps(info, indent=2))
         os.replace(tmp, sweep_dir / SWEEP_FILE)
