@@ -1,5 +1,5 @@
-"""Rollout engines in real training: seconds per step spent sampling the rewrites (`time/rollout_s`),
-copying the updated weights into the engine (`time/sync_s`) and updating the policy (`time/update_s`,
+"""Rollout engines in real training: seconds per step spent sampling the rewrites (`train/time/rollout_s`),
+copying the updated weights into the engine (`train/time/sync_s`) and updating the policy (`train/time/update_s`,
 to see whether an in-process vLLM engine slows the torch work beside it), for `rollout=hf` and
 `rollout=vllm` in bf16 and fp32.
 
@@ -33,7 +33,13 @@ CONFIGS = {
     "vllm_bf16": ["rollout=vllm", "rollout.dtype=bfloat16"],
     "vllm_fp32": ["rollout=vllm", "rollout.dtype=float32"],
 }
-METRICS = ["time/rollout_s", "time/sync_s", "time/update_s", "time/step_s", "train/completion_length"]
+METRICS = [
+    "train/time/rollout_s",
+    "train/time/sync_s",
+    "train/time/update_s",
+    "train/time/step_s",
+    "train/completion_length",
+]
 
 
 def run(name: str, steps: int, outputs: Path) -> dict:

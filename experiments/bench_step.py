@@ -41,7 +41,7 @@ ROOT = Path(__file__).resolve().parents[1]
 
 
 class MemoryLogger(Logger):
-    """Keeps what the module logs (its time/* breakdown among it) in memory."""
+    """Keeps what the module logs (its train/time/* breakdown among it) in memory."""
 
     def __init__(self):
         super().__init__()
@@ -80,9 +80,9 @@ def run_ours(cfg, scorer: RewriteScorer, task, steps: int) -> list[dict[str, flo
     trainer = L.Trainer(**trainer_args, **cfg.hardware, logger=logger, limit_val_batches=0)
     trainer.fit(module)
     return [
-        {k: r[f"time/{k}_s"] for k in ("step", "rollout", "reward", "update")}
+        {k: r[f"train/time/{k}_s"] for k in ("step", "rollout", "reward", "update")}
         for r in logger.rows
-        if "time/step_s" in r
+        if "train/time/step_s" in r
     ]
 
 

@@ -153,11 +153,11 @@ class PRewriteModule(L.LightningModule):
             "train/task_llm_calls": float(self.scorer.backend.num_calls - calls_before),
             **self.usage_totals(rollout),
             "train/lr": self.lr_schedulers().get_last_lr()[0],
-            "time/rollout_s": t1 - t0,
-            "time/reward_s": t2 - t1,
-            "time/update_s": t3 - t2,
-            "time/sync_s": t4 - t3,
-            "time/step_s": t4 - t0,
+            "train/time/rollout_s": t1 - t0,
+            "train/time/reward_s": t2 - t1,
+            "train/time/update_s": t3 - t2,
+            "train/time/sync_s": t4 - t3,
+            "train/time/step_s": t4 - t0,
             **{f"train/{k}": v for k, v in stats.items()},
             **{f"train/{name}": _nanmean(vals) for name, vals in scores.metrics.items()},
         }
@@ -275,7 +275,7 @@ class PRewriteModule(L.LightningModule):
             logger.log_metrics(values, step=self.rollout_step)
 
     def usage_totals(self, rollout: rollout_hf.Rollout) -> dict[str, float]:
-        """Run totals so far per role: `usage/rewriter/*` and `usage/task_llm/*` (calls, tokens, and
+        """Run totals so far per role: `train/usage/rewriter/*` and `train/usage/task_llm/*` (calls, tokens, and
         cost_usd / cache_hit_rate where the backend has them)."""
         self.rewriter_usage.add(
             calls=len(rollout.texts),
@@ -288,8 +288,8 @@ class PRewriteModule(L.LightningModule):
         if "cache_hits" in task:
             task["cache_hit_rate"] = task["cache_hits"] / max(1.0, task["cache_hits"] + task["cache_misses"])
         self.last_task_usage = task
-        return {f"usage/rewriter/{k}": v for k, v in self.rewriter_usage.snapshot().items()} | {
-            f"usage/task_llm/{k}": v for k, v in task.items()
+        return {f"train/usage/rewriter/{k}": v for k, v in self.rewriter_usage.snapshot().items()} | {
+            f"train/usage/task_llm/{k}": v for k, v in task.items()
         }
 
     # ---- dev evaluation of the greedy rewrite (PRewrite-I) ----

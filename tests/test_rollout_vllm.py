@@ -143,7 +143,7 @@ def test_two_training_steps_with_rollout_vllm(tmp_path):
 
     assert [s for s, v in history("train/loss") if math.isfinite(v)] == [1, 2]
     # a real copy of the weights after each update (the hf rollout's sync is a no-op)
-    assert [s for s, v in history("time/sync_s") if v > 0.01] == [1, 2]
+    assert [s for s, v in history("train/time/sync_s") if v > 0.01] == [1, 2]
     assert [s for s, _ in history("dev/accuracy")] == [0, 1, 2]
     rows = [json.loads(line) for line in next((tmp_path / "runs" / "sst2").iterdir()).joinpath("rewrites.jsonl").open()]
     assert sorted(r["step"] for r in rows if r["split"] == "train") == [1, 1, 2, 2]

@@ -53,7 +53,7 @@ def test_run_is_logged_to_mlflow_with_params_metrics_and_artifacts(run):
     assert [s for s, _ in history(client, r.info.run_id, "train/reward")] == [1, 2]
     assert [s for s, _ in history(client, r.info.run_id, "dev/accuracy")] == [0, 2]
     assert history(client, r.info.run_id, "train/task_llm_calls")[0][1] <= 3 * 2  # G x M, deduplicated
-    for key in ("train/kl", "train/clip_ratio/region", "train/completion_length", "time/step_s",
+    for key in ("train/kl", "train/clip_ratio/region", "train/completion_length", "train/time/step_s",
                 "dev/initial_instruction/accuracy"):  # fmt: skip
         assert history(client, r.info.run_id, key), key
 
@@ -61,13 +61,13 @@ def test_run_is_logged_to_mlflow_with_params_metrics_and_artifacts(run):
     assert {"config.yaml", "rewrites.json"} <= artifacts
 
     # usage per role, totalled over the run: rewriter samples and tokens, task-LLM calls and cache
-    rewriter_calls = [v for _, v in history(client, r.info.run_id, "usage/rewriter/calls")]
+    rewriter_calls = [v for _, v in history(client, r.info.run_id, "train/usage/rewriter/calls")]
     assert rewriter_calls == [3.0, 6.0]  # 3 rewrites per step
-    tokens = [v for _, v in history(client, r.info.run_id, "usage/rewriter/completion_tokens")]
+    tokens = [v for _, v in history(client, r.info.run_id, "train/usage/rewriter/completion_tokens")]
     assert 0 < tokens[0] <= tokens[1] <= 2 * 3 * 16
-    task_calls = [v for _, v in history(client, r.info.run_id, "usage/task_llm/calls")]
+    task_calls = [v for _, v in history(client, r.info.run_id, "train/usage/task_llm/calls")]
     assert task_calls == sorted(task_calls) and task_calls[-1] > 0
-    assert 0.0 <= history(client, r.info.run_id, "usage/task_llm/cache_hit_rate")[-1][1] <= 1.0
+    assert 0.0 <= history(client, r.info.run_id, "train/usage/task_llm/cache_hit_rate")[-1][1] <= 1.0
 
 
 def test_rewrites_table_holds_every_rewrite_with_its_reward(run):
