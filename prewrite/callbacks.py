@@ -5,7 +5,9 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import tempfile
+import time
 from pathlib import Path
 
 import lightning as L
@@ -14,7 +16,7 @@ from lightning.pytorch.loggers import MLFlowLogger
 from mlflow.system_metrics.system_metrics_monitor import SystemMetricsMonitor
 from mlflow.utils.mlflow_tags import MLFLOW_LOGGED_ARTIFACTS
 
-from prewrite import plots
+from prewrite import distributed, plots
 from prewrite.loggers import CheckpointedMLFlowLogger
 
 
@@ -122,20 +124,55 @@ class SystemMetrics(L.Callback):
 
 class LastCheckpoint(L.Callback):
     """Saves `last.ckpt` after every dev evaluation (model, optimizer, scheduler, loops and the
-    module's own state), written aside and renamed so a kill never leaves half a file, then lets the
-    loggers send the metrics it now covers (prewrite.loggers)."""
+    module's own state), written aside and then put in place in one step so a kill never leaves half
+    a checkpoint, then lets the loggers send the metrics it now covers (prewrite.loggers).
+
+    A checkpoint is a file, or under DeepSpeed (and FSDP's sharded state dicts) a folder that every
+    rank writes its shards into; the folder is then `last.ckpt.<time>` behind a `last.ckpt` symlink."""
 
     def __init__(self, dirpath: str):
         self.path = Path(dirpath) / "last.ckpt"
+
+    def setup(self, trainer: L.Trainer, module: L.LightningModule, stage: str) -> None:
+        # every rank writes its shards here (DeepSpeed) and looks here for a checkpoint to resume from
+        distributed.check_same_on_every_rank(trainer, str(self.path.parent), "checkpoint folder")
 
     def on_validation_end(self, trainer: L.Trainer, module: L.LightningModule) -> None:
         if trainer.sanity_checking:
             return
         tmp = self.path.with_name(self.path.name + ".tmp")
-        trainer.save_checkpoint(tmp)
+        if trainer.is_global_zero:  # left by a save that was killed: shards of two saves must not mix
+            _remove(tmp)
+        trainer.strategy.barrier()
+        trainer.save_checkpoint(tmp)  # returns once every rank has written its part
         if trainer.is_global_zero:
-            os.replace(tmp, self.path)
+            _publish(tmp, self.path)
         trainer.strategy.barrier()
         for logger in trainer.loggers:
             if isinstance(logger, CheckpointedMLFlowLogger):
                 logger.flush()
+
+
+def _publish(tmp: Path, path: Path) -> None:
+    """Make the finished save at `tmp` the checkpoint at `path` atomically: a kill leaves the old
+    checkpoint or the new one. A file is renamed over the old one; a folder cannot be renamed over a
+    non-empty folder, so it keeps a name of its own and the `path` symlink is switched to it."""
+    if tmp.is_file():
+        os.replace(tmp, path)
+        return
+    old = path.resolve() if path.is_symlink() else None
+    folder = path.with_name(f"{path.name}.{time.time_ns()}")
+    os.replace(tmp, folder)
+    link = path.with_name(path.name + ".link")
+    _remove(link)
+    link.symlink_to(folder.name)  # relative: the run folder can be moved
+    os.replace(link, path)
+    if old is not None:
+        _remove(old)
+
+
+def _remove(path: Path) -> None:
+    if path.is_dir() and not path.is_symlink():
+        shutil.rmtree(path)
+    else:
+        path.unlink(missing_ok=True)

@@ -18,7 +18,7 @@ import numpy as np
 import torch
 from torch.utils.data import DataLoader
 
-from prewrite import models
+from prewrite import distributed, models
 from prewrite.algorithms import ppo
 from prewrite.algorithms.grpo import group_advantages, grpo_loss
 from prewrite.algorithms.logprobs import completion_logprobs, completion_logprobs_and_values
@@ -27,6 +27,9 @@ from prewrite.rewards import RewriteScorer
 from prewrite.rollout import build_rollout
 from prewrite.rollout import hf as rollout_hf
 from prewrite.tasks import Task
+
+# per-rank train metrics that add up over ranks (distributed.over_ranks); the others are averaged
+SUMMED_OVER_RANKS = ("train/metric_none", "train/empty_rewrites", "train/task_llm_calls")
 
 
 class PRewriteModule(L.LightningModule):
@@ -86,6 +89,9 @@ class PRewriteModule(L.LightningModule):
         self.task_usage_before: dict[str, float] = {}  # task-LLM usage of the run before a resume
         self.last_task_usage: dict[str, float] = {}  # task-LLM totals at the last step (for checkpoints)
 
+    def configure_model(self) -> None:
+        self.policy = distributed.shard(self.policy)  # FSDP only; the frozen reference stays unwrapped
+
     def on_fit_start(self) -> None:
         if self.ref_policy is not None:  # not a registered submodule, so Lightning does not move it
             self.ref_policy.to(self.device)
@@ -103,7 +109,9 @@ class PRewriteModule(L.LightningModule):
         # One optimizer over everything trainable (policy or its LoRA adapter, and PPO's value head):
         # DeepSpeed allows a single optimizer.
         params = [p for p in self.parameters() if p.requires_grad]
-        opt = torch.optim.AdamW(params, lr=self.algo["learning_rate"], weight_decay=self.algo["weight_decay"])
+        opt = distributed.adamw(
+            self.trainer, params, lr=self.algo["learning_rate"], weight_decay=self.algo["weight_decay"]
+        )
         warmup = max(1, self.algo["warmup_steps"])
         sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: min(1.0, (s + 1) / warmup))
         return [opt], [sched]
@@ -116,13 +124,14 @@ class PRewriteModule(L.LightningModule):
         t0 = time.perf_counter()
 
         self.policy.eval()
-        rollout = self.rollout_engine.generate(
-            self.prompt_ids,
-            num_generations=algo["num_generations"],
-            max_new_tokens=algo["max_completion_length"],
-            temperature=algo["temperature"],
-            top_p=algo["top_p"],
-        )
+        with distributed.generation_context(self.trainer, self.policy):
+            rollout = self.rollout_engine.generate(
+                self.prompt_ids,
+                num_generations=algo["num_generations"],
+                max_new_tokens=algo["max_completion_length"],
+                temperature=algo["temperature"],
+                top_p=algo["top_p"],
+            )
         self.policy.train()
         t1 = time.perf_counter()
 
@@ -132,6 +141,8 @@ class PRewriteModule(L.LightningModule):
         t2 = time.perf_counter()
 
         rewards = torch.tensor([float("nan") if r is None else r for r in scores.rewards], device=self.device)
+        # every rank's rewards: `scale_rewards=batch` and the logged reward see the whole step
+        rewards = distributed.gather(self, rewards)
         mask = rollout.completion_mask
         if algo["mask_truncated_completions"]:
             mask = mask * (~rollout.truncated).unsqueeze(1).to(mask.dtype)
@@ -142,17 +153,12 @@ class PRewriteModule(L.LightningModule):
         t4 = time.perf_counter()
 
         valid = rewards[~torch.isnan(rewards)]
-        metrics = {
-            "train/reward": valid.mean() if len(valid) else torch.tensor(float("nan")),
-            "train/reward_std": valid.std() if len(valid) > 1 else torch.tensor(0.0),
-            "train/reward_none": float(len(rewards) - len(valid)),  # rewrites with no computable reward
+        per_rank = {  # this rank's numbers, summed (SUMMED_OVER_RANKS) or averaged over ranks
             "train/metric_none": float(scores.none_values),  # per-example metric values left out
             "train/empty_rewrites": float(sum(not t for t in rollout.texts)),
             "train/completion_length": rollout.completion_mask.sum(1).float().mean(),
             "train/truncated_fraction": rollout.truncated.float().mean(),
             "train/task_llm_calls": float(self.scorer.backend.num_calls - calls_before),
-            **self.usage_totals(rollout),
-            "train/lr": self.lr_schedulers().get_last_lr()[0],
             "train/time/rollout_s": t1 - t0,
             "train/time/reward_s": t2 - t1,
             "train/time/update_s": t3 - t2,
@@ -161,12 +167,22 @@ class PRewriteModule(L.LightningModule):
             **{f"train/{k}": v for k, v in stats.items()},
             **{f"train/{name}": _nanmean(vals) for name, vals in scores.metrics.items()},
         }
+        metrics = {  # over every rank's rewards
+            "train/reward": valid.mean() if len(valid) else torch.tensor(float("nan")),
+            "train/reward_std": valid.std() if len(valid) > 1 else torch.tensor(0.0),
+            "train/reward_none": float(len(rewards) - len(valid)),  # rewrites with no computable reward
+            **distributed.over_ranks(self, per_rank, summed=SUMMED_OVER_RANKS),
+            **self.usage_totals(rollout),
+            "train/lr": self.lr_schedulers().get_last_lr()[0],
+        }
         self.log_to_loggers(metrics)
         self.log("reward", metrics["train/reward"], prog_bar=True, logger=False, batch_size=1)
+        rows = []
         for i, text in enumerate(rollout.texts):
             per_metric = {name: vals[i] for name, vals in scores.metrics.items()}
             row = {"step": self.rollout_step, "split": "train", "rewrite": text, "reward": scores.rewards[i]}
-            self.rewrite_rows.append(row | per_metric)
+            rows.append(row | per_metric)
+        self.rewrite_rows += distributed.gather_objects(self, rows)  # every rank's rewrites, in rank order
 
     def logprobs(self, rollout: rollout_hf.Rollout, model: torch.nn.Module | None = None) -> torch.Tensor:
         """Per-token log-probs of the rollout's completions under `model` (default: the policy)."""
@@ -186,13 +202,17 @@ class PRewriteModule(L.LightningModule):
         opt = self.optimizers()
         opt.zero_grad()
         self.manual_backward(loss)
-        self.clip_gradients(opt, gradient_clip_val=self.algo["max_grad_norm"], gradient_clip_algorithm="norm")
+        distributed.clip_gradients(self, self.policy, opt, self.algo["max_grad_norm"])
         opt.step()
 
     def grpo_update(self, rollout: rollout_hf.Rollout, rewards: torch.Tensor, mask: torch.Tensor) -> dict:
-        """`num_iterations` policy epochs on the group-relative advantages (prewrite.algorithms.grpo)."""
+        """`num_iterations` policy epochs on the group-relative advantages (prewrite.algorithms.grpo).
+        `rewards`: every rank's (distributed.gather); this rank updates on its own completions."""
         algo = self.algo
         advantages = group_advantages(rewards, algo["num_generations"], algo["scale_rewards"])
+        advantages = distributed.this_rank(self, advantages)
+        # dapo's token mean over every rank's completions, as TRL does (gradients are averaged over ranks)
+        num_items = self.trainer.strategy.reduce(mask.sum().to(torch.float32), reduce_op="mean")
         ref_logps = self.ref_logprobs(rollout) if algo["beta"] != 0 else None
         with torch.no_grad():  # with one policy epoch the sampling policy is the current one: ratio 1, as in TRL
             old_logps = self.logprobs(rollout) if algo["num_iterations"] > 1 else None
@@ -210,6 +230,7 @@ class PRewriteModule(L.LightningModule):
                 use_bias_correction_kl=algo["use_bias_correction_kl"],
                 ref_logps=ref_logps,
                 max_completion_length=algo["max_completion_length"],
+                num_items_in_batch=num_items,
             )
             self.optimizer_step(loss)
         self.lr_schedulers().step()
@@ -219,6 +240,7 @@ class PRewriteModule(L.LightningModule):
         """PPO as in the paper (prewrite.algorithms.ppo): KL-penalised per-token rewards, GAE over the value
         head's estimates, then `num_ppo_epochs` passes of clipped policy + value losses over minibatches."""
         algo, n = self.algo, rollout.completion_ids.size(1)
+        rewards = distributed.this_rank(self, rewards)  # PPO has no groups: each rank its own rollouts
         # a rewrite whose reward could not be computed is left out of the update
         mask = mask * (~torch.isnan(rewards)).unsqueeze(1).to(mask.dtype)
         scores = torch.nan_to_num(rewards, nan=0.0)
@@ -277,14 +299,18 @@ class PRewriteModule(L.LightningModule):
     def usage_totals(self, rollout: rollout_hf.Rollout) -> dict[str, float]:
         """Run totals so far per role: `train/usage/rewriter/*` and `train/usage/task_llm/*` (calls, tokens, and
         cost_usd / cache_hit_rate where the backend has them)."""
-        self.rewriter_usage.add(
-            calls=len(rollout.texts),
-            prompt_tokens=int(rollout.prompt_mask.sum()),
-            completion_tokens=int(rollout.completion_mask.sum()),
-        )
-        task = self.scorer.backend.usage_snapshot()
+        # every rank's counts, so the totals are the run's and the same on every rank (and in checkpoints)
+        counts = {
+            "calls": len(rollout.texts),
+            "prompt_tokens": int(rollout.prompt_mask.sum()),
+            "completion_tokens": int(rollout.completion_mask.sum()),
+        }
+        counts = distributed.over_ranks(self, counts, summed=counts)
+        self.rewriter_usage.add(**{k: int(v) for k, v in counts.items()})
+        task = {k: v for k, v in self.scorer.backend.usage_snapshot().items() if k != "cache_hit_rate"}
+        task = distributed.over_ranks(self, task, summed=task)
         before = self.task_usage_before
-        task = {k: v + before.get(k, 0.0) for k, v in task.items() if k != "cache_hit_rate"}
+        task = {k: v + before.get(k, 0.0) for k, v in task.items()}
         if "cache_hits" in task:
             task["cache_hit_rate"] = task["cache_hits"] / max(1.0, task["cache_hits"] + task["cache_misses"])
         self.last_task_usage = task
@@ -295,12 +321,13 @@ class PRewriteModule(L.LightningModule):
     # ---- dev evaluation of the greedy rewrite (PRewrite-I) ----
     def greedy_rewrite(self) -> str:
         self.policy.eval()
-        out = self.rollout_engine.generate(
-            self.prompt_ids,
-            num_generations=1,
-            max_new_tokens=self.algo["max_completion_length"],
-            do_sample=False,
-        )
+        with distributed.generation_context(self.trainer, self.policy):
+            out = self.rollout_engine.generate(
+                self.prompt_ids,
+                num_generations=1,
+                max_new_tokens=self.algo["max_completion_length"],
+                do_sample=False,
+            )
         self.policy.train()
         return out.texts[0]
 
@@ -312,21 +339,26 @@ class PRewriteModule(L.LightningModule):
     def evaluate_dev(self) -> dict[str, float]:
         """Score the greedy rewrite (PRewrite-I) on the fixed dev rows and log it; when it beats every
         earlier evaluation on `monitor`, keep it as the best and export the rewriter."""
-        rewrite = self.greedy_rewrite()
-        scores = self.score_on_dev(rewrite)
+        rewrite = self.greedy_rewrite()  # on every rank: a sharded policy generates together
+        # scored once, on rank zero: every rank then agrees on the best, the export and early stopping
+        rewrite, scores = distributed.on_rank_zero(self.trainer, lambda: (rewrite, self.score_on_dev(rewrite)))
         self.log_to_loggers({f"dev/{k}": v for k, v in scores.items()})
         self.rewrite_rows.append({"step": self.rollout_step, "split": "dev", "rewrite": rewrite, **scores})
         score = scores[self.monitor]
         if self.best is None or score > self.best["score"]:
             self.best = {"step": self.rollout_step, "score": score, "rewrite": rewrite}
-            if self.export_dir and self.trainer.is_global_zero:
-                self.save_rewriter(self.export_dir)
+            if self.export_dir:
+                state_dict = distributed.full_state_dict(self.trainer, self.policy)  # every rank gathers
+                if self.trainer.is_global_zero:
+                    self.save_rewriter(self.export_dir, state_dict)
+                self.trainer.strategy.barrier()
         return scores
 
-    def save_rewriter(self, path: str) -> None:
+    def save_rewriter(self, path: str, state_dict: dict[str, torch.Tensor] | None = None) -> None:
         """A plain Hugging Face folder (policy + tokenizer) plus prewrite.json, which records what
-        `prewrite.rewrite` and `prewrite.evaluate` need to use it the way it was trained."""
-        models.plain_model(self.policy).save_pretrained(path)
+        `prewrite.rewrite` and `prewrite.evaluate` need to use it the way it was trained.
+        `state_dict`: the full weights of a sharded policy (distributed.full_state_dict)."""
+        models.plain_model(self.policy).save_pretrained(path, state_dict=state_dict)
         self.tokenizer.save_pretrained(path)
         info = {"task": self.task.name, "instruction": self.instruction, "meta_prompt": self.meta_prompt}
         info |= {"monitor": self.monitor, **(self.best or {})}
@@ -339,7 +371,7 @@ class PRewriteModule(L.LightningModule):
             "usage": {"rewriter": self.rewriter_usage.snapshot(), "task_llm": self.last_task_usage},
             "best": self.best,
             "rewrite_rows": self.rewrite_rows,
-            "rng": _rng_state(),
+            "rng": distributed.gather_objects(self, [_rng_state()]),  # one per rank
             "kl_coef": getattr(self, "kl_coef", None),
         }
 
@@ -351,18 +383,19 @@ class PRewriteModule(L.LightningModule):
             int(rewriter["calls"]), int(rewriter["prompt_tokens"]), int(rewriter["completion_tokens"])
         )
         self.task_usage_before = state["usage"]["task_llm"]
-        self._rng_to_restore = state["rng"]
+        self._rng_to_restore = state["rng"]  # one per rank, applied at train start, after Lightning's own set-up
         if state.get("kl_coef") is not None:
-            self.kl_coef = state["kl_coef"]  # applied at train start, after Lightning's own set-up
+            self.kl_coef = state["kl_coef"]
 
     def on_train_start(self) -> None:
         if self.rollout_step > 0:  # resumed: step 0 was evaluated and logged before the checkpoint
-            _set_rng_state(self._rng_to_restore)
+            if self.global_rank < len(self._rng_to_restore):  # a rank new to the run keeps its fresh seed
+                _set_rng_state(self._rng_to_restore[self.global_rank])
             self.rollout_engine.sync(self.policy)  # an engine with its own weights still has the base ones
             return
         # Step 0 of the dev curve: the initial instruction and the untrained rewriter's greedy rewrite,
         # under the same precision context as the later validation steps.
-        initial = self.score_on_dev(self.instruction)
+        initial = distributed.on_rank_zero(self.trainer, lambda: self.score_on_dev(self.instruction))
         self.log_to_loggers({f"dev/initial_instruction/{k}": v for k, v in initial.items()})
         self.rewrite_rows.append({"step": 0, "split": "initial", "rewrite": self.instruction, **initial})
         with self.trainer.precision_plugin.val_step_context():
@@ -371,7 +404,7 @@ class PRewriteModule(L.LightningModule):
     def validation_step(self, batch: Any, batch_idx: int) -> None:
         scores = self.evaluate_dev()
         # for Lightning callbacks (early stopping); the loggers got them from evaluate_dev
-        self.log_dict({f"dev/{k}": v for k, v in scores.items()}, batch_size=1, logger=False)
+        self.log_dict({f"dev/{k}": v for k, v in scores.items()}, batch_size=1, logger=False, sync_dist=True)
 
 
 def _kl_weight(algorithm: dict) -> float:

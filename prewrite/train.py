@@ -21,11 +21,12 @@ from hydra.core.hydra_config import HydraConfig
 from hydra.types import RunMode
 from hydra.utils import instantiate
 from lightning.pytorch.callbacks import EarlyStopping
+from lightning.pytorch.utilities import rank_zero_only
 from mlflow import MlflowClient
 from mlflow.utils.mlflow_tags import MLFLOW_PARENT_RUN_ID, MLFLOW_RUN_NAME
 from omegaconf import DictConfig, OmegaConf
 
-from prewrite import sweep
+from prewrite import distributed, sweep
 from prewrite.backends import build_backend
 from prewrite.callbacks import LastCheckpoint, RewardDevPlot, RewritesTable, SystemMetrics
 from prewrite.module import PRewriteModule
@@ -75,6 +76,18 @@ def _checkpoint_to_resume(cfg: DictConfig, run_dir: Path) -> Path | None:
     return path
 
 
+def _check_launch(trainer: L.Trainer) -> None:
+    """Several processes come from torchrun or SLURM, never from Lightning re-running the command
+    line for each extra rank: that re-run cannot reproduce a Hydra multirun, and its processes would
+    resolve their own run folders."""
+    processes = trainer.num_devices * trainer.num_nodes
+    if processes > 1 and not trainer.strategy.cluster_environment.creates_processes_externally:
+        raise RuntimeError(
+            f"{processes} processes (hardware.devices x hardware.num_nodes): launch them with torchrun"
+            " (torchrun --nproc_per_node=<devices> -m prewrite.train ...) or SLURM, see README, Scaling"
+        )
+
+
 def fit_stage(
     cfg: DictConfig,
     task: Task,
@@ -90,7 +103,7 @@ def fit_stage(
         return json.loads((run_dir / RESULT_FILE).read_text())
     run_dir.mkdir(parents=True, exist_ok=True)
     ckpt = _checkpoint_to_resume(cfg, run_dir)
-    L.seed_everything(seed, workers=True)
+    L.seed_everything(seed, workers=True)  # the same on every rank: what the module initialises must agree
     export_dir = run_dir / "rewriter"
     module = PRewriteModule(
         task=task,
@@ -109,7 +122,9 @@ def fit_stage(
     )
     logger = False
     callbacks: list[L.Callback] = [RewritesTable(str(run_dir)), RewardDevPlot(str(run_dir))]
-    if cfg.logger.get("_target_"):
+    # One MLflow run per training: only rank zero has a logger (the others would also open the store,
+    # racing to create it); rank_zero_only.rank comes from the launcher's environment (RANK, SLURM_PROCID).
+    if cfg.logger.get("_target_") and rank_zero_only.rank == 0:
         run_id_file = (ckpt.parent.parent if ckpt else run_dir) / RUN_ID_FILE
         resumed_id = run_id_file.read_text().strip() if ckpt and run_id_file.exists() else None
         tags = dict(tags)
@@ -124,9 +139,12 @@ def fit_stage(
         callbacks.append(LastCheckpoint(str(run_dir / "checkpoints")))
     if cfg.early_stopping_patience is not None:
         callbacks.append(EarlyStopping(cfg.optimized_metric, patience=cfg.early_stopping_patience, mode="max"))
-    trainer = L.Trainer(
-        **cfg.trainer, **cfg.hardware, logger=logger, callbacks=callbacks, default_root_dir=str(run_dir)
-    )
+    callbacks += [instantiate(c) for c in cfg.callbacks]
+    hardware = instantiate(cfg.hardware, _convert_="all")  # the strategy: a name or a configured object
+    trainer = L.Trainer(**cfg.trainer, **hardware, logger=logger, callbacks=callbacks, default_root_dir=str(run_dir))
+    _check_launch(trainer)
+    if trainer.world_size > 1:  # each rank its own sampling stream, or every rank would roll out the same rewrites
+        L.seed_everything(distributed.rank_seed(seed, trainer.global_rank), workers=True)
     trainer.fit(module, ckpt_path=str(ckpt) if ckpt else None)
 
     best = module.best or {"score": float("nan"), "step": None, "rewrite": None}
@@ -146,8 +164,9 @@ def fit_stage(
 
 
 def _parent_run(cfg: DictConfig, run_dir: Path, tags: dict[str, str]) -> str | None:
-    """The MLflow run that holds a multi-stage training's stages as child runs (resumed if it exists)."""
-    if not cfg.logger.get("_target_"):
+    """The MLflow run that holds a multi-stage training's stages as child runs (resumed if it exists);
+    None on ranks other than zero, which log nothing."""
+    if not cfg.logger.get("_target_") or rank_zero_only.rank != 0:
         return None
     run_id_file = run_dir / RUN_ID_FILE
     if run_id_file.exists():
@@ -192,7 +211,7 @@ def train(cfg: DictConfig, tags: dict[str, str] | None = None) -> float:
             client.log_metric(parent, cfg.optimized_metric, best["score"])
             client.log_metric(parent, sweep.objective_metric(cfg.optimized_metric), best["score"])
             client.set_terminated(parent, "FINISHED")
-    if cfg.logger.get("_target_"):
+    if cfg.logger.get("_target_") and rank_zero_only.rank == 0:
         print(f"Open the UI: make ui   (or: mlflow ui --backend-store-uri {cfg.logger.tracking_uri})")
     return best["score"]
 
