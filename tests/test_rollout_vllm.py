@@ -45,7 +45,9 @@ def policy():
 
 @pytest.fixture(scope="module")
 def engine(policy, tokenizer):
-    return VLLMRollout(policy, tokenizer, dtype="float32", seed=0)
+    # an explicit KV-cache size: on CPU the default share of host memory is net of what this test
+    # process already holds, which after other tests can leave nothing for the cache
+    return VLLMRollout(policy, tokenizer, dtype="float32", seed=0, kv_cache_memory_bytes=1 << 30)
 
 
 def greedy(generate, prompt_ids, max_new_tokens=24):

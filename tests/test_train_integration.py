@@ -23,6 +23,7 @@ def run(tmp_path_factory):
         "steps=2", "eval_every=2", "examples_per_step=2", "dev_examples=4",
         "algorithm.num_generations=3", "algorithm.max_completion_length=16",
         f"paths.outputs_dir={outputs}", "trainer.enable_progress_bar=false",
+        "save_checkpoints=false",  # 1.6 GB each; resume has its own test
     ]  # fmt: skip
     proc = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=900)
     assert proc.returncode == 0, proc.stderr[-4000:]
@@ -103,6 +104,7 @@ def test_multirun_launches_one_run_per_job(tmp_path):
         "steps=1", "eval_every=1", "examples_per_step=2", "dev_examples=2",
         "algorithm.num_generations=2", "algorithm.max_completion_length=8",
         f"paths.outputs_dir={tmp_path}", "trainer.enable_progress_bar=false", "algorithm.beta=0,0.04",
+        "save_checkpoints=false",
     ]  # fmt: skip
     proc = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=900)
     assert proc.returncode == 0, proc.stderr[-4000:]
@@ -148,6 +150,7 @@ def test_early_stopping_ends_a_run_that_stops_improving(tmp_path):
         "steps=5", "eval_every=1", "early_stopping_patience=1", "algorithm.learning_rate=0",
         "examples_per_step=2", "dev_examples=2", "algorithm.num_generations=2", "algorithm.max_completion_length=8",
         f"paths.outputs_dir={tmp_path}", "trainer.enable_progress_bar=false", "log_rewriter_to_mlflow=false",
+        "save_checkpoints=false",
     ]  # fmt: skip
     proc = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=900)
     assert proc.returncode == 0, proc.stderr[-4000:]
