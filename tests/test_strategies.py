@@ -3,6 +3,7 @@ CPU through torchrun (gloo): DDP end to end, DeepSpeed ZeRO-3 one step; FSDP is 
 
 import json
 import os
+import shutil
 import subprocess
 import sys
 import textwrap
@@ -135,7 +136,8 @@ def ddp_run(tmp_path_factory):
         *TINY, f"paths.outputs_dir={outputs}", callbacks,
     )  # fmt: skip
     assert proc.returncode == 0, proc.stderr[-4000:]
-    return outputs
+    yield outputs
+    shutil.rmtree(outputs)  # checkpoints of 1.6 GB
 
 
 @pytest.mark.integration
@@ -206,3 +208,4 @@ def test_sharded_strategy_runs_a_step_and_exports_a_plain_folder(tmp_path, hardw
     ckpt = run_dir / "checkpoints" / "last.ckpt"
     if hardware.startswith("deepspeed"):  # a folder of per-rank shards behind a symlink
         assert ckpt.is_symlink() and len(list((ckpt / "checkpoint").glob("*optim_states.pt"))) == 2
+    shutil.rmtree(tmp_path)  # checkpoints of 1.6 GB
