@@ -160,15 +160,15 @@ def _publish(tmp: Path, path: Path) -> None:
     if tmp.is_file():
         os.replace(tmp, path)
         return
-    old = path.resolve() if path.is_symlink() else None
     folder = path.with_name(f"{path.name}.{time.time_ns()}")
     os.replace(tmp, folder)
     link = path.with_name(path.name + ".link")
     _remove(link)
     link.symlink_to(folder.name)  # relative: the run folder can be moved
     os.replace(link, path)
-    if old is not None:
-        _remove(old)
+    for stale in path.parent.glob(f"{path.name}.*"):  # the previous checkpoint, and any a kill left behind
+        if stale != folder:
+            _remove(stale)
 
 
 def _remove(path: Path) -> None:

@@ -3,6 +3,7 @@ CPU through torchrun (gloo): DDP end to end, DeepSpeed ZeRO-3 one step; FSDP is 
 
 import json
 import os
+import shutil
 import subprocess
 import sys
 import textwrap
@@ -43,8 +44,14 @@ def test_every_strategy_has_a_hardware_option():
     assert {p.stem for p in (ROOT / "conf" / "hardware").glob("*.yaml")} == set(STRATEGIES)
 
 
+# what torchrun and SLURM say about the processes, read by the parallel hardware options
+LAUNCHER_ENV = ("LOCAL_WORLD_SIZE", "GROUP_WORLD_SIZE", "SLURM_NTASKS_PER_NODE", "SLURM_NNODES")
+
+
 @pytest.mark.parametrize("option", STRATEGIES)
-def test_hardware_option_builds_its_lightning_strategy(compose_train, option):
+def test_hardware_option_builds_its_lightning_strategy(compose_train, monkeypatch, option):
+    for name in LAUNCHER_ENV:
+        monkeypatch.delenv(name, raising=False)
     cfg = compose_train(f"hardware={option}")
     hardware = instantiate(cfg.hardware, _convert_="all")
     assert hardware["devices"] == 1 and hardware["num_nodes"] == 1  # outside torchrun and SLURM
@@ -65,6 +72,21 @@ def test_hardware_option_builds_its_lightning_strategy(compose_train, option):
     # the same set-up on this CPU: the Trainer accepts it (DeepSpeed checks for CUDA only when fitting)
     trainer = L.Trainer(**hardware | {"accelerator": "cpu"}, logger=False, enable_progress_bar=False)
     assert type(trainer.strategy) is STRATEGIES[option]
+
+
+@pytest.mark.parametrize(
+    "env",
+    [{"LOCAL_WORLD_SIZE": "4", "GROUP_WORLD_SIZE": "2"}, {"SLURM_NTASKS_PER_NODE": "4", "SLURM_NNODES": "2"}],
+    ids=["torchrun", "slurm"],
+)
+def test_parallel_options_take_devices_and_nodes_from_the_launcher(compose_train, monkeypatch, env):
+    for name in LAUNCHER_ENV:
+        monkeypatch.delenv(name, raising=False)
+    for name, value in env.items():
+        monkeypatch.setenv(name, value)
+    for option in set(STRATEGIES) - {"cpu", "gpu"}:
+        hardware = compose_train(f"hardware={option}").hardware
+        assert (hardware.devices, hardware.num_nodes) == (4, 2), option
 
 
 def test_transformer_blocks_policy_wraps_each_decoder_layer():
@@ -135,7 +157,8 @@ def ddp_run(tmp_path_factory):
         *TINY, f"paths.outputs_dir={outputs}", callbacks,
     )  # fmt: skip
     assert proc.returncode == 0, proc.stderr[-4000:]
-    return outputs
+    yield outputs
+    shutil.rmtree(outputs)  # checkpoints of 1.6 GB
 
 
 @pytest.mark.integration
@@ -206,3 +229,4 @@ def test_sharded_strategy_runs_a_step_and_exports_a_plain_folder(tmp_path, hardw
     ckpt = run_dir / "checkpoints" / "last.ckpt"
     if hardware.startswith("deepspeed"):  # a folder of per-rank shards behind a symlink
         assert ckpt.is_symlink() and len(list((ckpt / "checkpoint").glob("*optim_states.pt"))) == 2
+    shutil.rmtree(tmp_path)  # checkpoints of 1.6 GB
