@@ -169,7 +169,7 @@ def test_ddp_logs_one_mlflow_run_with_every_step_once(ddp_run):
     assert [s for s, _ in mlflow_history(ddp_run, "train/reward")[1]] == [1, 2]
     assert [s for s, _ in mlflow_history(ddp_run, "dev/accuracy")[1]] == [0, 1, 2]
     # run totals count both ranks' rewrites: 2 ranks x 2 per step
-    assert [v for _, v in mlflow_history(ddp_run, "usage/rewriter/calls")[1]] == [4.0, 8.0]
+    assert [v for _, v in mlflow_history(ddp_run, "train/usage/rewriter/calls")[1]] == [4.0, 8.0]
 
 
 @pytest.mark.integration
