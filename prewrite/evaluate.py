@@ -22,6 +22,7 @@ from prewrite import plots
 from prewrite import rewriter as rewriter_lib
 from prewrite.backends import build_backend
 from prewrite.rewards import RewriteScorer
+from prewrite.search import DevSelection
 from prewrite.tasks import load_task
 from prewrite.train import log_config_to_mlflow
 
@@ -37,22 +38,15 @@ def evaluate(cfg: DictConfig) -> dict[str, float]:
     if rw.info.get("task") not in (None, task.name):
         log.warning("The rewriter was trained on task %r; evaluating it on %r", rw.info["task"], task.name)
     initial = task.instruction
-    greedy = rw.rewrite(initial, cfg.meta_prompt, 0, max_new_tokens=cfg.max_new_tokens)[0]
-    samples = rw.rewrite(initial, cfg.meta_prompt, cfg.num_samples, cfg.sample_temperature, cfg.max_new_tokens)
-
-    # PRewrite-S: select on dev (a fixed seeded subset when dev_examples is set)
-    candidates = list(dict.fromkeys(samples))
     dev_rows = task.eval_rows("dev", cfg.dev_examples, cfg.seed)
-    dev_scores = scorer(candidates, dev_rows).metrics[metric]
-    best = max(range(len(candidates)), key=lambda i: -1.0 if dev_scores[i] is None else dev_scores[i])
-    selected = candidates[best]
+    selection = DevSelection(scorer, dev_rows, metric)
+    greedy, selected = prewrite_i_and_s(rw, initial, cfg, selection)
 
     # Report on test: only now, and only the three chosen instructions.
     test_rows = task.eval_rows("test", cfg.test_examples, cfg.seed)
     reported = {"initial": initial, "prewrite_i": greedy, "prewrite_s": selected}
     test_scores = scorer(list(reported.values()), test_rows).metrics[metric]
-    dev_of = dict(zip(candidates, dev_scores, strict=True))
-    dev_reported = scorer([initial, greedy], dev_rows).metrics[metric] + [dev_scores[best]]
+    dev_reported = scorer([initial, greedy], dev_rows).metrics[metric] + [selection.best["dev_score"]]
     results = {}
     table = []
     for (name, text), dev, test in zip(reported.items(), dev_reported, test_scores, strict=True):
@@ -60,11 +54,21 @@ def evaluate(cfg: DictConfig) -> dict[str, float]:
         results[f"dev/{name}/{metric}"] = dev
         table.append({"method": name, "instruction": text, f"dev_{metric}": dev, f"test_{metric}": test})
     candidates_table = [
-        {"candidate": i, "instruction": c, f"dev_{metric}": dev_of[c], "selected": c == selected}
-        for i, c in enumerate(candidates)
+        {"candidate": i, "instruction": c["instruction"], f"dev_{metric}": c["dev_score"]}
+        | {"selected": c["instruction"] == selected}
+        for i, c in enumerate(selection.scored)
     ]
     _report(cfg, task.name, metric, len(dev_rows), len(test_rows), table, candidates_table, results)
     return results
+
+
+def prewrite_i_and_s(rw: rewriter_lib.Rewriter, instruction: str, cfg: DictConfig, selection: DevSelection):
+    """(PRewrite-I, PRewrite-S) of a trained rewriter: its greedy rewrite, and the best on dev (scored
+    by `selection`) of `cfg.num_samples` rewrites sampled at `cfg.sample_temperature`."""
+    greedy = rw.rewrite(instruction, cfg.meta_prompt, 0, max_new_tokens=cfg.max_new_tokens)[0]
+    samples = rw.rewrite(instruction, cfg.meta_prompt, cfg.num_samples, cfg.sample_temperature, cfg.max_new_tokens)
+    selection.score(samples)
+    return greedy, selection.best["instruction"]
 
 
 def _report(cfg, task_name, metric, n_dev, n_test, table, candidates_table, results) -> None:

@@ -307,16 +307,23 @@ class PRewriteModule(L.LightningModule):
         }
         counts = distributed.over_ranks(self, counts, summed=counts)
         self.rewriter_usage.add(**{k: int(v) for k, v in counts.items()})
+        return {f"train/usage/rewriter/{k}": v for k, v in self.rewriter_usage.snapshot().items()} | {
+            f"train/usage/task_llm/{k}": v for k, v in self.task_usage().items()
+        }
+
+    def task_usage(self) -> dict[str, float]:
+        """The task LLM's run totals over every rank (collective: call it on every rank): the backend's
+        calls and tokens, cache counts, and `requests`, the prompts the scorer asked for (training
+        rewards and dev evaluations, cache hits included): what prewrite.compare budgets by."""
         task = {k: v for k, v in self.scorer.backend.usage_snapshot().items() if k != "cache_hit_rate"}
+        task["requests"] = float(self.scorer.requests)
         task = distributed.over_ranks(self, task, summed=task)
         before = self.task_usage_before
         task = {k: v + before.get(k, 0.0) for k, v in task.items()}
         if "cache_hits" in task:
             task["cache_hit_rate"] = task["cache_hits"] / max(1.0, task["cache_hits"] + task["cache_misses"])
         self.last_task_usage = task
-        return {f"train/usage/rewriter/{k}": v for k, v in self.rewriter_usage.snapshot().items()} | {
-            f"train/usage/task_llm/{k}": v for k, v in task.items()
-        }
+        return task
 
     # ---- dev evaluation of the greedy rewrite (PRewrite-I) ----
     def greedy_rewrite(self) -> str:
@@ -342,8 +349,10 @@ class PRewriteModule(L.LightningModule):
         rewrite = self.greedy_rewrite()  # on every rank: a sharded policy generates together
         # scored once, on rank zero: every rank then agrees on the best, the export and early stopping
         rewrite, scores = distributed.on_rank_zero(self.trainer, lambda: (rewrite, self.score_on_dev(rewrite)))
-        self.log_to_loggers({f"dev/{k}": v for k, v in scores.items()})
-        self.rewrite_rows.append({"step": self.rollout_step, "split": "dev", "rewrite": rewrite, **scores})
+        requests = self.task_usage()["requests"]  # spent so far, this evaluation included: x of a budget curve
+        self.log_to_loggers({f"dev/{k}": v for k, v in scores.items()} | {"dev/task_llm_requests": requests})
+        row = {"step": self.rollout_step, "split": "dev", "rewrite": rewrite, "task_llm_requests": requests}
+        self.rewrite_rows.append(row | scores)
         score = scores[self.monitor]
         if self.best is None or score > self.best["score"]:
             self.best = {"step": self.rollout_step, "score": score, "rewrite": rewrite}

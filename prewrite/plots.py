@@ -66,6 +66,31 @@ def methods(table: list[dict], metric: str) -> Figure:
     return fig
 
 
+def budget_curves(curves: list[dict[str, list[tuple[int, float]]]], metric: str) -> Figure:
+    """Dev `metric` of each method's best instruction so far against the task-LLM requests spent (the
+    rollouts-to-accuracy curve): one thin step line per seed, the mean over seeds in bold (on the union
+    of the seeds' x values; a seed counts from its first point on)."""
+    labels = {"rl": "PRewrite (RL)", "ape": "APE-style best-of-K", "opro": "OPRO-style"}
+    fig = Figure(figsize=(7, 4.5), layout="constrained")
+    ax = fig.subplots()
+    for i, method in enumerate(labels):
+        color = f"C{i}"
+        per_seed = [c[method] for c in curves if c.get(method)]
+        for curve in per_seed:
+            ax.step([x for x, _ in curve], [y for _, y in curve], where="post", color=color, alpha=0.3, lw=1)
+        xs = sorted({x for curve in per_seed for x, _ in curve})
+        mean = []
+        for x in xs:
+            ys = [max((y for cx, y in curve if cx <= x), default=None) for curve in per_seed]
+            ys = [y for y in ys if y is not None]
+            mean.append(sum(ys) / len(ys))
+        ax.step(xs, mean, where="post", color=color, lw=2.2, label=f"{labels[method]} (mean of {len(per_seed)})")
+    ax.set_xlabel("task-LLM requests spent (prompts scored: training rewards + dev evaluations)")
+    ax.set_ylabel(f"dev {metric} of the best instruction so far")
+    ax.legend(loc="lower right")
+    return fig
+
+
 def save(fig: Figure, path: Path) -> Path:
     path.parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(path, dpi=100)

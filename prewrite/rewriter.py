@@ -23,7 +23,11 @@ class Rewriter:
         self, instruction: str, meta_prompt: str, num: int = 1, temperature: float = 1.0, max_new_tokens: int = 48
     ) -> list[str]:
         """The greedy rewrite (num=0) or `num` sampled rewrites of `instruction`."""
-        prompt = rollout_hf.rewriter_prompt(self.tokenizer, meta_prompt, instruction)
+        return self.complete(meta_prompt.format(instruction=instruction), num, temperature, max_new_tokens)
+
+    def complete(self, message: str, num: int = 1, temperature: float = 1.0, max_new_tokens: int = 48) -> list[str]:
+        """The greedy reply (num=0) or `num` sampled replies to one user message (chat template)."""
+        prompt = rollout_hf.chat_prompt(self.tokenizer, message)
         out = rollout_hf.generate(
             self.model,
             self.tokenizer,
@@ -56,6 +60,12 @@ def locate(spec: str, tracking_uri: str | None = None) -> Path:
             f"{tracking_uri}: {e}"
         ) from None
     return Path(local)
+
+
+def load_untrained(model_name_or_path: str, dtype: str = "float32") -> Rewriter:
+    """The rewriter before training (`rewriter.model_name_or_path`: embedded:<name>, a hub id or a folder)."""
+    model = models.load_model(model_name_or_path, dtype).eval()
+    return Rewriter(model, models.load_tokenizer(model_name_or_path), {}, Path(models.resolve(model_name_or_path)))
 
 
 def load(spec: str, tracking_uri: str | None = None, dtype: str = "float32") -> Rewriter:

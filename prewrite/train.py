@@ -183,12 +183,13 @@ def _parent_run(cfg: DictConfig, run_dir: Path, tags: dict[str, str]) -> str | N
     return run_id
 
 
-def train(cfg: DictConfig, tags: dict[str, str] | None = None) -> float:
+def train(cfg: DictConfig, tags: dict[str, str] | None = None, backend=None) -> float:
     """Runs the training (all its stages) and returns the best value of `cfg.optimized_metric` on
-    dev of the last stage. `tags` go on its MLflow run (the parent run of its stages)."""
+    dev of the last stage. `tags` go on its MLflow run (the parent run of its stages). `backend`: a
+    task-LLM backend already built from `cfg.task_backend` (prewrite.compare reuses one engine)."""
     tags = tags or {}
     task = load_task(cfg.task)
-    backend = build_backend(cfg.task_backend, cfg.get("cache"), task)
+    backend = backend or build_backend(cfg.task_backend, cfg.get("cache"), task)
     scorer = RewriteScorer(task, backend, cfg.reward.reward_funcs, cfg.reward.reward_weights, report=[cfg.task.metric])
     # A fixed seeded dev subset, the same at every evaluation and stage, so dev curves are comparable.
     dev_rows = task.eval_rows("dev", cfg.dev_examples, cfg.seed)

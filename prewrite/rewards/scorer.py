@@ -79,6 +79,9 @@ class RewriteScorer:
             )
         self.task = task
         self.backend = backend
+        # Prompts asked of the task LLM, cache hits and repeats included: the budget that methods are
+        # compared at (prewrite.compare), which must not depend on what a cache happened to hold.
+        self.requests = 0
         # A weight-0 function is never computed.
         self.weighted = [(*resolve_reward_func(f, task), w) for f, w in zip(reward_funcs, weights, strict=True) if w]
         if not self.weighted:
@@ -95,6 +98,7 @@ class RewriteScorer:
         n, funcs = len(rows), [(n_, f) for n_, f, _ in self.weighted] + self.reported
         needs = {getattr(f, "needs", "generation") for _, f in funcs}
         prompts = [self.task.prompt(rw, row) for rw in rewrites for row in rows]
+        self.requests += len(prompts)
         gold = [self.task.gold(row) for row in rows] * len(rewrites)
         rewrite = [rw for rw in rewrites for _ in rows]
         columns = {k: [row[k] for row in rows] * len(rewrites) for k in rows[0]}

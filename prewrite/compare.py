@@ -1,0 +1,262 @@
+"""PRewrite against search at equal task-LLM budget: `python -m prewrite.compare experiment=sst2_smollm2`.
+
+Per seed, in one process sharing one task-LLM backend:
+1. train the rewriter (prewrite.train; its MLflow run is a child of this comparison's run);
+2. PRewrite-I (greedy rewrite of the best-on-dev rewriter) and PRewrite-S (best on dev of
+   `num_samples` sampled rewrites);
+3. the baselines (prewrite.search) get the task-LLM requests RL spent (training rewards, dev
+   evaluations) plus PRewrite-S's selection: APE-style best-of-K and OPRO-style propose-and-select,
+   both from the untrained rewriter;
+4. every method's choice is scored on test, once, after all selection on the same dev rows.
+Then mean ± std over seeds, and dev score against requests spent (the rollouts-to-accuracy curve).
+
+A seed whose `results.json` exists is not run again, and a killed training resumes from its
+checkpoint: re-run the same command with `hydra.run.dir=<the comparison's folder>`.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import statistics
+import time
+from pathlib import Path
+
+import hydra
+import lightning as L
+from mlflow import MlflowClient
+from mlflow.utils.mlflow_tags import MLFLOW_PARENT_RUN_ID, MLFLOW_RUN_NAME
+from omegaconf import DictConfig, OmegaConf
+
+from prewrite import plots, search
+from prewrite import rewriter as rewriter_lib
+from prewrite.backends import build_backend
+from prewrite.evaluate import prewrite_i_and_s
+from prewrite.rewards import RewriteScorer
+from prewrite.tasks import Task, load_task
+from prewrite.train import RUN_ID_FILE, log_config_to_mlflow, train
+
+log = logging.getLogger(__name__)
+
+METHODS = ["initial", "prewrite_i", "prewrite_s", "ape", "opro"]
+CURVE_METRIC = "curve/dev_{metric}"  # logged at step = task-LLM requests spent
+
+
+def compare(cfg: DictConfig) -> dict:
+    task = load_task(cfg.task)
+    backend = build_backend(cfg.task_backend, cfg.cache, task)
+    out = Path(cfg.paths.run_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    client, parent = _parent_run(cfg, out)
+    seeds = [run_seed(cfg, seed, task, backend, out / f"seed{seed}", client, parent) for seed in cfg.seeds]
+    summary = summarize(seeds, task.metric)
+    results_dir = Path(cfg.get("results_dir") or out)
+    results_dir.mkdir(parents=True, exist_ok=True)
+    (results_dir / "results.json").write_text(json.dumps({"summary": summary, "seeds": seeds}, indent=2))
+    (results_dir / "results.md").write_text(markdown(summary, seeds, task, cfg))
+    png = plots.save(plots.budget_curves([s["curves"] for s in seeds], task.metric), results_dir / "curve.png")
+    if client:
+        for i, method in enumerate(METHODS):
+            for j, s in enumerate(seeds):
+                client.log_metric(parent, f"test/{method}/{task.metric}", s["test"][method], step=j)
+            client.log_metric(parent, f"test/{method}/{task.metric}_mean", summary[method]["test_mean"], step=i)
+            client.log_metric(parent, f"test/{method}/{task.metric}_std", summary[method]["test_std"], step=i)
+        for f in ("results.json", "results.md"):
+            client.log_artifact(parent, str(results_dir / f))
+        client.log_artifact(parent, str(png), "plots")
+        client.set_terminated(parent, "FINISHED")
+        print(f"MLflow run {parent}")
+    print(f"\n{(results_dir / 'results.md').read_text()}\nWritten to {os.path.relpath(results_dir)}")
+    return summary
+
+
+def run_seed(cfg, seed: int, task: Task, backend, folder: Path, client, parent) -> dict:
+    done = folder / "results.json"
+    if done.exists():
+        return json.loads(done.read_text())
+    metric, t0 = task.metric, time.perf_counter()
+    seed_cfg = OmegaConf.merge(cfg, {"seed": seed, "paths": {"run_dir": str(folder / "rl")}})
+    tags = {MLFLOW_PARENT_RUN_ID: parent, MLFLOW_RUN_NAME: f"rl-seed{seed}"} if parent else {}
+    train(seed_cfg, tags=tags, backend=backend)
+    rl_rows = [json.loads(line) for line in (folder / "rl" / "rewrites.jsonl").read_text().splitlines()]
+    rl_evals = [r for r in rl_rows if r["split"] == "dev"]
+    if rl_evals[-1]["step"] != cfg.steps:  # then the steps after it would be missing from RL's spend
+        raise ValueError(f"steps={cfg.steps} must be a multiple of eval_every={cfg.eval_every} (and no early stopping)")
+    rl_spent = int(rl_evals[-1]["task_llm_requests"])
+    t_train = time.perf_counter() - t0
+
+    scorer = RewriteScorer(task, backend, [metric], [1.0])
+    dev_rows = task.eval_rows("dev", cfg.dev_examples, seed)  # the rows training evaluated on
+    initial = task.instruction
+    L.seed_everything(seed)
+    trained = rewriter_lib.load(str(folder / "rl"), dtype=cfg.dtype)
+    selection = search.DevSelection(scorer, dev_rows, metric)
+    prewrite_i, prewrite_s = prewrite_i_and_s(trained, initial, seed_cfg, selection)
+    budget = rl_spent + selection.spent
+    del trained
+
+    untrained = rewriter_lib.load_untrained(cfg.rewriter.model_name_or_path, cfg.dtype)
+    L.seed_everything(seed)
+    ape = search.ape(untrained, search.DevSelection(scorer, dev_rows, metric, budget), initial, cfg.meta_prompt,
+                     **cfg.ape, max_new_tokens=cfg.max_new_tokens)  # fmt: skip
+    L.seed_everything(seed)
+    opro = search.opro(untrained, search.DevSelection(scorer, dev_rows, metric, budget), initial,
+                       **cfg.opro, max_new_tokens=cfg.max_new_tokens)  # fmt: skip
+    t_search = time.perf_counter() - t0 - t_train
+
+    # Every choice is made; only now the test rows are scored.
+    chosen = {
+        "initial": initial,
+        "prewrite_i": prewrite_i,
+        "prewrite_s": prewrite_s,
+        "ape": ape.best["instruction"],
+        "opro": opro.best["instruction"],
+    }
+    test_rows = task.eval_rows("test", cfg.test_examples, seed)
+    test = dict(zip(chosen, scorer(list(chosen.values()), test_rows).metrics[metric], strict=True))
+    dev = dict(zip(["initial", "prewrite_i"], scorer([initial, prewrite_i], dev_rows).metrics[metric], strict=True))
+    dev |= {"prewrite_s": selection.best["dev_score"], "ape": ape.best["dev_score"], "opro": opro.best["dev_score"]}
+    rl_curve = [(int(r["task_llm_requests"]), r[metric]) for r in rl_evals]
+    rl_curve += selection.curve(offset=rl_spent)
+    curves = {"rl": _best_so_far(rl_curve), "ape": ape.curve(), "opro": opro.curve()}
+    spent = {"rl": budget, "ape": ape.spent, "opro": opro.spent}
+    result = {
+        "seed": seed,
+        "instructions": chosen,
+        "dev": dev,
+        "test": test,
+        "task_llm_requests": spent,
+        "budget": budget,
+        "candidates_scored": {"prewrite_s": len(selection.scored), "ape": len(ape.scored), "opro": len(opro.scored)},
+        "dev_rows": len(dev_rows),
+        "test_rows": len(test_rows),
+        "curves": curves,
+        "rl_run_id": (folder / "rl" / RUN_ID_FILE).read_text().strip() if parent else None,
+        "wall_s": {"rl": round(t_train, 1), "search": round(t_search, 1), "total": round(time.perf_counter() - t0, 1)},
+        "candidates": {"prewrite_s": selection.scored, "ape": ape.scored, "opro": opro.scored},
+    }
+    if client:
+        rl_id = result["rl_run_id"]
+        for requests, value in curves["rl"]:
+            client.log_metric(rl_id, CURVE_METRIC.format(metric=metric), value, step=requests)
+        result["run_ids"] = {"rl": rl_id}
+        for method in ("ape", "opro"):
+            result["run_ids"][method] = _log_search_run(client, parent, cfg, method, seed, result)
+    folder.mkdir(parents=True, exist_ok=True)
+    done.write_text(json.dumps(result, indent=2))
+    return result
+
+
+def _best_so_far(curve: list[tuple[int, float]]) -> list[tuple[int, float]]:
+    out, best = [], float("-inf")
+    for x, y in curve:
+        best = max(best, y)
+        out.append((x, best))
+    return out
+
+
+def _log_search_run(client: MlflowClient, parent: str, cfg, method: str, seed: int, result: dict) -> str:
+    """A child run for one baseline of one seed: its curve, dev and test scores, and every candidate."""
+    metric = cfg.task.metric
+    run = client.create_run(
+        client.get_run(parent).info.experiment_id,
+        tags={MLFLOW_PARENT_RUN_ID: parent, MLFLOW_RUN_NAME: f"{method}-seed{seed}", "prewrite.method": method},
+    )
+    run_id = run.info.run_id
+    client.log_param(run_id, "seed", seed)
+    client.log_param(run_id, "budget", result["budget"])
+    client.log_dict(run_id, OmegaConf.to_container(cfg[method], resolve=True), "search_config.json")
+    for requests, value in result["curves"][method]:
+        client.log_metric(run_id, CURVE_METRIC.format(metric=metric), value, step=requests)
+    client.log_metric(run_id, f"dev/{metric}", result["dev"][method])
+    client.log_metric(run_id, f"test/{metric}", result["test"][method])
+    client.log_metric(run_id, "task_llm_requests", result["task_llm_requests"][method])
+    rows = result["candidates"][method]
+    client.log_table(run_id, {k: [r[k] for r in rows] for k in rows[0]}, "candidates.json")
+    client.set_terminated(run_id, "FINISHED")
+    return run_id
+
+
+def summarize(seeds: list[dict], metric: str) -> dict:
+    """Per method: mean and sample std (n-1) over seeds of the dev and test scores."""
+
+    def stats(values):
+        return statistics.mean(values), statistics.stdev(values) if len(values) > 1 else 0.0
+
+    summary = {}
+    for method in METHODS:
+        dev_mean, dev_std = stats([s["dev"][method] for s in seeds])
+        test_mean, test_std = stats([s["test"][method] for s in seeds])
+        summary[method] = {"dev_mean": dev_mean, "dev_std": dev_std, "test_mean": test_mean, "test_std": test_std}
+    summary["budget_mean"] = statistics.mean(s["budget"] for s in seeds)
+    summary["metric"] = metric
+    return summary
+
+
+LABELS = {
+    "initial": "initial instruction",
+    "prewrite_i": "PRewrite-I (RL, greedy)",
+    "prewrite_s": "PRewrite-S (RL, best of K on dev)",
+    "ape": "APE-style best-of-K (untrained rewriter)",
+    "opro": "OPRO-style propose and select",
+}
+
+
+def markdown(summary: dict, seeds: list[dict], task: Task, cfg) -> str:
+    metric = summary["metric"]
+    n = len(seeds)
+    lines = [
+        f"{task.name}: {metric}, mean ± std (n-1) over {n} seeds {[s['seed'] for s in seeds]}; "
+        f"dev = {seeds[0]['dev_rows']} fixed dev rows per seed (all selection), "
+        f"test = {seeds[0]['test_rows']} test rows per seed.",
+        "",
+        f"| method | dev {metric} | test {metric} | test per seed | task-LLM requests |",
+        "|---|---|---|---|---|",
+    ]
+    for method in METHODS:
+        s = summary[method]
+        per_seed = " / ".join(f"{x['test'][method]:.3f}" for x in seeds)
+        spent = {"prewrite_i": "rl", "prewrite_s": "rl"}.get(method, method)
+        requests = (
+            " / ".join(str(x["task_llm_requests"][spent]) for x in seeds) if spent in seeds[0]["task_llm_requests"]
+            else "0"
+        )  # fmt: skip
+        lines.append(
+            f"| {LABELS[method]} | {s['dev_mean']:.3f} ± {s['dev_std']:.3f} "
+            f"| {s['test_mean']:.3f} ± {s['test_std']:.3f} | {per_seed} | {requests} |"
+        )
+    lines += ["", "Chosen instructions:", ""]
+    for s in seeds:
+        for method in METHODS[1:]:
+            lines.append(f"- seed {s['seed']}, {LABELS[method]}: {s['instructions'][method]!r}")
+    return "\n".join(lines) + "\n"
+
+
+def _parent_run(cfg, out: Path) -> tuple[MlflowClient | None, str | None]:
+    """The comparison's MLflow run (resumed when the folder has one); (None, None) without a logger."""
+    if not cfg.logger.get("_target_"):
+        return None, None
+    client = MlflowClient(cfg.logger.tracking_uri)
+    id_file = out / RUN_ID_FILE
+    if id_file.exists():
+        return client, id_file.read_text().strip()
+    exp = client.get_experiment_by_name(cfg.logger.experiment_name)
+    exp_id = (
+        exp.experiment_id if exp else client.create_experiment(cfg.logger.experiment_name, cfg.logger.artifact_location)
+    )
+    name = f"compare-{cfg.task.name}-{time.strftime('%Y%m%d-%H%M%S')}"
+    run_id = client.create_run(exp_id, tags={MLFLOW_RUN_NAME: name, "prewrite.method": "compare"}).info.run_id
+    id_file.write_text(run_id)
+    log_config_to_mlflow(client, run_id, cfg)
+    return client, run_id
+
+
+@hydra.main(version_base="1.3", config_path="../conf", config_name="compare")
+def main(cfg: DictConfig) -> None:
+    os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
+    compare(cfg)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,129 @@
+"""Instruction search without RL, at a fixed task-LLM budget: the baselines PRewrite is compared with.
+
+Every method here, like PRewrite-S, picks its instruction by scoring candidates on the same dev rows
+(`DevSelection`); only the way candidates are proposed differs:
+
+- `ape`: best-of-K (APE-style, Zhou et al. 2023, without its resampling round): rewrites of the
+  initial instruction sampled from the *untrained* rewriter with PRewrite's meta prompt, as many as
+  the budget pays for.
+- `opro`: propose and select (OPRO-style, Yang et al. 2024): each round shows the untrained rewriter
+  the best instructions so far with their dev scores (worst to best, as OPRO orders them) and samples
+  new proposals; their scores join the list for the next round. No task exemplars in the prompt:
+  the 135M model loses the thread on long prompts.
+
+The budget is counted in task-LLM requests (one candidate on one dev row = one), as
+`RewriteScorer.requests` counts RL's training rewards and dev evaluations. An instruction already
+scored is not scored again and costs nothing; a candidate the remaining budget cannot pay for on
+every dev row is not scored at all.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+
+from prewrite.rewards import RewriteScorer
+from prewrite.rewriter import Rewriter
+
+OPRO_PROMPT = """Your task is to write an instruction for a language model. Below are earlier instructions with their scores (0 to 100, higher is better), from worst to best.
+
+{history}
+
+Write a new instruction that is different from all of the above and scores higher than all of them. Output the new instruction only."""  # noqa: E501
+
+
+@dataclass
+class DevSelection:
+    """Candidates scored on fixed dev rows; the best so far wins (ties: the earlier). `budget`: the most
+    task-LLM requests to spend (None = no limit)."""
+
+    scorer: RewriteScorer
+    dev_rows: list[dict]
+    metric: str
+    budget: int | None = None
+    spent: int = 0
+    scored: list[dict] = field(default_factory=list)  # {"instruction", "dev_score", "requests", "round"}
+
+    def affordable(self) -> int:
+        """How many more candidates the budget pays for."""
+        if self.budget is None:
+            return 1 << 30
+        return max(0, self.budget - self.spent) // len(self.dev_rows)
+
+    def score(self, candidates: Sequence[str], round: int = 0) -> list[dict]:
+        """Scores the candidates not seen before, as many as the budget allows, in one task-LLM pass."""
+        seen = {c["instruction"] for c in self.scored}
+        new = [c for c in dict.fromkeys(candidates) if c not in seen][: self.affordable()]
+        if not new:
+            return []
+        values = self.scorer(new, self.dev_rows).metrics[self.metric]
+        rows = []
+        for instruction, value in zip(new, values, strict=True):
+            self.spent += len(self.dev_rows)
+            rows.append({"instruction": instruction, "dev_score": value, "requests": self.spent, "round": round})
+        self.scored += rows
+        return rows
+
+    @property
+    def best(self) -> dict:
+        if not self.scored:
+            raise ValueError("no candidate was scored: the budget is smaller than one pass over the dev rows")
+        return max(self.scored, key=lambda c: -1.0 if c["dev_score"] is None else c["dev_score"])
+
+    def curve(self, offset: int = 0) -> list[tuple[int, float]]:
+        """(requests spent, dev score of the best candidate so far) after each candidate."""
+        out, best = [], float("-inf")
+        for c in self.scored:
+            best = max(best, -1.0 if c["dev_score"] is None else c["dev_score"])
+            out.append((offset + c["requests"], best))
+        return out
+
+
+def ape(
+    rewriter: Rewriter,
+    selection: DevSelection,
+    instruction: str,
+    meta_prompt: str,
+    samples_per_round: int = 8,
+    temperature: float = 1.0,
+    max_new_tokens: int = 48,
+    patience: int = 3,
+) -> DevSelection:
+    """Samples rewrites of `instruction` until the budget is spent (or `patience` rounds in a row bring
+    nothing new) and scores each new one on dev."""
+    round, idle = 0, 0
+    while selection.affordable() and idle < patience:
+        rewrites = rewriter.rewrite(instruction, meta_prompt, samples_per_round, temperature, max_new_tokens)
+        idle = 0 if selection.score(rewrites, round) else idle + 1
+        round += 1
+    return selection
+
+
+def opro(
+    rewriter: Rewriter,
+    selection: DevSelection,
+    instruction: str,
+    proposals_per_round: int = 8,
+    top_k: int = 20,
+    temperature: float = 1.0,
+    max_new_tokens: int = 48,
+    patience: int = 3,
+) -> DevSelection:
+    """Starts from `instruction`'s dev score; each round proposes from the `top_k` best so far."""
+    selection.score([instruction], round=0)
+    round, idle = 1, 0
+    while selection.affordable() and idle < patience:
+        proposals = rewriter.complete(opro_prompt(selection.scored, top_k), proposals_per_round, temperature,
+                                      max_new_tokens)  # fmt: skip
+        idle = 0 if selection.score(proposals, round) else idle + 1
+        round += 1
+    return selection
+
+
+def opro_prompt(scored: list[dict], top_k: int) -> str:
+    ranked = sorted(scored, key=lambda c: -1.0 if c["dev_score"] is None else c["dev_score"])[-top_k:]
+    history = "\n\n".join(
+        f"Instruction: {c['instruction']}\nScore: {0 if c['dev_score'] is None else round(100 * c['dev_score'])}"
+        for c in ranked
+    )
+    return OPRO_PROMPT.format(history=history)
