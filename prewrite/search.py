@@ -91,12 +91,10 @@ def ape(
 ) -> DevSelection:
     """Samples rewrites of `instruction` until the budget is spent (or `patience` rounds in a row bring
     nothing new) and scores each new one on dev."""
-    round, idle = 0, 0
-    while selection.affordable() and idle < patience:
-        rewrites = rewriter.rewrite(instruction, meta_prompt, samples_per_round, temperature, max_new_tokens)
-        idle = 0 if selection.score(rewrites, round) else idle + 1
-        round += 1
-    return selection
+    return _rounds(
+        selection, lambda: rewriter.rewrite(instruction, meta_prompt, samples_per_round, temperature, max_new_tokens),
+        first_round=0, patience=patience,
+    )  # fmt: skip
 
 
 def opro(
@@ -111,11 +109,19 @@ def opro(
 ) -> DevSelection:
     """Starts from `instruction`'s dev score; each round proposes from the `top_k` best so far."""
     selection.score([instruction], round=0)
-    round, idle = 1, 0
+
+    def propose():
+        return rewriter.complete(opro_prompt(selection.scored, top_k), proposals_per_round, temperature, max_new_tokens)
+
+    return _rounds(selection, propose, first_round=1, patience=patience)
+
+
+def _rounds(selection: DevSelection, propose, first_round: int, patience: int) -> DevSelection:
+    """Scores `propose()`'s candidates round after round until the budget is spent or `patience`
+    rounds in a row bring nothing new."""
+    round, idle = first_round, 0
     while selection.affordable() and idle < patience:
-        proposals = rewriter.complete(opro_prompt(selection.scored, top_k), proposals_per_round, temperature,
-                                      max_new_tokens)  # fmt: skip
-        idle = 0 if selection.score(proposals, round) else idle + 1
+        idle = 0 if selection.score(propose(), round) else idle + 1
         round += 1
     return selection
 

@@ -32,6 +32,27 @@ class FakeBackend:
         return {"calls": float(self.num_calls)}
 
 
+class PromptSpy:
+    """Wraps a real backend and records every prompt asked of it."""
+
+    def __init__(self, inner):
+        self.inner, self.prompts = inner, []
+
+    def generate(self, prompts):
+        self.prompts.extend(prompts)
+        return self.inner.generate(prompts)
+
+    def __getattr__(self, name):
+        return getattr(self.inner, name)
+
+
+def spy_on_backends(monkeypatch, module) -> list[PromptSpy]:
+    """Makes `module.build_backend` return spies on the backends it builds; returns them, in order."""
+    spies, real_build = [], module.build_backend
+    monkeypatch.setattr(module, "build_backend", lambda *a: spies.append(PromptSpy(real_build(*a))) or spies[-1])
+    return spies
+
+
 def write_keys(path, start, stop, barrier, results):
     """One of several processes filling the same cache file at once. It lives here, not in the test
     module, so that a spawned child imports nothing heavy (the test module imports torch)."""

@@ -8,28 +8,13 @@ from mlflow import MlflowClient
 
 from prewrite import evaluate as evaluate_mod
 from prewrite import models
+from tests.fake_backend import spy_on_backends
 
 pytestmark = pytest.mark.integration
 
 
-class Spy:
-    """Records every prompt asked of the task backend (a real one underneath)."""
-
-    def __init__(self, inner):
-        self.inner, self.prompts = inner, []
-
-    def generate(self, prompts):
-        self.prompts.extend(prompts)
-        return self.inner.generate(prompts)
-
-    def __getattr__(self, name):
-        return getattr(self.inner, name)
-
-
 def test_prewrite_s_selects_on_dev_and_test_scores_only_the_three_reported(compose_config, monkeypatch, tmp_path):
-    spies = []
-    real_build = evaluate_mod.build_backend
-    monkeypatch.setattr(evaluate_mod, "build_backend", lambda *a: spies.append(Spy(real_build(*a))) or spies[-1])
+    spies = spy_on_backends(monkeypatch, evaluate_mod)
     base = models.resolve("embedded:smollm2-135m-instruct")  # an untrained rewriter is a rewriter too
     cfg = compose_config(
         "evaluate", f"rewriter_path={base}", "num_samples=4", "dev_examples=6", "test_examples=8",

@@ -1,0 +1,65 @@
+"""prewrite.compare end to end on the real embedded model (hf task backend), at its smallest: the
+baselines get exactly the task-LLM requests RL spent, every choice is made on dev before test is
+scored, everything lands in MLflow, and a re-run in the same folder redoes nothing."""
+
+import json
+
+import pytest
+from mlflow import MlflowClient
+
+from prewrite import compare as compare_mod
+from tests.fake_backend import spy_on_backends
+
+pytestmark = pytest.mark.integration
+
+
+def test_equal_budget_dev_only_selection_mlflow_and_resume(compose_config, monkeypatch, tmp_path):
+    spies = spy_on_backends(monkeypatch, compare_mod)
+    cfg = compose_config(
+        "compare", "seeds=[0]", "steps=2", "eval_every=1", "examples_per_step=2", "algorithm.num_generations=2",
+        "algorithm.max_completion_length=8", "max_new_tokens=8", "dev_examples=4", "test_examples=6",
+        "num_samples=3", "ape.samples_per_round=4", "opro.proposals_per_round=4", "save_checkpoints=false",
+        "system_metrics_interval_s=null", "trainer.enable_progress_bar=false", f"paths.outputs_dir={tmp_path}",
+    )  # fmt: skip
+    summary = compare_mod.compare(cfg)
+
+    result = json.loads((tmp_path / "results.json").read_text())["seeds"][0]
+    # RL: 2 steps x 2 rewrites x 2 examples, the initial instruction and 3 greedy evaluations on 4 dev rows
+    rl_training = 2 * 2 * 2 + 4 * 4
+    selection = 4 * result["candidates_scored"]["prewrite_s"]
+    assert result["budget"] == rl_training + selection == result["task_llm_requests"]["rl"]
+    for method in ("ape", "opro"):  # the whole budget, up to less than one more candidate's dev pass
+        assert result["budget"] - 4 < result["task_llm_requests"][method] <= result["budget"]
+        assert result["curves"][method][-1] == [result["task_llm_requests"][method], result["dev"][method]]
+    assert result["curves"]["rl"][-1][0] == result["budget"]
+    assert result["candidates"]["opro"][0]["instruction"] == "Classify the sentiment."
+
+    # test rows were asked about the five chosen instructions and nothing else
+    task = compare_mod.load_task(cfg.task)
+    test_inputs = {r["sentence"] for r in task.eval_rows("test", 6, 0)}
+
+    def instruction_if_on_test(prompt):
+        head, sentence = prompt.rsplit("\n\nSentence: ", 1)
+        return head if sentence.split("\nAnswer:")[0] in test_inputs else None
+
+    on_test = {instruction_if_on_test(p) for p in spies[0].prompts} - {None}
+    assert on_test == set(result["instructions"].values())
+    assert summary["prewrite_s"]["test_mean"] == result["test"]["prewrite_s"]
+    assert (tmp_path / "curve.png").stat().st_size > 10_000 and "| PRewrite-S" in (tmp_path / "results.md").read_text()
+
+    client = MlflowClient(cfg.paths.mlflow_tracking_uri)
+    runs = {
+        r.info.run_name: r for r in client.search_runs([client.get_experiment_by_name("prewrite-sst2").experiment_id])
+    }
+    parent = runs.pop(next(n for n in runs if n.startswith("compare-")))
+    assert set(runs) == {"rl-seed0", "ape-seed0", "opro-seed0"}
+    assert {r.data.tags["mlflow.parentRunId"] for r in runs.values()} == {parent.info.run_id}
+    assert parent.data.metrics["test/prewrite_s/accuracy_mean"] == result["test"]["prewrite_s"]
+    for name, method in (("rl-seed0", "rl"), ("ape-seed0", "ape")):
+        curve = [(m.step, m.value) for m in client.get_metric_history(runs[name].info.run_id, "curve/dev_accuracy")]
+        assert curve == [tuple(p) for p in result["curves"][method]]
+    assert {a.path for a in client.list_artifacts(parent.info.run_id)} >= {"results.json", "results.md", "plots"}
+
+    # a re-run in the same folder finds the seed done: no training, no task-LLM request
+    compare_mod.compare(cfg)
+    assert spies[1].prompts == []
