@@ -69,6 +69,10 @@ def test_run_is_logged_to_mlflow_with_params_metrics_and_artifacts(run):
     task_calls = [v for _, v in history(client, r.info.run_id, "train/usage/task_llm/calls")]
     assert task_calls == sorted(task_calls) and task_calls[-1] > 0
     assert 0.0 <= history(client, r.info.run_id, "train/usage/task_llm/cache_hit_rate")[-1][1] <= 1.0
+    # requests: every prompt the scorer asked for, cache hits included (what prewrite.compare budgets by):
+    # step 0 scores the initial instruction and the greedy rewrite on 4 dev rows, each step 3 x 2 prompts
+    assert history(client, r.info.run_id, "train/usage/task_llm/requests") == [(1, 14.0), (2, 20.0)]
+    assert history(client, r.info.run_id, "dev/task_llm_requests") == [(0, 8.0), (2, 24.0)]
 
 
 def test_rewrites_table_holds_every_rewrite_with_its_reward(run):
