@@ -64,8 +64,15 @@ def evaluate(cfg: DictConfig) -> dict[str, float]:
 
 def prewrite_i_and_s(rw: rewriter_lib.Rewriter, instruction: str, cfg: DictConfig, selection: DevSelection):
     """(PRewrite-I, PRewrite-S) of a trained rewriter: its greedy rewrite, and the best on dev (scored
-    by `selection`) of `cfg.num_samples` rewrites sampled at `cfg.sample_temperature`."""
-    greedy = rw.rewrite(instruction, cfg.meta_prompt, 0, max_new_tokens=cfg.max_new_tokens)[0]
+    by `selection`) of `cfg.num_samples` rewrites sampled at `cfg.sample_temperature`.
+    PRewrite-I is the greedy rewrite training recorded when it selected these weights on dev, if it
+    rewrote this instruction with this meta prompt: re-decoding at another precision (training runs
+    under bf16 autocast) can give another text."""
+    recorded = rw.info.get("rewrite")
+    same_input = (rw.info.get("instruction"), rw.info.get("meta_prompt")) == (instruction, cfg.meta_prompt)
+    if recorded is None or not same_input:
+        recorded = rw.rewrite(instruction, cfg.meta_prompt, 0, max_new_tokens=cfg.max_new_tokens)[0]
+    greedy = recorded
     samples = rw.rewrite(instruction, cfg.meta_prompt, cfg.num_samples, cfg.sample_temperature, cfg.max_new_tokens)
     selection.score(samples)
     return greedy, selection.best["instruction"]

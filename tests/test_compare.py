@@ -33,6 +33,10 @@ def test_equal_budget_dev_only_selection_mlflow_and_resume(compose_config, monke
         assert result["curves"][method][-1] == [result["task_llm_requests"][method], result["dev"][method]]
     assert result["curves"]["rl"][-1][0] == result["budget"]
     assert result["candidates"]["opro"][0]["instruction"] == "Classify the sentiment."
+    # PRewrite-I is the greedy rewrite training selected on dev (not a re-decoding at another precision)
+    evals = [json.loads(line) for line in (tmp_path / "seed0" / "rl" / "rewrites.jsonl").read_text().splitlines()]
+    best = max((r for r in evals if r["split"] == "dev"), key=lambda r: r["accuracy"])  # earliest of ties
+    assert result["instructions"]["prewrite_i"] == best["rewrite"] and result["dev"]["prewrite_i"] == best["accuracy"]
 
     # test rows were asked about the five chosen instructions and nothing else
     task = compare_mod.load_task(cfg.task)

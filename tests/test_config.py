@@ -9,8 +9,8 @@ from omegaconf import OmegaConf
 
 from tests.conftest import CONF, ROOT
 
-# sweep options set hydra.sweeper at the global package, composed in tests/test_sweep.py
-GROUPS = sorted(p.name for p in CONF.iterdir() if p.is_dir() and p.name not in ("hydra", "sweep"))
+# sweep and experiment options are global packages: sweeps composed in tests/test_sweep.py, experiments below
+GROUPS = sorted(p.name for p in CONF.iterdir() if p.is_dir() and p.name not in ("hydra", "sweep", "experiment"))
 OPTIONS = [(g, f.stem) for g in GROUPS for f in sorted((CONF / g).glob("*.yaml"))]
 # Options with a mandatory (???) value, composed here with one; without it, see tests/test_task_jsonl.py.
 REQUIRED = {("task", "jsonl"): ["task.path=rows.jsonl"]}
@@ -28,6 +28,16 @@ def test_option_composes_and_resolves(compose_train, group, option):
     assert container[group] is not None
     missing = OmegaConf.missing_keys(cfg)
     assert not missing, f"{group}={option} leaves {missing} unset"
+
+
+@pytest.mark.parametrize("name", sorted(f.stem for f in (CONF / "experiment").glob("*.yaml")))
+def test_experiment_sets_its_task_and_results_folder_for_train_and_compare(compose_config, name):
+    task = name.removesuffix("_smollm2")
+    for config in ("train", "compare"):
+        cfg = compose_config(config, f"experiment={name}")
+        container = OmegaConf.to_container(cfg, resolve=True)
+        assert container["task"]["name"] == task and container["steps"] % container["eval_every"] == 0
+        assert container["results_dir"].endswith(f"experiments/{name}") and not OmegaConf.missing_keys(cfg)
 
 
 def test_unknown_option_lists_valid_ones(compose_train):
