@@ -62,19 +62,8 @@ def config(overrides: list[str]):
 
 
 def run_ours(cfg, scorer: RewriteScorer, task, steps: int) -> list[dict[str, float]]:
-    module = PRewriteModule(
-        task=task,
-        scorer=scorer,
-        rewriter=OmegaConf.to_container(cfg.rewriter, resolve=True),
-        algorithm=OmegaConf.to_container(cfg.algorithm, resolve=True),
-        meta_prompt=cfg.meta_prompt,
-        steps=steps,
-        examples_per_step=cfg.examples_per_step,
-        dev_rows=task.eval_rows("dev", 1, cfg.seed),  # the step-0 dev evaluation, not timed
-        seed=cfg.seed,
-        monitor="accuracy",
-        rollout=OmegaConf.to_container(cfg.rollout, resolve=True),
-    )
+    # dev: one row, for the step-0 dev evaluation (not timed)
+    module = PRewriteModule.from_config(cfg, task, scorer, task.eval_rows("dev", 1, cfg.seed), steps=steps)
     logger = MemoryLogger()
     trainer_args = OmegaConf.to_container(cfg.trainer) | {"val_check_interval": steps, "enable_progress_bar": False}
     trainer = L.Trainer(**trainer_args, **cfg.hardware, logger=logger, limit_val_batches=0)

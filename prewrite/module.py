@@ -16,6 +16,7 @@ from typing import Any
 import lightning as L
 import numpy as np
 import torch
+from omegaconf import OmegaConf
 from torch.utils.data import DataLoader
 
 from prewrite import distributed, models
@@ -33,6 +34,24 @@ SUMMED_OVER_RANKS = ("train/metric_none", "train/empty_rewrites", "train/task_ll
 
 
 class PRewriteModule(L.LightningModule):
+    @classmethod
+    def from_config(cls, cfg, task: Task, scorer: RewriteScorer | None, dev_rows: list[dict], **overrides):
+        """The module a training config (conf/train.yaml) describes; `overrides` replace any argument."""
+        kwargs = dict(
+            task=task,
+            scorer=scorer,
+            rewriter=OmegaConf.to_container(cfg.rewriter, resolve=True),
+            algorithm=OmegaConf.to_container(cfg.algorithm, resolve=True),
+            meta_prompt=cfg.meta_prompt,
+            steps=cfg.steps,
+            examples_per_step=cfg.examples_per_step,
+            dev_rows=dev_rows,
+            seed=cfg.seed,
+            monitor=cfg.optimized_metric.removeprefix("dev/"),
+            rollout=OmegaConf.to_container(cfg.rollout, resolve=True),
+        )
+        return cls(**(kwargs | overrides))
+
     def __init__(
         self,
         task: Task,

@@ -105,20 +105,8 @@ def fit_stage(
     ckpt = _checkpoint_to_resume(cfg, run_dir)
     L.seed_everything(seed, workers=True)  # the same on every rank: what the module initialises must agree
     export_dir = run_dir / "rewriter"
-    module = PRewriteModule(
-        task=task,
-        scorer=scorer,
-        rewriter=OmegaConf.to_container(cfg.rewriter, resolve=True),
-        algorithm=OmegaConf.to_container(cfg.algorithm, resolve=True),
-        meta_prompt=cfg.meta_prompt,
-        steps=cfg.steps,
-        examples_per_step=cfg.examples_per_step,
-        dev_rows=dev_rows,
-        seed=seed,
-        monitor=cfg.optimized_metric.removeprefix("dev/"),
-        instruction=instruction,
-        export_dir=str(export_dir),
-        rollout=OmegaConf.to_container(cfg.rollout, resolve=True),
+    module = PRewriteModule.from_config(
+        cfg, task, scorer, dev_rows, seed=seed, instruction=instruction, export_dir=str(export_dir)
     )
     logger = False
     callbacks: list[L.Callback] = [RewritesTable(str(run_dir)), RewardDevPlot(str(run_dir))]

@@ -7,7 +7,6 @@ import lightning as L
 import pytest
 import torch
 from mlflow import MlflowClient
-from omegaconf import OmegaConf
 from safetensors import safe_open
 
 from prewrite import models
@@ -21,18 +20,8 @@ pytestmark = pytest.mark.integration
 
 def _module(cfg) -> PRewriteModule:
     task = load_task(cfg.task)
-    return PRewriteModule(
-        task=task,
-        scorer=None,  # not scored here
-        rewriter=OmegaConf.to_container(cfg.rewriter, resolve=True),
-        algorithm=OmegaConf.to_container(cfg.algorithm, resolve=True),
-        meta_prompt=cfg.meta_prompt,
-        steps=1,
-        examples_per_step=1,
-        dev_rows=[],
-        seed=0,
-        monitor="accuracy",
-    )
+    # not scored here: no scorer, no dev rows
+    return PRewriteModule.from_config(cfg, task, None, [], steps=1, examples_per_step=1, seed=0)
 
 
 def test_lora_trains_only_the_adapter_and_its_reference_is_the_base_model(compose_train):
