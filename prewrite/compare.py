@@ -119,7 +119,7 @@ def run_seed(cfg, seed: int, task: Task, backend, folder: Path, client, parent) 
     dev |= {"prewrite_s": selection.best["dev_score"], "ape": ape.best["dev_score"], "opro": opro.best["dev_score"]}
     rl_curve = [(int(r["task_llm_requests"]), r[metric]) for r in rl_evals]
     rl_curve += selection.curve(offset=rl_spent)
-    curves = {"rl": _best_so_far(rl_curve), "ape": ape.curve(), "opro": opro.curve()}
+    curves = {"rl": search.best_so_far(rl_curve), "ape": ape.curve(), "opro": opro.curve()}
     spent = {"rl": budget, "ape": ape.spent, "opro": opro.spent}
     result = {
         "seed": seed,
@@ -146,14 +146,6 @@ def run_seed(cfg, seed: int, task: Task, backend, folder: Path, client, parent) 
     folder.mkdir(parents=True, exist_ok=True)
     done.write_text(json.dumps(result, indent=2))
     return result
-
-
-def _best_so_far(curve: list[tuple[int, float]]) -> list[tuple[int, float]]:
-    out, best = [], float("-inf")
-    for x, y in curve:
-        best = max(best, y)
-        out.append((x, best))
-    return out
 
 
 def _log_search_run(client: MlflowClient, parent: str, cfg, method: str, seed: int, result: dict) -> str:

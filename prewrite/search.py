@@ -68,15 +68,25 @@ class DevSelection:
     def best(self) -> dict:
         if not self.scored:
             raise ValueError("no candidate was scored: the budget is smaller than one pass over the dev rows")
-        return max(self.scored, key=lambda c: -1.0 if c["dev_score"] is None else c["dev_score"])
+        return max(self.scored, key=_score)
 
     def curve(self, offset: int = 0) -> list[tuple[int, float]]:
         """(requests spent, dev score of the best candidate so far) after each candidate."""
-        out, best = [], float("-inf")
-        for c in self.scored:
-            best = max(best, -1.0 if c["dev_score"] is None else c["dev_score"])
-            out.append((offset + c["requests"], best))
-        return out
+        return best_so_far([(offset + c["requests"], _score(c)) for c in self.scored])
+
+
+def best_so_far(points: list[tuple[int, float]]) -> list[tuple[int, float]]:
+    """(x, the highest y up to x) for each (x, y) in order: a budget curve."""
+    out, best = [], float("-inf")
+    for x, y in points:
+        best = max(best, y)
+        out.append((x, best))
+    return out
+
+
+def _score(candidate: dict) -> float:
+    """The dev score to rank by: one that could not be computed ranks below every real one."""
+    return -1.0 if candidate["dev_score"] is None else candidate["dev_score"]
 
 
 def ape(
@@ -127,7 +137,7 @@ def _rounds(selection: DevSelection, propose, first_round: int, patience: int) -
 
 
 def opro_prompt(scored: list[dict], top_k: int) -> str:
-    ranked = sorted(scored, key=lambda c: -1.0 if c["dev_score"] is None else c["dev_score"])[-top_k:]
+    ranked = sorted(scored, key=_score)[-top_k:]
     history = "\n\n".join(
         f"Instruction: {c['instruction']}\nScore: {0 if c['dev_score'] is None else round(100 * c['dev_score'])}"
         for c in ranked
