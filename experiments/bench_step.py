@@ -23,6 +23,7 @@ import platform
 import statistics
 import tempfile
 import time
+from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
 
 import lightning as L
@@ -176,11 +177,13 @@ def main() -> None:
     runs: dict[str, list[list[dict[str, float]]]] = {"ours": [], "trl": []}
     # Each run in its own process: a vLLM engine (rollout=vllm) changes the process's threading and
     # holds memory after its run, which would slow or break whatever ran next in the same process.
+    # (ProcessPoolExecutor's workers, unlike multiprocessing.Pool's, are not daemons: they may start the
+    # engine-core process of task_backend.multiprocessing=true.)
     spawn = multiprocessing.get_context("spawn")
     for rep in range(args.repeats):
         for side in ("ours", "trl") if rep % 2 == 0 else ("trl", "ours"):
-            with spawn.Pool(1) as pool:
-                steps = pool.apply(one_run, (side, overrides[side], args.steps))
+            with ProcessPoolExecutor(1, mp_context=spawn) as pool:
+                steps = pool.submit(one_run, side, overrides[side], args.steps).result()
             runs[side].append(steps)
             print(f"rep {rep} {side}: " + ", ".join(f"{s['step']:.1f}s" for s in steps), flush=True)
 
