@@ -12,6 +12,7 @@ side over all timed steps, the ratio ours / TRL, and where the time goes.
 
     python experiments/bench_step.py --steps 4 --repeats 3 --out experiments/bench_step.json
     python experiments/bench_step.py --steps 4 --repeats 3 --ours rollout=vllm   # our vLLM rollouts (make setup-vllm)
+    python experiments/bench_step.py ... --trl use_vllm=true vllm_mode=colocate  # TRL's own vLLM rollouts
 """
 
 from __future__ import annotations
@@ -28,6 +29,7 @@ from pathlib import Path
 
 import lightning as L
 import torch
+import yaml
 from hydra import compose, initialize_config_dir
 from lightning.pytorch.loggers import Logger
 from omegaconf import OmegaConf
@@ -76,7 +78,7 @@ def run_ours(cfg, scorer: RewriteScorer, task, steps: int) -> list[dict[str, flo
     ]
 
 
-def run_trl(cfg, scorer: RewriteScorer, task, steps: int, out_dir: str) -> list[dict[str, float]]:
+def run_trl(cfg, scorer: RewriteScorer, task, steps: int, out_dir: str, trl_args: dict) -> list[dict[str, float]]:
     from datasets import Dataset
     from transformers import TrainerCallback
     from trl import GRPOConfig, GRPOTrainer
@@ -120,6 +122,7 @@ def run_trl(cfg, scorer: RewriteScorer, task, steps: int, out_dir: str) -> list[
         save_strategy="no",
         seed=cfg.seed,
         disable_tqdm=True,
+        **trl_args,
     )
     path = cfg.rewriter.model_name_or_path
     trainer = GRPOTrainer(
@@ -151,17 +154,21 @@ def run_trl(cfg, scorer: RewriteScorer, task, steps: int, out_dir: str) -> list[
     ]
 
 
-def one_run(side: str, overrides: list[str], steps: int) -> list[dict[str, float]]:
+def one_run(side: str, overrides: list[str], steps: int, trl_args: dict) -> list[dict[str, float]]:
     """One run of one side, in a fresh process (see main), with its own task model and scorer."""
     cfg = config(["logger=none", "cache.enabled=false", *overrides])
     task = load_task(cfg.task)
     backend = build_backend(cfg.task_backend, cfg.cache, task)
     scorer = RewriteScorer(task, backend, cfg.reward.reward_funcs, cfg.reward.reward_weights)
     torch.manual_seed(cfg.seed)
-    if side == "ours":
-        return run_ours(cfg, scorer, task, steps)
-    with tempfile.TemporaryDirectory() as tmp:
-        return run_trl(cfg, scorer, task, steps, tmp)
+    try:
+        if side == "ours":
+            return run_ours(cfg, scorer, task, steps)
+        with tempfile.TemporaryDirectory() as tmp:
+            return run_trl(cfg, scorer, task, steps, tmp, trl_args)
+    finally:
+        if hasattr(backend, "close"):  # a vLLM task engine: this worker would otherwise wait for it forever
+            backend.close()
 
 
 def main() -> None:
@@ -171,7 +178,12 @@ def main() -> None:
     parser.add_argument("--out", default=None)
     parser.add_argument("overrides", nargs="*", help="config overrides for both sides")
     parser.add_argument("--ours", nargs="*", default=[], help="config overrides for our side only, e.g. rollout=vllm")
+    parser.add_argument(
+        "--trl", nargs="*", default=[], metavar="KEY=VALUE",
+        help="GRPOConfig arguments for TRL's side only (YAML values), e.g. use_vllm=true vllm_mode=colocate",
+    )  # fmt: skip
     args = parser.parse_args()
+    trl_args = {k: yaml.safe_load(v) for k, v in (a.split("=", 1) for a in args.trl)}
 
     overrides = {"ours": [*args.overrides, *args.ours], "trl": args.overrides}
     runs: dict[str, list[list[dict[str, float]]]] = {"ours": [], "trl": []}
@@ -183,7 +195,7 @@ def main() -> None:
     for rep in range(args.repeats):
         for side in ("ours", "trl") if rep % 2 == 0 else ("trl", "ours"):
             with ProcessPoolExecutor(1, mp_context=spawn) as pool:
-                steps = pool.submit(one_run, side, overrides[side], args.steps).result()
+                steps = pool.submit(one_run, side, overrides[side], args.steps, trl_args).result()
             runs[side].append(steps)
             print(f"rep {rep} {side}: " + ", ".join(f"{s['step']:.1f}s" for s in steps), flush=True)
 

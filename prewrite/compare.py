@@ -11,7 +11,8 @@ Per seed, in one process sharing one task-LLM backend:
 Then mean ± std over seeds, and dev score against requests spent (the rollouts-to-accuracy curve).
 
 A seed whose `results.json` exists is not run again, and a killed training resumes from its
-checkpoint: re-run the same command with `hydra.run.dir=<the comparison's folder>`.
+checkpoint: re-run the same command with `hydra.run.dir=<the comparison's folder>` (more seeds may be
+added; other settings must stay as they were, which the folder's settings.json enforces).
 """
 
 from __future__ import annotations
@@ -35,7 +36,7 @@ from prewrite.backends import build_backend
 from prewrite.evaluate import prewrite_i_and_s
 from prewrite.rewards import RewriteScorer
 from prewrite.tasks import Task, load_task
-from prewrite.train import RUN_ID_FILE, log_config_to_mlflow, train
+from prewrite.train import RUN_ID_FILE, check_same_settings, log_config_to_mlflow, train
 
 log = logging.getLogger(__name__)
 
@@ -44,10 +45,10 @@ CURVE_METRIC = "curve/dev_{metric}"  # logged at step = task-LLM requests spent
 
 
 def compare(cfg: DictConfig) -> dict:
+    out = Path(cfg.paths.run_dir)
+    check_same_settings(out, cfg)  # the seeds already done in `out` are reused: they must share these settings
     task = load_task(cfg.task)
     backend = build_backend(cfg.task_backend, cfg.cache, task)
-    out = Path(cfg.paths.run_dir)
-    out.mkdir(parents=True, exist_ok=True)
     client, parent = _parent_run(cfg, out)
     seeds = [run_seed(cfg, seed, task, backend, out / f"seed{seed}", client, parent) for seed in cfg.seeds]
     summary = summarize(seeds, task.metric)

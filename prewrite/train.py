@@ -38,6 +38,14 @@ log = logging.getLogger(__name__)
 MLFLOW_PARAM_MAX = 6000  # MLflow's limit on a param value
 RUN_ID_FILE = "mlflow_run_id"  # in a run (or stage) folder: the MLflow run a resume continues
 RESULT_FILE = "result.json"  # in a run (or stage) folder: written when it finished
+SETTINGS_FILE = "settings.json"  # in a run folder: the settings a re-launch in that folder must repeat
+# What a re-launch may change without changing what the run computes: where files and logs go, how
+# progress shows, which checkpoint to resume, the response cache (it serves only identical answers), and
+# prewrite.compare's list of seeds and results folder (a seed's results do not depend on the others).
+RELAUNCH_MAY_CHANGE = (
+    "paths", "logger", "ckpt_path", "cache", "system_metrics_interval_s", "trainer.enable_progress_bar",
+    "seeds", "results_dir",
+)  # fmt: skip
 
 
 def flatten(cfg: dict, prefix: str = "") -> dict[str, str]:
@@ -61,6 +69,34 @@ def log_config_to_mlflow(client: MlflowClient, run_id: str, cfg: DictConfig) -> 
     for i in range(0, len(params), 100):  # MLflow accepts at most 100 params per batch
         client.log_batch(run_id, params=params[i : i + 100])
     client.log_text(run_id, OmegaConf.to_yaml(resolved), "config.yaml")
+
+
+def check_same_settings(folder: Path, cfg: DictConfig) -> None:
+    """A re-launch in a run folder continues what it finds there (a checkpoint, finished stages or seeds),
+    so it must use the settings that made it, or the run would silently mix two configurations. The
+    first launch records the resolved settings in `SETTINGS_FILE`; a later one with other settings stops
+    here, before any work, naming what differs."""
+    resolved = flatten(OmegaConf.to_container(cfg, resolve=True))
+    settings = {
+        k: v for k, v in resolved.items() if not any(k == p or k.startswith(f"{p}.") for p in RELAUNCH_MAY_CHANGE)
+    }
+    path = folder / SETTINGS_FILE
+    if not path.exists():
+        if rank_zero_only.rank == 0:
+            folder.mkdir(parents=True, exist_ok=True)
+            path.write_text(json.dumps(settings, indent=1, sort_keys=True))
+        return
+    before = json.loads(path.read_text())
+    changed = sorted(k for k in before.keys() | settings.keys() if before.get(k) != settings.get(k))
+    if changed:
+        def short(value):
+            return repr(value if value is None or len(value) <= 60 else value[:57] + "...")
+
+        shown = "; ".join(f"{k}: {short(before.get(k))} -> {short(settings.get(k))}" for k in changed)
+        raise ValueError(
+            f"{folder} holds a run made with other settings ({shown}). To resume it, re-launch with the "
+            f"settings recorded in {path}; to start a new run, use a new folder (drop hydra.run.dir)."
+        )
 
 
 def _checkpoint_to_resume(cfg: DictConfig, run_dir: Path) -> Path | None:
@@ -176,12 +212,13 @@ def train(cfg: DictConfig, tags: dict[str, str] | None = None, backend=None) -> 
     dev of the last stage. `tags` go on its MLflow run (the parent run of its stages). `backend`: a
     task-LLM backend already built from `cfg.task_backend` (prewrite.compare reuses one engine)."""
     tags = tags or {}
+    run_dir = Path(cfg.paths.run_dir)
+    check_same_settings(run_dir, cfg)
     task = load_task(cfg.task)
     backend = backend or build_backend(cfg.task_backend, cfg.get("cache"), task)
     scorer = RewriteScorer(task, backend, cfg.reward.reward_funcs, cfg.reward.reward_weights, report=[cfg.task.metric])
     # A fixed seeded dev subset, the same at every evaluation and stage, so dev curves are comparable.
     dev_rows = task.eval_rows("dev", cfg.dev_examples, cfg.seed)
-    run_dir = Path(cfg.paths.run_dir)
     if cfg.stages == 1:
         best = fit_stage(cfg, task, scorer, dev_rows, task.instruction, run_dir, cfg.seed, tags)
     else:

@@ -67,3 +67,8 @@ def test_equal_budget_dev_only_selection_mlflow_and_resume(compose_config, monke
     # a re-run in the same folder finds the seed done: no training, no task-LLM request
     compare_mod.compare(cfg)
     assert spies[1].prompts == []
+    # ... and refuses, before any work, to mix seeds made with other settings into its results
+    cfg.num_samples = 4
+    with pytest.raises(ValueError, match=r"num_samples: '3' -> '4'"):
+        compare_mod.compare(cfg)
+    assert len(spies) == 2

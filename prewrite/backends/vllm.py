@@ -80,6 +80,12 @@ class VLLMBackend:
     def usage_snapshot(self) -> dict[str, float]:
         return self.usage.snapshot()
 
+    def close(self) -> None:
+        """Stops the engine (and its engine-core process with `multiprocessing=true`). Needed where the
+        process ends through multiprocessing, which waits for its child processes before any atexit
+        handler could stop them: without it, such a worker never exits."""
+        self.llm.llm_engine.engine_core.shutdown()
+
     def cache_identity(self) -> dict:
         """The model (folder fingerprint, or hub id), dtype and generation settings. Its own backend
         name: vLLM's kernels round differently from transformers', so the two may pick different
