@@ -71,6 +71,10 @@ def log_config_to_mlflow(client: MlflowClient, run_id: str, cfg: DictConfig) -> 
     client.log_text(run_id, OmegaConf.to_yaml(resolved), "config.yaml")
 
 
+def _shorten(value: str | None, limit: int = 60) -> str:
+    return repr(value if value is None or len(value) <= limit else value[: limit - 3] + "...")
+
+
 def check_same_settings(folder: Path, cfg: DictConfig) -> None:
     """A re-launch in a run folder continues what it finds there (a checkpoint, finished stages or seeds),
     so it must use the settings that made it, or the run would silently mix two configurations. The
@@ -89,10 +93,7 @@ def check_same_settings(folder: Path, cfg: DictConfig) -> None:
     before = json.loads(path.read_text())
     changed = sorted(k for k in before.keys() | settings.keys() if before.get(k) != settings.get(k))
     if changed:
-        def short(value):
-            return repr(value if value is None or len(value) <= 60 else value[:57] + "...")
-
-        shown = "; ".join(f"{k}: {short(before.get(k))} -> {short(settings.get(k))}" for k in changed)
+        shown = "; ".join(f"{k}: {_shorten(before.get(k))} -> {_shorten(settings.get(k))}" for k in changed)
         raise ValueError(
             f"{folder} holds a run made with other settings ({shown}). To resume it, re-launch with the "
             f"settings recorded in {path}; to start a new run, use a new folder (drop hydra.run.dir)."
