@@ -6,9 +6,11 @@ around SST-2's initial instruction, chat template), `num_generations` rewrites o
 `max_completion_length` tokens at temperature 1, beta 0.04 (a reference model on both sides), the
 dapo loss, lr 1e-5, one policy epoch per rollout, and the same reward: a RewriteScorer (the hf
 task backend, accuracy on the step's `examples_per_step` SST-2 train rows, response cache off)
-called by both. Runs alternate inside one invocation (ours, TRL, TRL, ours, ...), each in a fresh
-process and `--steps` steps long; the first step of each run is warm-up and left out. Reported: median step time per
-side over all timed steps, the ratio ours / TRL, and where the time goes.
+called by both (the default; `task_backend=...` changes it for both). Runs alternate inside one
+invocation (ours, TRL, TRL, ours, ...), each in a fresh process and `--steps` steps long, repetition r
+with seed r on both sides; the first step of each run is warm-up and left out. Reported: median step
+time per side over all timed steps, the ratio ours / TRL, where the time goes, and the mean rewrite
+length (longer rewrites make longer task prompts, so a costlier reward).
 
     python experiments/bench_step.py --steps 4 --repeats 3 --out experiments/bench_step.json
     python experiments/bench_step.py --steps 4 --repeats 3 --ours rollout=vllm   # our vLLM rollouts (make setup-vllm)
@@ -73,6 +75,7 @@ def run_ours(cfg, scorer: RewriteScorer, task, steps: int) -> list[dict[str, flo
     trainer.fit(module)
     return [
         {k: r[f"train/time/{k}_s"] for k in ("step", "rollout", "reward", "update")}
+        | {"completion_length": r["train/completion_length"]}
         for r in logger.rows
         if "train/time/step_s" in r
     ]
@@ -143,14 +146,16 @@ def run_trl(cfg, scorer: RewriteScorer, task, steps: int, out_dir: str, trl_args
 
     trainer._generate_and_score_completions = timed_generate
     trainer.train()
+    lengths = [h["completions/mean_length"] for h in trainer.state.log_history if "completions/mean_length" in h]
     return [
         {
             "step": t["step"],
             "rollout": t["generate_and_score"] - t["reward"],  # includes TRL's reference log-probs
             "reward": t["reward"],
             "update": t["step"] - t["generate_and_score"],
+            "completion_length": length,
         }
-        for t in times
+        for t, length in zip(times, lengths, strict=True)
     ]
 
 
@@ -194,15 +199,18 @@ def main() -> None:
     spawn = multiprocessing.get_context("spawn")
     for rep in range(args.repeats):
         for side in ("ours", "trl") if rep % 2 == 0 else ("trl", "ours"):
+            # Repetition r runs seed r on both sides: the repetitions sample different rewrites (one seed
+            # would score the same rewrites in every run of a side, and their lengths drive the reward time).
             with ProcessPoolExecutor(1, mp_context=spawn) as pool:
-                steps = pool.submit(one_run, side, overrides[side], args.steps, trl_args).result()
+                steps = pool.submit(one_run, side, [*overrides[side], f"seed={rep}"], args.steps, trl_args).result()
             runs[side].append(steps)
             print(f"rep {rep} {side}: " + ", ".join(f"{s['step']:.1f}s" for s in steps), flush=True)
 
     summary = {}
     for side, reps in runs.items():
         timed = [s for steps in reps for s in steps[1:]]
-        summary[side] = {k: statistics.median(s[k] for s in timed) for k in ("step", "rollout", "reward", "update")}
+        keys = ("step", "rollout", "reward", "update", "completion_length")
+        summary[side] = {k: statistics.median(s[k] for s in timed) for k in keys}
     summary["ratio_ours_over_trl"] = summary["ours"]["step"] / summary["trl"]["step"]
     print(json.dumps(summary, indent=2))
     if args.out:
