@@ -166,14 +166,10 @@ def one_run(side: str, overrides: list[str], steps: int, trl_args: dict) -> list
     backend = build_backend(cfg.task_backend, cfg.cache, task)
     scorer = RewriteScorer(task, backend, cfg.reward.reward_funcs, cfg.reward.reward_weights)
     torch.manual_seed(cfg.seed)
-    try:
-        if side == "ours":
-            return run_ours(cfg, scorer, task, steps)
-        with tempfile.TemporaryDirectory() as tmp:
-            return run_trl(cfg, scorer, task, steps, tmp, trl_args)
-    finally:
-        if hasattr(backend, "close"):  # a vLLM task engine: this worker would otherwise wait for it forever
-            backend.close()
+    if side == "ours":
+        return run_ours(cfg, scorer, task, steps)
+    with tempfile.TemporaryDirectory() as tmp:
+        return run_trl(cfg, scorer, task, steps, tmp, trl_args)
 
 
 def main() -> None:

@@ -8,6 +8,7 @@ return the same tokens: any difference in answers is numerical, not a formatting
 from __future__ import annotations
 
 import logging
+import multiprocessing.util as mp_util
 import os
 import types
 from pathlib import Path
@@ -66,6 +67,10 @@ class VLLMBackend:
             enforce_eager=enforce_eager,
             seed=seed,
         )
+        # A process that ends through multiprocessing (a pool or launcher worker) joins its child processes
+        # before atexit handlers run: too late for vLLM's own to stop the engine-core child of
+        # `multiprocessing=true`, and the process would never exit. Finalizers of exitpriority >= 0 run first.
+        mp_util.Finalize(self, self.llm.llm_engine.engine_core.shutdown, exitpriority=0)
         self._sampling = vllm.SamplingParams(temperature=0.0, max_tokens=max_new_tokens)
         # One position of the prompt's own log-probabilities per token; generating one token is the
         # least vLLM allows.
@@ -79,12 +84,6 @@ class VLLMBackend:
 
     def usage_snapshot(self) -> dict[str, float]:
         return self.usage.snapshot()
-
-    def close(self) -> None:
-        """Stops the engine (and its engine-core process with `multiprocessing=true`). Needed where the
-        process ends through multiprocessing, which waits for its child processes before any atexit
-        handler could stop them: without it, such a worker never exits."""
-        self.llm.llm_engine.engine_core.shutdown()
 
     def cache_identity(self) -> dict:
         """The model (folder fingerprint, or hub id), dtype and generation settings. Its own backend
