@@ -7,9 +7,11 @@ import pytest
 from omegaconf import OmegaConf
 from omegaconf.errors import MissingMandatoryValue
 
+from prewrite.rewards import RewriteScorer
 from prewrite.tasks import load_task
-from prewrite.tasks.task import row_key
+from prewrite.tasks.task import RESERVED_COLUMNS, USER_TASK_COLUMNS, row_key
 from tests.conftest import CONF
+from tests.fake_backend import FakeBackend
 
 
 def write_jsonl(path, rows):
@@ -186,3 +188,68 @@ def test_unsupported_extension(tmp_path):
     path.write_text("x")
     with pytest.raises(ValueError, match=r"unsupported file type '.txt'"):
         load_task(user_cfg(path))
+
+
+def test_task_columns_configure_the_task_and_leave_the_rows(tmp_path):
+    rows = [{**r, "task": "qa", "template": "Q: {input}\n{instruction}", "source": "quiz"} for r in qa_rows()]
+    task = load_task(user_cfg(write_jsonl(tmp_path / "rows.jsonl", rows)))
+    assert task.kind == "qa" and task.template == "Q: {input}\n{instruction}"
+    # instruction, task and template are read once; every other column stays a dataset column
+    assert {k for s in task.splits.values() for r in s for k in r} == {"input", "output", "source"}
+
+
+@pytest.mark.parametrize("column", [c for c in RESERVED_COLUMNS if c not in USER_TASK_COLUMNS])
+@pytest.mark.parametrize("suffix", [".jsonl", ".csv"])
+def test_a_column_with_a_reserved_name_is_refused_naming_file_line_and_column(tmp_path, column, suffix):
+    rows = [{**r, column: "x"} for r in qa_rows()]
+    path = tmp_path / f"rows{suffix}"
+    if suffix == ".csv":
+        pd.DataFrame(rows).to_csv(path, index=False)
+    else:
+        write_jsonl(path, rows)
+    with pytest.raises(ValueError, match=rf"rows{suffix}: line [12] has a column named '{column}'.*rename"):
+        load_task(user_cfg(path))
+
+
+@pytest.mark.parametrize("column", RESERVED_COLUMNS)
+def test_a_packaged_task_with_a_reserved_column_is_refused(tmp_path, column):
+    rows = [{"sentence": f"s{i}", "label": i % 2, column: "x"} for i in range(20)]
+    cfg = OmegaConf.merge(
+        OmegaConf.load(CONF / "task" / "sst2.yaml"),
+        {"files": {"train": str(write_jsonl(tmp_path / "train.jsonl", rows))}, "dev_size": 4},
+    )
+    with pytest.raises(ValueError, match=rf"train.jsonl: row 1 has a column named '{column}'"):
+        load_task(cfg)
+
+
+def test_a_file_too_small_for_the_carve_names_the_options_to_set(tmp_path):
+    path = write_jsonl(tmp_path / "rows.jsonl", qa_rows(12))
+    with pytest.raises(ValueError, match=r"12 rows\) must leave.*task.test_size=2 task.dev_size=2"):
+        load_task(user_cfg(path, test_size=128, dev_size=64))
+    task = load_task(user_cfg(path, test_size=2, dev_size=2))  # the suggested sizes load
+    assert [len(task.splits[s]) for s in ("train", "dev", "test")] == [8, 2, 2]
+
+
+received_kwargs: list[dict] = []
+
+
+def record_kwargs(prompts, completions, **kwargs):
+    received_kwargs.append({"prompts": prompts, "completions": completions, **kwargs})
+    return [0.0] * len(completions)
+
+
+record_kwargs.needs = "loglikelihood"  # so the scorer also adds the log-likelihood column
+
+
+def test_reward_functions_get_every_column_and_the_reserved_arguments(tmp_path):
+    """A user file with every optional column scores: the reward function sees the data columns (TRL's
+    convention) and exactly the reserved names beside them, so no column can shadow one."""
+    rows = [{**r, "task": "qa", "template": "{instruction}\n{input}", "source": "quiz"} for r in qa_rows()]
+    task = load_task(user_cfg(write_jsonl(tmp_path / "rows.jsonl", rows)))
+    scorer = RewriteScorer(task, FakeBackend(), [f"{__name__}.record_kwargs"], [1.0])
+    received_kwargs.clear()
+    scorer(["Answer.", "Reply."], task.splits["train"][:3])
+    (kwargs,) = received_kwargs
+    assert set(kwargs) == {"input", "output", "source", *RESERVED_COLUMNS}
+    assert kwargs["source"] == ["quiz"] * 6 and kwargs["rewrite"] == ["Answer."] * 3 + ["Reply."] * 3
+    assert kwargs["task"] is task

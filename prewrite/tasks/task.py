@@ -38,6 +38,12 @@ KINDS = ("classification", "qa", "math")
 SOURCES = ("packaged", "hub", "file")
 DEFAULT_METRIC = {"classification": "accuracy", "qa": "f1", "math": "math_verify"}
 USER_TEMPLATE = "{instruction}\n{input}"
+# What the scorer passes to reward functions beside the dataset columns (TRL's convention: every column
+# is a keyword argument): a data column of one of these names would collide, so loading refuses it.
+RESERVED_COLUMNS = ("prompts", "completions", "task", "gold", "rewrite", "loglikelihoods")
+# The user-file columns that configure the task rather than hold an example: read once by the loader
+# (they must be the same on every row), then dropped from the rows.
+USER_TASK_COLUMNS = ("instruction", "task", "template")
 
 
 @dataclass
@@ -222,6 +228,12 @@ def _check_rows(task: Task, rows: list[dict], path, lines: Sequence | None = Non
     """Every row has the input fields and a gold that can be read (in the label set for classification)."""
     for i, row in enumerate(rows):
         where = f"row {i + 1}" if lines is None else lines[i]
+        reserved = [c for c in RESERVED_COLUMNS if c in row]
+        if reserved:
+            raise ValueError(
+                f"{path}: {where} has a column named {reserved[0]!r}, a name the harness passes to reward functions "
+                f"itself ({', '.join(RESERVED_COLUMNS)}); rename that column"
+            )
         needed = [*task.input_fields]
         if not (task.kind == "math" and task.solution_field and task.solution_field in row):
             needed.append(task.answer_field)
@@ -300,9 +312,11 @@ def _take(task: Task, rows: list[dict], sizes: list[tuple[str, int]], seed: int,
     total = sum(n for _, n in sizes)
     if total >= len(rows):
         wanted = ", ".join(f"{s}={n}" for s, n in sizes)
+        fits = max(1, (len(rows) - 1) // (2 * len(sizes)))  # leaves at least half the rows to train on
+        options = " ".join(f"task.{s}_size={fits}" for s, _ in sizes)
         raise ValueError(
             f"task {task.name!r}: carving {wanted} out of {source} ({len(rows)} rows) must leave at least one "
-            f"{source} row"
+            f"{source} row; set smaller sizes, e.g. {options}"
         )
     perm = np.random.default_rng(seed).permutation(len(rows))
     carved, start = {}, 0
@@ -392,6 +406,7 @@ def _load_user_rows(cfg: dict) -> Task:
             "task %r: %s rows scored with metric %r (usual: %r)", name, kind, built["metric"], DEFAULT_METRIC[kind]
         )
     # row checks name the file line (JSONL, CSV) or row (Parquet)
+    raw = {split: [{k: v for k, v in row.items() if k not in USER_TASK_COLUMNS} for row in rows] for split, rows in raw.items()}
     probe = Task(name, instruction, template, ["input"], "output", labels, kind=kind)
     for split in raw:
         _check_rows(probe, raw[split], origin[split], lines[split])
