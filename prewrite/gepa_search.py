@@ -117,11 +117,18 @@ class ReflectionLM:
     def __init__(self, complete: Callable[[str], tuple[str, int, int]]):
         self._complete = complete
         self.usage = Usage()
+        # GEPA logs a failed reflection and carries on; these let gepa_search stop and say why instead
+        self.failures_in_a_row, self.last_error = 0, None
 
     def __call__(self, prompt: str | list[dict]) -> str:
         if not isinstance(prompt, str):  # GEPA sends a message list only with images
             prompt = "\n".join(str(m.get("content", "")) for m in prompt)
-        text, prompt_tokens, completion_tokens = self._complete(prompt)
+        try:
+            text, prompt_tokens, completion_tokens = self._complete(prompt)
+        except Exception as e:
+            self.failures_in_a_row, self.last_error = self.failures_in_a_row + 1, e
+            raise
+        self.failures_in_a_row = 0
         self.usage.add(1, prompt_tokens, completion_tokens)
         return text
 
@@ -213,9 +220,12 @@ def gepa_search(
     acceptance_criterion: str = "strict_improvement",
     feedback_examples: int | None = None,
     reflection_prompt_template: str | None = None,
+    patience: int = 3,
 ) -> DevSelection:
     """Runs gepa.optimize from `instruction` until `selection.budget` task-LLM requests are spent; GEPA's
-    training minibatches come from `train_rows`, its validation set is `selection.dev_rows`."""
+    training minibatches come from `train_rows`, its validation set is `selection.dev_rows`. It also stops
+    after `patience` iterations in a row that spend nothing (everything proposed was scored before), and
+    fails after `patience` failed reflections in a row."""
     budget = selection.budget
     if budget is None or budget < len(selection.dev_rows):
         raise ValueError(
@@ -223,6 +233,14 @@ def gepa_search(
         )
     adapter = ScorerAdapter(selection, feedback_examples)
     recorder = _Recorder(adapter)
+    idle = {"spent": -1, "iterations": 0}
+
+    def stop(state) -> bool:
+        idle["iterations"] = idle["iterations"] + 1 if selection.spent == idle["spent"] else 0
+        idle["spent"] = selection.spent
+        broken = reflection_lm.failures_in_a_row >= patience
+        return adapter.exhausted or recorder.error is not None or idle["iterations"] >= patience or broken
+
     result = gepa.optimize(
         seed_candidate={COMPONENT: instruction},
         trainset=list(train_rows),
@@ -234,7 +252,7 @@ def gepa_search(
         skip_perfect_score=skip_perfect_score,
         reflection_prompt_template=reflection_prompt_template,
         max_metric_calls=budget - selection.spent,  # the same unit: one example evaluated = one request
-        stop_callbacks=[lambda state: adapter.exhausted or recorder.error is not None],
+        stop_callbacks=[stop],
         callbacks=[recorder],
         cache_evaluation=cache_evaluation,
         acceptance_criterion=acceptance_criterion,
@@ -244,6 +262,11 @@ def gepa_search(
     )
     if recorder.error is not None:
         raise recorder.error
+    if reflection_lm.failures_in_a_row >= patience:
+        raise RuntimeError(
+            f"gepa: the reflection model failed {reflection_lm.failures_in_a_row} times in a row: "
+            f"{reflection_lm.last_error!r}"
+        ) from reflection_lm.last_error
     log.info(
         "gepa: %d candidates, %d metric calls, %d task-LLM requests, best %r",
         result.num_candidates, result.total_metric_calls, selection.spent, result.best_candidate[COMPONENT],
