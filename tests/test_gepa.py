@@ -141,11 +141,11 @@ def test_search_entry_runs_gepa_on_the_embedded_model(compose_config, tmp_path):
     from mlflow import MlflowClient
 
     cfg = compose_config(
-        "search", "method=gepa", "budget=24", "dev_examples=4", "test_examples=4", "max_new_tokens=8",
+        "search", "method=gepa", "budget=16", "dev_examples=4", "test_examples=4", "max_new_tokens=8",
         "gepa.reflection_minibatch_size=2", f"paths.outputs_dir={tmp_path}",
     )  # fmt: skip
     result = search.search(cfg)
-    assert result["task_llm_requests"] <= 24 and result["candidates"][0]["instruction"] == "Classify the sentiment."
+    assert result["task_llm_requests"] <= 16 and result["candidates"][0]["instruction"] == "Classify the sentiment."
     assert result["rewriter_usage"]["calls"] >= 1 and result["rewriter_usage"]["completion_tokens"] >= 1
     assert json.loads((tmp_path / "search.json").read_text())["instruction"] == result["instruction"]
     client = MlflowClient(cfg.paths.mlflow_tracking_uri)
