@@ -200,7 +200,7 @@ LABELS = {
     "prewrite_s": "PRewrite-S (RL, best of K on dev)",
     "ape": "APE-style best-of-K (untrained rewriter)",
     "opro": "OPRO-style propose and select",
-    "gepa": "GEPA (reflective evolution, untrained rewriter reflecting)",
+    "gepa": "GEPA (reflective prompt evolution, gepa package)",
 }
 
 
