@@ -4,9 +4,9 @@ Per seed, in one process sharing one task-LLM backend:
 1. train the rewriter (prewrite.train; its MLflow run is a child of this comparison's run);
 2. PRewrite-I (greedy rewrite of the best-on-dev rewriter) and PRewrite-S (best on dev of
    `num_samples` sampled rewrites);
-3. the baselines (prewrite.search) get the task-LLM requests RL spent (training rewards, dev
-   evaluations) plus PRewrite-S's selection: APE-style best-of-K and OPRO-style propose-and-select,
-   both from the untrained rewriter;
+3. the baselines (`methods`, prewrite.search) get the task-LLM requests RL spent (training rewards, dev
+   evaluations) plus PRewrite-S's selection: APE-style best-of-K, OPRO-style propose-and-select and
+   GEPA (prewrite.gepa_search), all from the untrained rewriter;
 4. every method's choice is scored on test, once, after all selection on the same dev rows.
 Then mean ± std over seeds, and dev score against requests spent (the rollouts-to-accuracy curve).
 
@@ -34,31 +34,41 @@ from prewrite import plots, search
 from prewrite import rewriter as rewriter_lib
 from prewrite.backends import build_backend
 from prewrite.evaluate import prewrite_i_and_s
+from prewrite.loggers import mlflow_experiment
 from prewrite.rewards import RewriteScorer
 from prewrite.tasks import Task, load_task
 from prewrite.train import RUN_ID_FILE, check_same_settings, log_config_to_mlflow, train
 
 log = logging.getLogger(__name__)
 
-METHODS = ["initial", "prewrite_i", "prewrite_s", "ape", "opro"]
-CURVE_METRIC = "curve/dev_{metric}"  # logged at step = task-LLM requests spent
+RL_METHODS = ["initial", "prewrite_i", "prewrite_s"]
+CURVE_METRIC = search.CURVE_METRIC
+
+
+def reported_methods(cfg) -> list[str]:
+    """The rows of the report: the initial instruction, RL's two, then the search baselines."""
+    for method in cfg.methods:
+        if method not in search.METHODS:
+            raise ValueError(f"methods: unknown search method {method!r}; choose from {list(search.METHODS)}")
+    return RL_METHODS + list(cfg.methods)
 
 
 def compare(cfg: DictConfig) -> dict:
     out = Path(cfg.paths.run_dir)
     check_same_settings(out, cfg)  # the seeds already done in `out` are reused: they must share these settings
+    methods = reported_methods(cfg)
     task = load_task(cfg.task)
     backend = build_backend(cfg.task_backend, cfg.cache, task)
     client, parent = _parent_run(cfg, out)
     seeds = [run_seed(cfg, seed, task, backend, out / f"seed{seed}", client, parent) for seed in cfg.seeds]
-    summary = summarize(seeds, task.metric)
+    summary = summarize(seeds, task.metric, methods)
     results_dir = Path(cfg.get("results_dir") or out)
     results_dir.mkdir(parents=True, exist_ok=True)
     (results_dir / "results.json").write_text(json.dumps({"summary": summary, "seeds": seeds}, indent=2))
-    (results_dir / "results.md").write_text(markdown(summary, seeds, task, cfg))
+    (results_dir / "results.md").write_text(markdown(summary, seeds, task, methods))
     png = plots.save(plots.budget_curves([s["curves"] for s in seeds], task.metric), results_dir / "curve.png")
     if client:
-        for i, method in enumerate(METHODS):
+        for i, method in enumerate(methods):
             for j, s in enumerate(seeds):
                 client.log_metric(parent, f"test/{method}/{task.metric}", s["test"][method], step=j)
             client.log_metric(parent, f"test/{method}/{task.metric}_mean", summary[method]["test_mean"], step=i)
@@ -98,12 +108,13 @@ def run_seed(cfg, seed: int, task: Task, backend, folder: Path, client, parent) 
     del trained
 
     untrained = rewriter_lib.load_untrained(cfg.rewriter.model_name_or_path, cfg.dtype)
-    L.seed_everything(seed)
-    ape = search.ape(untrained, search.DevSelection(scorer, dev_rows, metric, budget), initial, cfg.meta_prompt,
-                     **cfg.ape, max_new_tokens=cfg.max_new_tokens)  # fmt: skip
-    L.seed_everything(seed)
-    opro = search.opro(untrained, search.DevSelection(scorer, dev_rows, metric, budget), initial,
-                       **cfg.opro, max_new_tokens=cfg.max_new_tokens)  # fmt: skip
+    searched, usage, wall = {}, {}, {}
+    for method in cfg.methods:
+        L.seed_everything(seed)
+        t = time.perf_counter()
+        own = search.DevSelection(scorer, dev_rows, metric, budget)
+        searched[method], usage[method] = search.run(method, cfg, untrained, own, task, seed)
+        wall[method] = round(time.perf_counter() - t, 1)
     t_search = time.perf_counter() - t0 - t_train
 
     # Every choice is made; only now the test rows are scored.
@@ -111,17 +122,15 @@ def run_seed(cfg, seed: int, task: Task, backend, folder: Path, client, parent) 
         "initial": initial,
         "prewrite_i": prewrite_i,
         "prewrite_s": prewrite_s,
-        "ape": ape.best["instruction"],
-        "opro": opro.best["instruction"],
-    }
+    } | {method: sel.best["instruction"] for method, sel in searched.items()}
     test_rows = task.eval_rows("test", cfg.test_examples, seed)
     test = dict(zip(chosen, scorer(list(chosen.values()), test_rows).metrics[metric], strict=True))
     dev = dict(zip(["initial", "prewrite_i"], scorer([initial, prewrite_i], dev_rows).metrics[metric], strict=True))
-    dev |= {"prewrite_s": selection.best["dev_score"], "ape": ape.best["dev_score"], "opro": opro.best["dev_score"]}
+    dev |= {"prewrite_s": selection.best["dev_score"]} | {m: sel.best["dev_score"] for m, sel in searched.items()}
     rl_curve = [(int(r["task_llm_requests"]), r[metric]) for r in rl_evals]
     rl_curve += selection.curve(offset=rl_spent)
-    curves = {"rl": search.best_so_far(rl_curve), "ape": ape.curve(), "opro": opro.curve()}
-    spent = {"rl": budget, "ape": ape.spent, "opro": opro.spent}
+    curves = {"rl": search.best_so_far(rl_curve)} | {m: sel.curve() for m, sel in searched.items()}
+    spent = {"rl": budget} | {m: sel.spent for m, sel in searched.items()}
     result = {
         "seed": seed,
         "instructions": chosen,
@@ -129,20 +138,22 @@ def run_seed(cfg, seed: int, task: Task, backend, folder: Path, client, parent) 
         "test": test,
         "task_llm_requests": spent,
         "budget": budget,
-        "candidates_scored": {"prewrite_s": len(selection.scored), "ape": len(ape.scored), "opro": len(opro.scored)},
+        "candidates_scored": {"prewrite_s": len(selection.scored)} | {m: len(s.scored) for m, s in searched.items()},
         "dev_rows": len(dev_rows),
         "test_rows": len(test_rows),
         "curves": curves,
         "rl_run_id": (folder / "rl" / RUN_ID_FILE).read_text().strip() if parent else None,
-        "wall_s": {"rl": round(t_train, 1), "search": round(t_search, 1), "total": round(time.perf_counter() - t0, 1)},
-        "candidates": {"prewrite_s": selection.scored, "ape": ape.scored, "opro": opro.scored},
+        "wall_s": {"rl": round(t_train, 1), "search": round(t_search, 1), "total": round(time.perf_counter() - t0, 1)}
+        | {f"search_{m}": w for m, w in wall.items()},
+        "rewriter_usage": usage,  # per search method: the calls and tokens of what proposed (GEPA: its reflection)
+        "candidates": {"prewrite_s": selection.scored} | {m: sel.scored for m, sel in searched.items()},
     }
     if client:
         rl_id = result["rl_run_id"]
         for requests, value in curves["rl"]:
             client.log_metric(rl_id, CURVE_METRIC.format(metric=metric), value, step=requests)
         result["run_ids"] = {"rl": rl_id}
-        for method in ("ape", "opro"):
+        for method in cfg.methods:
             result["run_ids"][method] = _log_search_run(client, parent, cfg, method, seed, result)
     folder.mkdir(parents=True, exist_ok=True)
     done.write_text(json.dumps(result, indent=2))
@@ -160,25 +171,21 @@ def _log_search_run(client: MlflowClient, parent: str, cfg, method: str, seed: i
     client.log_param(run_id, "seed", seed)
     client.log_param(run_id, "budget", result["budget"])
     client.log_dict(run_id, OmegaConf.to_container(cfg[method], resolve=True), "search_config.json")
-    for requests, value in result["curves"][method]:
-        client.log_metric(run_id, CURVE_METRIC.format(metric=metric), value, step=requests)
-    client.log_metric(run_id, f"dev/{metric}", result["dev"][method])
-    client.log_metric(run_id, f"test/{metric}", result["test"][method])
-    client.log_metric(run_id, "task_llm_requests", result["task_llm_requests"][method])
-    rows = result["candidates"][method]
-    client.log_table(run_id, {k: [r[k] for r in rows] for k in rows[0]}, "candidates.json")
+    fields = ("dev", "test", "task_llm_requests", "rewriter_usage", "candidates")
+    one = {k: result[k][method] for k in fields} | {"curve": result["curves"][method]}
+    search.log_search_run(client, run_id, method, metric, one | {"instruction": result["instructions"][method]})
     client.set_terminated(run_id, "FINISHED")
     return run_id
 
 
-def summarize(seeds: list[dict], metric: str) -> dict:
+def summarize(seeds: list[dict], metric: str, methods: list[str]) -> dict:
     """Per method: mean and sample std (n-1) over seeds of the dev and test scores."""
 
     def stats(values):
         return statistics.mean(values), statistics.stdev(values) if len(values) > 1 else 0.0
 
     summary = {}
-    for method in METHODS:
+    for method in methods:
         dev_mean, dev_std = stats([s["dev"][method] for s in seeds])
         test_mean, test_std = stats([s["test"][method] for s in seeds])
         summary[method] = {"dev_mean": dev_mean, "dev_std": dev_std, "test_mean": test_mean, "test_std": test_std}
@@ -193,10 +200,11 @@ LABELS = {
     "prewrite_s": "PRewrite-S (RL, best of K on dev)",
     "ape": "APE-style best-of-K (untrained rewriter)",
     "opro": "OPRO-style propose and select",
+    "gepa": "GEPA (reflective prompt evolution, gepa package)",
 }
 
 
-def markdown(summary: dict, seeds: list[dict], task: Task, cfg) -> str:
+def markdown(summary: dict, seeds: list[dict], task: Task, methods: list[str]) -> str:
     metric = summary["metric"]
     n = len(seeds)
     lines = [
@@ -207,7 +215,7 @@ def markdown(summary: dict, seeds: list[dict], task: Task, cfg) -> str:
         f"| method | dev {metric} | test {metric} | test per seed | task-LLM requests |",
         "|---|---|---|---|---|",
     ]
-    for method in METHODS:
+    for method in methods:
         s = summary[method]
         per_seed = " / ".join(f"{x['test'][method]:.3f}" for x in seeds)
         spent = {"prewrite_i": "rl", "prewrite_s": "rl"}.get(method, method)
@@ -221,7 +229,7 @@ def markdown(summary: dict, seeds: list[dict], task: Task, cfg) -> str:
         )
     lines += ["", "Chosen instructions:", ""]
     for s in seeds:
-        for method in METHODS[1:]:
+        for method in methods[1:]:
             lines.append(f"- seed {s['seed']}, {LABELS[method]}: {s['instructions'][method]!r}")
     return "\n".join(lines) + "\n"
 
@@ -234,10 +242,7 @@ def _parent_run(cfg, out: Path) -> tuple[MlflowClient | None, str | None]:
     id_file = out / RUN_ID_FILE
     if id_file.exists():
         return client, id_file.read_text().strip()
-    exp = client.get_experiment_by_name(cfg.logger.experiment_name)
-    exp_id = (
-        exp.experiment_id if exp else client.create_experiment(cfg.logger.experiment_name, cfg.logger.artifact_location)
-    )
+    exp_id = mlflow_experiment(client, cfg.logger)
     name = f"compare-{cfg.task.name}-{time.strftime('%Y%m%d-%H%M%S')}"
     run_id = client.create_run(exp_id, tags={MLFLOW_RUN_NAME: name, "prewrite.method": "compare"}).info.run_id
     id_file.write_text(run_id)

@@ -40,3 +40,11 @@ class CheckpointedMLFlowLogger(MLFlowLogger):
         if status == "success":
             self.flush()
         super().finalize(status)
+
+
+def mlflow_experiment(client, logger_cfg: Mapping) -> str:
+    """The id of the MLflow experiment `logger_cfg.experiment_name` (created if missing)."""
+    exp = client.get_experiment_by_name(logger_cfg["experiment_name"])
+    if exp:
+        return exp.experiment_id
+    return client.create_experiment(logger_cfg["experiment_name"], logger_cfg["artifact_location"])

@@ -70,12 +70,14 @@ def budget_curves(curves: list[dict[str, list[tuple[int, float]]]], metric: str)
     """Dev `metric` of each method's best instruction so far against the task-LLM requests spent (the
     rollouts-to-accuracy curve): one thin step line per seed, the mean over seeds in bold (on the union
     of the seeds' x values; a seed counts from its first point on)."""
-    labels = {"rl": "PRewrite (RL)", "ape": "APE-style best-of-K", "opro": "OPRO-style"}
+    labels = {"rl": "PRewrite (RL)", "ape": "APE-style best-of-K", "opro": "OPRO-style", "gepa": "GEPA"}
     fig = Figure(figsize=(7, 4.5), layout="constrained")
     ax = fig.subplots()
     for i, method in enumerate(labels):
         color = f"C{i}"
         per_seed = [c[method] for c in curves if c.get(method)]
+        if not per_seed:  # a method the comparison did not run
+            continue
         for curve in per_seed:
             ax.step([x for x, _ in curve], [y for _, y in curve], where="post", color=color, alpha=0.3, lw=1)
         xs = sorted({x for curve in per_seed for x, _ in curve})

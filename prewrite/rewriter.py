@@ -3,12 +3,13 @@
 from __future__ import annotations
 
 import json
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
 from prewrite import models
+from prewrite.backends.usage import Usage
 from prewrite.rollout import hf as rollout_hf
 
 
@@ -18,6 +19,7 @@ class Rewriter:
     tokenizer: PreTrainedTokenizerBase
     info: dict  # prewrite.json written at export: task, instruction, meta_prompt, best step and score
     path: Path
+    usage: Usage = field(default_factory=Usage)  # every completion it generated (calls = samples), as in training
 
     def rewrite(
         self, instruction: str, meta_prompt: str, num: int = 1, temperature: float = 1.0, max_new_tokens: int = 48
@@ -37,6 +39,7 @@ class Rewriter:
             temperature=temperature,
             do_sample=num > 0,
         )
+        self.usage.add(len(out.texts), int(out.prompt_mask.sum()), int(out.completion_mask.sum()))
         return out.texts
 
 

@@ -6,6 +6,7 @@ Every method here, like PRewrite-S, picks its instruction by scoring candidates 
 - `ape`: best-of-K (APE-style, Zhou et al. 2023, without its resampling round): rewrites of the
   initial instruction sampled from the *untrained* rewriter with PRewrite's meta prompt, as many as
   the budget pays for.
+- `gepa`: reflective prompt evolution through the `gepa` package (prewrite/gepa_search.py).
 - `opro`: propose and select (OPRO-style, Yang et al. 2024): each round shows the untrained rewriter
   the best instructions so far with their dev scores (worst to best, as OPRO orders them) and samples
   new proposals; their scores join the list for the next round. No task exemplars in the prompt:
@@ -15,15 +16,31 @@ The budget is counted in task-LLM requests (one candidate on one dev row = one),
 `RewriteScorer.requests` counts RL's training rewards and dev evaluations. An instruction already
 scored is not scored again and costs nothing; a candidate the remaining budget cannot pay for on
 every dev row is not scored at all.
+
+`python -m prewrite.search method=gepa budget=2000 [task=jsonl task.path=rows.jsonl ...]` runs one
+method on its own (conf/search.yaml): it selects on dev, then scores the initial and the chosen
+instruction on test, once.
 """
 
 from __future__ import annotations
 
+import json
+import logging
+import os
 from collections.abc import Sequence
 from dataclasses import dataclass, field
+from pathlib import Path
+
+import hydra
+from omegaconf import DictConfig, OmegaConf
 
 from prewrite.rewards import RewriteScorer
 from prewrite.rewriter import Rewriter
+
+log = logging.getLogger(__name__)
+
+METHODS = ("ape", "opro", "gepa")
+CURVE_METRIC = "curve/dev_{metric}"  # logged at step = task-LLM requests spent
 
 OPRO_PROMPT = """Your task is to write an instruction for a language model. Below are earlier instructions with their scores (0 to 100, higher is better), from worst to best.
 
@@ -143,3 +160,135 @@ def opro_prompt(scored: list[dict], top_k: int) -> str:
         for c in ranked
     )
     return OPRO_PROMPT.format(history=history)
+
+
+def run(method: str, cfg: DictConfig, rewriter: Rewriter, selection: DevSelection, task, seed: int):
+    """One search method from the untrained `rewriter`, with its settings in `cfg[method]`; returns the
+    selection and the rewriter role's usage (calls and tokens of whatever proposed the candidates)."""
+    if method not in METHODS:
+        raise ValueError(f"methods: unknown search method {method!r}; choose from {list(METHODS)}")
+    settings = OmegaConf.to_container(cfg[method], resolve=True)
+    before = rewriter.usage.snapshot()
+    if method == "ape":
+        ape(rewriter, selection, task.instruction, cfg.meta_prompt, **settings, max_new_tokens=cfg.max_new_tokens)
+    elif method == "opro":
+        opro(rewriter, selection, task.instruction, **settings, max_new_tokens=cfg.max_new_tokens)
+    else:
+        from prewrite import gepa_search
+
+        reflection = gepa_reflection_lm(cfg, rewriter)
+        for key in ("reflection_lm", "reflection_backend", "temperature"):
+            settings.pop(key)
+        gepa_search.gepa_search(reflection, selection, task.splits["train"], task.instruction, seed, **settings)
+        return selection, reflection.usage.snapshot()
+    after = rewriter.usage.snapshot()
+    return selection, {k: after[k] - before[k] for k in after}
+
+
+def gepa_reflection_lm(cfg: DictConfig, rewriter: Rewriter):
+    """GEPA's reflection model as `gepa.reflection_lm` says: the untrained rewriter, or a backend."""
+    from prewrite import gepa_search
+    from prewrite.backends import build_backend
+
+    choice = cfg.gepa.reflection_lm
+    if choice == "rewriter":
+        return gepa_search.rewriter_reflection(rewriter, cfg.gepa.temperature, cfg.max_new_tokens)
+    if choice == "backend":
+        if not cfg.gepa.reflection_backend:
+            raise ValueError("gepa.reflection_lm=backend needs gepa.reflection_backend (a task_backend block)")
+        return gepa_search.backend_reflection(build_backend(cfg.gepa.reflection_backend, cfg.cache))
+    raise ValueError(f"gepa.reflection_lm must be 'rewriter' or 'backend', got {choice!r}")
+
+
+def log_search_run(client, run_id: str, method: str, metric: str, result: dict) -> None:
+    """A search method's MLflow run: its budget curve, dev and test scores, requests, the rewriter
+    role's usage, every candidate scored on dev (a table) and the chosen instruction."""
+    for requests, value in result["curve"]:
+        client.log_metric(run_id, CURVE_METRIC.format(metric=metric), value, step=requests)
+    client.log_metric(run_id, f"dev/{metric}", result["dev"])
+    client.log_metric(run_id, f"test/{metric}", result["test"])
+    client.log_metric(run_id, "task_llm_requests", result["task_llm_requests"])
+    for key, value in result["rewriter_usage"].items():
+        client.log_metric(run_id, f"usage/rewriter/{key}", value)
+    rows = result["candidates"]
+    client.log_table(run_id, {k: [r.get(k) for r in rows] for k in rows[0]}, "candidates.json")
+    client.log_text(run_id, result["instruction"], "instruction.txt")
+
+
+def search(cfg: DictConfig) -> dict:
+    """`cfg.method` from the untrained rewriter at `cfg.budget` task-LLM requests, selected on dev;
+    the initial and the chosen instruction scored on test afterwards."""
+    import lightning as L
+    from mlflow import MlflowClient
+    from mlflow.utils.mlflow_tags import MLFLOW_RUN_NAME
+
+    from prewrite import rewriter as rewriter_lib
+    from prewrite.backends import build_backend
+    from prewrite.loggers import mlflow_experiment
+    from prewrite.tasks import load_task
+    from prewrite.train import log_config_to_mlflow
+
+    if cfg.method not in METHODS:
+        raise ValueError(f"method: unknown search method {cfg.method!r}; choose from {list(METHODS)}")
+    if not isinstance(cfg.budget, int) or cfg.budget <= 0:
+        raise ValueError(f"budget must be a positive number of task-LLM requests, got {cfg.budget!r}")
+    L.seed_everything(cfg.seed)
+    task = load_task(cfg.task)
+    metric = task.metric
+    scorer = RewriteScorer(task, build_backend(cfg.task_backend, cfg.cache, task), [metric], [1.0])
+    dev_rows = task.eval_rows("dev", cfg.dev_examples, cfg.seed)
+    rewriter = rewriter_lib.load_untrained(cfg.rewriter.model_name_or_path, cfg.dtype)
+    selection = DevSelection(scorer, dev_rows, metric, cfg.budget)
+    selection, usage = run(cfg.method, cfg, rewriter, selection, task, cfg.seed)
+    best = selection.best
+    # Every choice is made; only now the test rows are scored.
+    test_rows = task.eval_rows("test", cfg.test_examples, cfg.seed)
+    test_initial, test_best = scorer([task.instruction, best["instruction"]], test_rows).metrics[metric]
+    result = {
+        "method": cfg.method,
+        "instruction": best["instruction"],
+        "initial": task.instruction,
+        "dev": best["dev_score"],
+        "test": test_best,
+        "test_initial": test_initial,
+        "task_llm_requests": selection.spent,
+        "budget": cfg.budget,
+        "dev_rows": len(dev_rows),
+        "test_rows": len(test_rows),
+        "rewriter_usage": usage,
+        "curve": selection.curve(),
+        "candidates": selection.scored,
+    }
+    out = Path(cfg.paths.run_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "search.json").write_text(json.dumps(result, indent=2))
+    if cfg.logger.get("_target_"):
+        client = MlflowClient(cfg.logger.tracking_uri)
+        name = f"{cfg.method}-{task.name}"
+        run_id = client.create_run(
+            mlflow_experiment(client, cfg.logger), tags={MLFLOW_RUN_NAME: name, "prewrite.method": cfg.method}
+        ).info.run_id
+        log_config_to_mlflow(client, run_id, cfg)
+        log_search_run(client, run_id, cfg.method, metric, result)
+        client.log_metric(run_id, f"test/initial/{metric}", test_initial)
+        client.set_terminated(run_id, "FINISHED")
+        result["run_id"] = run_id
+        print(f"MLflow run {run_id}")
+    print(
+        f"{cfg.method} on {task.name}: {selection.spent} of {cfg.budget} task-LLM requests, "
+        f"{len(selection.scored)} candidates scored on {len(dev_rows)} dev rows\n"
+        f"  initial  test {metric} {test_initial:.3f}: {task.instruction!r}\n"
+        f"  chosen   test {metric} {test_best:.3f} (dev {best['dev_score']:.3f}): {best['instruction']!r}\n"
+        f"Written to {os.path.relpath(out / 'search.json')}"
+    )
+    return result
+
+
+@hydra.main(version_base="1.3", config_path="../conf", config_name="search")
+def main(cfg: DictConfig) -> None:
+    os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
+    search(cfg)
+
+
+if __name__ == "__main__":
+    main()

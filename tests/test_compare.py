@@ -18,7 +18,8 @@ def test_equal_budget_dev_only_selection_mlflow_and_resume(compose_config, monke
     cfg = compose_config(
         "compare", "seeds=[0]", "steps=2", "eval_every=1", "examples_per_step=2", "algorithm.num_generations=2",
         "algorithm.max_completion_length=8", "max_new_tokens=8", "dev_examples=4", "test_examples=6",
-        "num_samples=3", "ape.samples_per_round=4", "opro.proposals_per_round=4", "save_checkpoints=false",
+        "num_samples=3", "ape.samples_per_round=4", "opro.proposals_per_round=4", "gepa.reflection_minibatch_size=2",
+        "save_checkpoints=false",
         "system_metrics_interval_s=null", "trainer.enable_progress_bar=false", f"paths.outputs_dir={tmp_path}",
     )  # fmt: skip
     summary = compare_mod.compare(cfg)
@@ -31,6 +32,12 @@ def test_equal_budget_dev_only_selection_mlflow_and_resume(compose_config, monke
     for method in ("ape", "opro"):  # the whole budget, up to less than one more candidate's dev pass
         assert result["budget"] - 4 < result["task_llm_requests"][method] <= result["budget"]
         assert result["curves"][method][-1] == [result["task_llm_requests"][method], result["dev"][method]]
+    # GEPA: never over the budget; its last dev-scored candidate is where its curve ends
+    gepa = result["candidates"]["gepa"]
+    assert gepa[0]["instruction"] == "Classify the sentiment." and gepa[-1]["requests"] <= result["budget"]
+    assert result["task_llm_requests"]["gepa"] <= result["budget"]
+    assert result["curves"]["gepa"][-1] == [gepa[-1]["requests"], result["dev"]["gepa"]]
+    assert result["rewriter_usage"]["gepa"]["calls"] >= 1  # the untrained rewriter reflected
     assert result["curves"]["rl"][-1][0] == result["budget"]
     assert result["candidates"]["opro"][0]["instruction"] == "Classify the sentiment."
     # PRewrite-I is the greedy rewrite training selected on dev (not a re-decoding at another precision)
@@ -56,13 +63,17 @@ def test_equal_budget_dev_only_selection_mlflow_and_resume(compose_config, monke
         r.info.run_name: r for r in client.search_runs([client.get_experiment_by_name("prewrite-sst2").experiment_id])
     }
     parent = runs.pop(next(n for n in runs if n.startswith("compare-")))
-    assert set(runs) == {"rl-seed0", "ape-seed0", "opro-seed0"}
+    assert set(runs) == {"rl-seed0", "ape-seed0", "opro-seed0", "gepa-seed0"}
     assert {r.data.tags["mlflow.parentRunId"] for r in runs.values()} == {parent.info.run_id}
     assert parent.data.metrics["test/prewrite_s/accuracy_mean"] == result["test"]["prewrite_s"]
-    for name, method in (("rl-seed0", "rl"), ("ape-seed0", "ape")):
+    for name, method in (("rl-seed0", "rl"), ("ape-seed0", "ape"), ("gepa-seed0", "gepa")):
         curve = [(m.step, m.value) for m in client.get_metric_history(runs[name].info.run_id, "curve/dev_accuracy")]
         assert curve == [tuple(p) for p in result["curves"][method]]
     assert {a.path for a in client.list_artifacts(parent.info.run_id)} >= {"results.json", "results.md", "plots"}
+    gepa_run = runs["gepa-seed0"].info.run_id
+    assert {a.path for a in client.list_artifacts(gepa_run)} >= {"candidates.json", "instruction.txt"}
+    assert runs["gepa-seed0"].data.metrics["usage/rewriter/calls"] == result["rewriter_usage"]["gepa"]["calls"]
+    assert "| GEPA" in (tmp_path / "results.md").read_text()
 
     # a re-run in the same folder finds the seed done: no training, no task-LLM request
     compare_mod.compare(cfg)

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from hydra.utils import get_method, instantiate
 
@@ -48,6 +48,8 @@ class Scores:
     metrics: dict[str, list[float | None]]  # metric name -> per-rewrite value (mean over the examples)
     answers: list[list[str]]  # task-LLM answers, [rewrite][example] ("" when nothing was generated)
     none_values: int  # per-example metric values that could not be computed (left out of the means)
+    # metric name -> [rewrite][example] values; None for a metric defined only over a whole sample (macro-F1)
+    per_example: dict[str, list[list[float | None]] | None] = field(default_factory=dict)
 
 
 def _mean(values: Sequence[float | None]) -> float | None:
@@ -55,8 +57,8 @@ def _mean(values: Sequence[float | None]) -> float | None:
     return sum(valid) / len(valid) if valid else None
 
 
-def _gold_text(task: Task, gold) -> str:
-    """The text whose likelihood the perplexity metric scores."""
+def gold_text(task: Task, gold) -> str:
+    """The gold answer as text: what the perplexity metric scores the likelihood of."""
     if task.kind == "classification":
         return task.labels[gold]
     return str(gold[0]) if isinstance(gold, list | tuple) else str(gold)
@@ -104,9 +106,10 @@ class RewriteScorer:
         columns = {k: [row[k] for row in rows] * len(rewrites) for k in rows[0]}
         answers = self.backend.generate(prompts) if "generation" in needs else [""] * len(prompts)
         if "loglikelihood" in needs:
-            columns["loglikelihoods"] = self.backend.loglikelihood(prompts, [_gold_text(self.task, g) for g in gold])
+            columns["loglikelihoods"] = self.backend.loglikelihood(prompts, [gold_text(self.task, g) for g in gold])
 
         per_metric: dict[str, list[float | None]] = {}
+        per_example: dict[str, list[list[float | None]] | None] = {}
         none_values = 0
         for name, func in funcs:
             kwargs = dict(prompts=prompts, completions=answers, task=self.task, gold=gold, rewrite=rewrite, **columns)
@@ -115,13 +118,16 @@ class RewriteScorer:
                     func(**{k: v[i * n : (i + 1) * n] if isinstance(v, list) else v for k, v in kwargs.items()})[0]
                     for i in range(len(rewrites))
                 ]
+                per_example[name] = None
                 continue
             values = func(**kwargs)
             none_values += sum(v is None for v in values)
-            per_metric[name] = [_mean(values[i * n : (i + 1) * n]) for i in range(len(rewrites))]
+            per_example[name] = [values[i * n : (i + 1) * n] for i in range(len(rewrites))]
+            per_metric[name] = [_mean(chunk) for chunk in per_example[name]]
 
         rewards: list[float | None] = []
         for i in range(len(rewrites)):
             parts = [(per_metric[name][i], w) for name, _, w in self.weighted]
             rewards.append(None if any(v is None for v, _ in parts) else sum(v * w for v, w in parts))
-        return Scores(rewards, per_metric, [answers[i * n : (i + 1) * n] for i in range(len(rewrites))], none_values)
+        answers_by_rewrite = [answers[i * n : (i + 1) * n] for i in range(len(rewrites))]
+        return Scores(rewards, per_metric, answers_by_rewrite, none_values, per_example)
