@@ -1,7 +1,8 @@
 """GRPO step time: ours (PRewriteModule under a Lightning Trainer) against TRL's GRPOTrainer.
 
-The identical setup on both sides: the embedded SmolLM2-135M-Instruct as the policy (fp32 weights,
-bf16 autocast on both: our `hardware=cpu`, TRL's `bf16=True`), one prompt (PRewrite's meta prompt
+The identical setup on both sides: the embedded SmolLM2-135M-Instruct as the policy (fp32 weights;
+`hardware.precision` as resolved for this machine on both: bf16 autocast where bf16 is native, our
+`bf16-mixed` and TRL's `bf16=True`, else fp32 on both), one prompt (PRewrite's meta prompt
 around SST-2's initial instruction, chat template), `num_generations` rewrites of at most
 `max_completion_length` tokens at temperature 1, beta 0.04 (a reference model on both sides), the
 dapo loss, lr 1e-5, one policy epoch per rollout, and the same reward: a RewriteScorer (the hf
@@ -36,7 +37,7 @@ from hydra import compose, initialize_config_dir
 from lightning.pytorch.loggers import Logger
 from omegaconf import OmegaConf
 
-from prewrite import models
+from prewrite import models, precision
 from prewrite.backends import build_backend
 from prewrite.module import PRewriteModule
 from prewrite.rewards import RewriteScorer
@@ -63,7 +64,9 @@ class MemoryLogger(Logger):
 
 def config(overrides: list[str]):
     with initialize_config_dir(config_dir=str(ROOT / "conf"), version_base="1.3"):
-        return compose(config_name="train", overrides=overrides)
+        cfg = compose(config_name="train", overrides=overrides)
+    precision.resolve_config(cfg)  # as prewrite.train does; TRL's side follows the same choice
+    return cfg
 
 
 def run_ours(cfg, scorer: RewriteScorer, task, steps: int) -> list[dict[str, float]]:
@@ -118,7 +121,7 @@ def run_trl(cfg, scorer: RewriteScorer, task, steps: int, out_dir: str, trl_args
         learning_rate=algo.learning_rate,
         max_grad_norm=algo.max_grad_norm,
         max_steps=steps,
-        bf16=True,
+        bf16=cfg.hardware.precision == "bf16-mixed",
         use_cpu=True,
         report_to=[],
         logging_steps=1,

@@ -30,7 +30,7 @@ from mlflow import MlflowClient
 from mlflow.utils.mlflow_tags import MLFLOW_PARENT_RUN_ID, MLFLOW_RUN_NAME
 from omegaconf import DictConfig, OmegaConf
 
-from prewrite import plots, search
+from prewrite import plots, precision, search
 from prewrite import rewriter as rewriter_lib
 from prewrite.backends import build_backend
 from prewrite.evaluate import prewrite_i_and_s
@@ -55,6 +55,7 @@ def reported_methods(cfg) -> list[str]:
 
 def compare(cfg: DictConfig) -> dict:
     out = Path(cfg.paths.run_dir)
+    precision.resolve_config(cfg)
     check_same_settings(out, cfg)  # the seeds already done in `out` are reused: they must share these settings
     methods = reported_methods(cfg)
     task = load_task(cfg.task)

@@ -18,7 +18,7 @@ from hydra.utils import instantiate
 from lightning.pytorch.loggers import MLFlowLogger
 from omegaconf import DictConfig
 
-from prewrite import plots
+from prewrite import plots, precision
 from prewrite import rewriter as rewriter_lib
 from prewrite.backends import build_backend
 from prewrite.rewards import RewriteScorer
@@ -30,6 +30,7 @@ log = logging.getLogger(__name__)
 
 
 def evaluate(cfg: DictConfig) -> dict[str, float]:
+    precision.resolve_config(cfg)
     L.seed_everything(cfg.seed, workers=True)
     task = load_task(cfg.task)
     metric = task.metric

@@ -222,6 +222,7 @@ def search(cfg: DictConfig) -> dict:
     from mlflow import MlflowClient
     from mlflow.utils.mlflow_tags import MLFLOW_RUN_NAME
 
+    from prewrite import precision
     from prewrite import rewriter as rewriter_lib
     from prewrite.backends import build_backend
     from prewrite.loggers import mlflow_experiment
@@ -232,6 +233,7 @@ def search(cfg: DictConfig) -> dict:
         raise ValueError(f"method: unknown search method {cfg.method!r}; choose from {list(METHODS)}")
     if not isinstance(cfg.budget, int) or cfg.budget <= 0:
         raise ValueError(f"budget must be a positive number of task-LLM requests, got {cfg.budget!r}")
+    precision.resolve_config(cfg)
     L.seed_everything(cfg.seed)
     task = load_task(cfg.task)
     metric = task.metric

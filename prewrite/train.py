@@ -26,7 +26,7 @@ from mlflow import MlflowClient
 from mlflow.utils.mlflow_tags import MLFLOW_PARENT_RUN_ID, MLFLOW_RUN_NAME
 from omegaconf import DictConfig, OmegaConf
 
-from prewrite import distributed, sweep
+from prewrite import distributed, precision, sweep
 from prewrite.backends import build_backend
 from prewrite.callbacks import LastCheckpoint, RewardDevPlot, RewritesTable, SystemMetrics
 from prewrite.module import PRewriteModule
@@ -214,6 +214,7 @@ def train(cfg: DictConfig, tags: dict[str, str] | None = None, backend=None) -> 
     task-LLM backend already built from `cfg.task_backend` (prewrite.compare reuses one engine)."""
     tags = tags or {}
     run_dir = Path(cfg.paths.run_dir)
+    precision.resolve_config(cfg)  # before the settings check: a run's settings are what it computed with
     check_same_settings(run_dir, cfg)
     task = load_task(cfg.task)
     backend = backend or build_backend(cfg.task_backend, cfg.get("cache"), task)

@@ -15,6 +15,7 @@ from lightning.pytorch.strategies import DDPStrategy, DeepSpeedStrategy, FSDPStr
 from mlflow import MlflowClient
 from transformers import AutoModelForCausalLM, LlamaConfig, LlamaForCausalLM
 
+from prewrite import precision
 from prewrite.callbacks import _publish
 from prewrite.distributed import TransformerBlocks
 from prewrite.models import load_model
@@ -53,6 +54,7 @@ def test_hardware_option_builds_its_lightning_strategy(compose_train, monkeypatc
     for name in LAUNCHER_ENV:
         monkeypatch.delenv(name, raising=False)
     cfg = compose_train(f"hardware={option}")
+    precision.resolve_config(cfg)  # as every entry point does before building the Trainer
     hardware = instantiate(cfg.hardware, _convert_="all")
     assert hardware["devices"] == 1 and hardware["num_nodes"] == 1  # outside torchrun and SLURM
     if option in ZERO_STAGE:

@@ -5,11 +5,14 @@ from __future__ import annotations
 
 import hashlib
 import logging
+from collections.abc import Iterator
+from dataclasses import dataclass
 from pathlib import Path
 
 import torch
+from transformers import DynamicCache
 
-from prewrite import models
+from prewrite import models, precision
 from prewrite.backends.usage import Usage
 
 log = logging.getLogger(__name__)
@@ -37,6 +40,62 @@ def encode_chat(tokenizer, prompts: list[str]) -> list[list[int]]:
     ]
 
 
+def common_prefix_length(a: list[int], b: list[int]) -> int:
+    n = 0
+    for x, y in zip(a, b):
+        if x != y:
+            break
+        n += 1
+    return n
+
+
+@dataclass
+class SharedPrefixBatch:
+    """Rows laid out as [left-padded prefix | left-padded suffix]: the prefixes' keys and values are
+    computed once per group of rows that share them (`cache`, covering the first `prefix_width` columns);
+    only the suffixes go through the model again. Positions count real tokens only, as in a plain
+    left-padded batch, so a row computes what it would alone."""
+
+    idx: list[int]  # the rows' indices in the sequences given
+    input_ids: torch.Tensor  # [B, prefix_width + suffix_width]
+    attention_mask: torch.Tensor  # the same shape; 0 at padding, which may sit between prefix and suffix
+    cache: DynamicCache | None  # the prefixes' keys and values ([B, heads, prefix_width, dim] per layer)
+    prefix_width: int
+
+    def suffix_inputs(self) -> dict:
+        """Inputs for a plain forward over the suffixes (a generate call takes input_ids and the mask whole)."""
+        positions = (self.attention_mask.cumsum(-1) - 1).clamp(min=0)[:, self.prefix_width :]
+        return dict(
+            input_ids=self.input_ids[:, self.prefix_width :],
+            attention_mask=self.attention_mask,
+            position_ids=positions,
+            past_key_values=self.cache,
+        )
+
+
+def prefix_groups(seqs: list[list[int]], keep: int = 1) -> list[tuple[int, list[int]]]:
+    """(prefix length, member indices) groups of sequences that share their leading tokens, e.g. the chat
+    header and one rewrite's instruction across that rewrite's examples. Sequences are sorted
+    lexicographically (so those sharing a prefix are adjacent) and split where they diverge right after
+    the prefix common to all; a group's prefix is its members' common prefix, short enough to leave
+    each member `keep` tokens of its own. A prefix length of 0 everywhere means nothing is shared."""
+    order = sorted(range(len(seqs)), key=seqs.__getitem__)
+    common = common_prefix_length(seqs[order[0]], seqs[order[-1]])
+    groups: list[list[int]] = []
+    for i in order:
+        if groups and common_prefix_length(seqs[groups[-1][0]], seqs[i]) > common:
+            groups[-1].append(i)
+        else:
+            groups.append([i])
+    out = []
+    for members in groups:
+        shared = common_prefix_length(seqs[members[0]], seqs[members[-1]])
+        out.append((max(0, min(shared, min(len(seqs[m]) for m in members) - keep)), members))
+    if any(p == 0 for p, _ in out):  # an empty prefix would be a row of padding only
+        return [(0, [i for _, members in out for i in members])]
+    return out
+
+
 class HFBackend:
     """Answers user messages with the frozen task LLM.
 
@@ -52,7 +111,7 @@ class HFBackend:
     def __init__(
         self,
         model_name_or_path: str,
-        dtype: str = "bfloat16",
+        dtype: str = "auto",
         batch_size: int = 32,
         max_new_tokens: int = 4,
         device: str = "cpu",
@@ -67,6 +126,7 @@ class HFBackend:
                 f"got {choices!r}; build the backend with build_backend(..., task=task) or set constrained=false"
             )
         self.model_name_or_path = model_name_or_path
+        dtype = precision.resolve_dtype(dtype, device)
         self.tokenizer = models.load_tokenizer(model_name_or_path)
         self.model = models.load_model(model_name_or_path, dtype).to(device).eval().requires_grad_(False)
         self.dtype = dtype
@@ -124,26 +184,68 @@ class HFBackend:
             raise ValueError(f"task_backend.constrained=true: two verbalizers of {choices} encode to the same tokens")
         return ids
 
+    def _batches(self, seqs: list[list[int]], keep: int = 1) -> Iterator[SharedPrefixBatch]:
+        """Batches of `batch_size` rows whose shared prefixes (prefix_groups) run through the model once per
+        group: the keys and values of up to `batch_size` groups' prefixes at a time, then their rows'
+        suffixes, sorted by length so that a batch holds suffixes of similar length."""
+        pad = self.tokenizer.pad_token_id
+        groups = prefix_groups(seqs, keep)
+        for start in range(0, len(groups), self.batch_size):
+            chunk = groups[start : start + self.batch_size]
+            width = max(p for p, _ in chunk)
+            prefix_ids = torch.tensor([[pad] * (width - p) + seqs[m[0]][:p] for p, m in chunk])
+            prefix_mask = torch.tensor([[0] * (width - p) + [1] * p for p, _ in chunk])
+            layers = None
+            if width:
+                out = self.model(
+                    input_ids=prefix_ids.to(self.device),
+                    attention_mask=prefix_mask.to(self.device),
+                    position_ids=(prefix_mask.cumsum(-1) - 1).clamp(min=0).to(self.device),
+                    use_cache=True,
+                    logits_to_keep=1,
+                )
+                layers = [(layer.keys, layer.values) for layer in out.past_key_values.layers]
+            rows = [(g, i) for g, (_, members) in enumerate(chunk) for i in members]
+            rows.sort(key=lambda r: len(seqs[r[1]]) - chunk[r[0]][0])
+            for b in range(0, len(rows), self.batch_size):
+                part = rows[b : b + self.batch_size]
+                suffixes = [seqs[i][chunk[g][0] :] for g, i in part]
+                s_width = max(map(len, suffixes))
+                g_idx = torch.tensor([g for g, _ in part])
+                ids = [[pad] * (s_width - len(x)) + x for x in suffixes]
+                mask = [[0] * (s_width - len(x)) + [1] * len(x) for x in suffixes]
+                cache = None
+                if layers is not None:
+                    sel = g_idx.to(self.device)
+                    cache = DynamicCache([(k[sel], v[sel]) for k, v in layers], config=self.model.config)
+                yield SharedPrefixBatch(
+                    idx=[i for _, i in part],
+                    input_ids=torch.cat([prefix_ids[g_idx], torch.tensor(ids)], 1).to(self.device),
+                    attention_mask=torch.cat([prefix_mask[g_idx], torch.tensor(mask)], 1).to(self.device),
+                    cache=cache,
+                    prefix_width=width,
+                )
+
     @torch.inference_mode()
     def generate(self, prompts: list[str]) -> list[str]:
         if self.constrained:
             return self._choose(prompts)
         unique = list(dict.fromkeys(prompts))
         encoded = self._encode(unique)
-        order = sorted(range(len(unique)), key=lambda i: len(encoded[i]))
         answers: dict[str, str] = {}
-        for start in range(0, len(order), self.batch_size):
-            idx = order[start : start + self.batch_size]
-            batch = self.tokenizer.pad({"input_ids": [encoded[i] for i in idx]}, return_tensors="pt").to(self.device)
+        for batch in self._batches(encoded):
+            # generate runs only the columns the cache does not cover, and stops once every row has ended
             out = self.model.generate(
-                **batch,
+                input_ids=batch.input_ids,
+                attention_mask=batch.attention_mask,
+                past_key_values=batch.cache,
                 do_sample=False,
                 max_new_tokens=self.max_new_tokens,
                 pad_token_id=self.tokenizer.pad_token_id,
             )
-            generated = out[:, batch["input_ids"].shape[1] :]
+            generated = out[:, batch.input_ids.shape[1] :]
             texts = self.tokenizer.batch_decode(generated, skip_special_tokens=True)
-            answers.update({unique[i]: t for i, t in zip(idx, texts, strict=True)})
+            answers.update({unique[i]: t for i, t in zip(batch.idx, texts, strict=True)})
             self.usage.add(completion_tokens=self._count_generated(generated))
         self.num_calls += len(unique)
         self.usage.add(calls=len(unique), prompt_tokens=sum(len(e) for e in encoded))
@@ -161,15 +263,11 @@ class HFBackend:
         encoded = self._encode(unique)
         prefixes = list(dict.fromkeys(tuple(ids[:-1]) for ids in self._choice_ids))
         rows = [(u, prefix) for u in range(len(unique)) for prefix in prefixes]
-        order = sorted(range(len(rows)), key=lambda r: len(encoded[rows[r][0]]) + len(rows[r][1]))
         k = max(len(p) for p in prefixes) + 1
         logps: dict[tuple[int, tuple[int, ...]], torch.Tensor] = {}  # (prompt, prefix) -> [k, vocab]
-        for start in range(0, len(order), self.batch_size):
-            idx = order[start : start + self.batch_size]
-            seqs = [encoded[rows[r][0]] + list(rows[r][1]) for r in idx]
-            batch = self.tokenizer.pad({"input_ids": seqs}, return_tensors="pt").to(self.device)
-            out = self.model(**batch, logits_to_keep=k).logits.float().log_softmax(-1)
-            logps.update({rows[r]: out[row] for row, r in enumerate(idx)})
+        for batch in self._batches([encoded[u] + list(prefix) for u, prefix in rows], keep=k):
+            out = self.model(**batch.suffix_inputs(), logits_to_keep=k).logits.float().log_softmax(-1)
+            logps.update({rows[r]: out[row] for row, r in enumerate(batch.idx)})
         answers = {}
         for u, prompt in enumerate(unique):
             scores = []
@@ -200,22 +298,20 @@ class HFBackend:
         pairs = list(dict.fromkeys(zip(prompts, continuations, strict=True)))
         contexts = self._encode([p for p, _ in pairs])
         targets = [self.tokenizer(c, add_special_tokens=False)["input_ids"] for _, c in pairs]
-        order = sorted(range(len(pairs)), key=lambda i: len(contexts[i]) + len(targets[i]))
         result: dict[tuple[str, str], float | None] = {}
-        for start in range(0, len(order), self.batch_size):
-            idx = order[start : start + self.batch_size]
-            seqs = [contexts[i] + targets[i] for i in idx]
-            batch = self.tokenizer.pad({"input_ids": seqs}, return_tensors="pt").to(self.device)
+        # the suffix of each row must hold its whole continuation and the token before it
+        k = max(len(t) for t in targets) + 1
+        seqs = [c + t for c, t in zip(contexts, targets, strict=True)]
+        for batch in self._batches(seqs, keep=k):
             # Left padding puts every continuation at the end: only the last k positions need logits.
-            k = max(len(targets[i]) for i in idx) + 1
-            logps = self.model(**batch, logits_to_keep=k).logits[:, :-1].float().log_softmax(-1)
-            for row, i in enumerate(idx):
+            logps = self.model(**batch.suffix_inputs(), logits_to_keep=k).logits[:, :-1].float().log_softmax(-1)
+            for row, i in enumerate(batch.idx):
                 n = len(targets[i])
                 if n == 0:
                     result[pairs[i]] = None
                     continue
                 # logps[:, j] predicts the token at position width - k + 1 + j; the target is the last n
-                tok = batch["input_ids"][row, -n:]
+                tok = batch.input_ids[row, -n:]
                 result[pairs[i]] = logps[row, -n:].gather(-1, tok.unsqueeze(-1)).mean().item()
         self.num_calls += len(pairs)
         # A scoring pass reads every token and generates none.

@@ -13,7 +13,7 @@ import os
 import types
 from pathlib import Path
 
-from prewrite import models
+from prewrite import models, precision
 from prewrite.backends.hf import encode_chat, folder_fingerprint
 from prewrite.backends.usage import Usage
 
@@ -38,7 +38,7 @@ class VLLMBackend:
     def __init__(
         self,
         model_name_or_path: str,
-        dtype: str = "bfloat16",
+        dtype: str = "auto",
         max_new_tokens: int = 4,
         gpu_memory_utilization: float = 0.3,
         max_model_len: int = 1024,
@@ -57,7 +57,7 @@ class VLLMBackend:
         self.model_name_or_path = model_name_or_path
         self.resolved = models.resolve(model_name_or_path)
         self.tokenizer = models.load_tokenizer(model_name_or_path)
-        self.dtype = dtype
+        self.dtype = dtype = precision.resolve_dtype(dtype, None)  # vLLM's own "auto" would mean the model's dtype
         self.max_new_tokens = max_new_tokens
         self.llm = vllm.LLM(
             model=self.resolved,

@@ -15,7 +15,7 @@ import numpy as np
 import torch
 from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
-from prewrite import models
+from prewrite import models, precision
 from prewrite.backends.vllm import import_vllm
 from prewrite.rollout.hf import Rollout, to_rollout
 
@@ -30,7 +30,7 @@ class VLLMRollout:
         self,
         policy: PreTrainedModel,
         tokenizer: PreTrainedTokenizerBase,
-        dtype: str = "bfloat16",
+        dtype: str = "auto",
         gpu_memory_utilization: float = 0.3,
         kv_cache_memory_bytes: int | None = None,
         max_model_len: int = 1024,
@@ -59,7 +59,7 @@ class VLLMRollout:
         with torch.random.fork_rng():
             self.llm = vllm.LLM(
                 model=policy.name_or_path,
-                dtype=dtype,
+                dtype=precision.resolve_dtype(dtype, policy.device.type),  # vLLM's "auto" = the model's dtype
                 gpu_memory_utilization=gpu_memory_utilization,
                 kv_cache_memory_bytes=kv_cache_memory_bytes,
                 max_model_len=max_model_len,

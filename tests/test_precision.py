@@ -1,0 +1,67 @@
+"""`auto` precision: bf16 where the device computes it natively, fp32 elsewhere, an explicit value kept."""
+
+import logging
+
+import pytest
+import torch
+
+from prewrite import precision
+
+
+@pytest.fixture
+def machine(monkeypatch):
+    """Sets what the capability probes answer: machine(cpu_bf16=..., cuda=None | 'bf16' | 'no-bf16')."""
+
+    def _set(cpu_bf16: bool, cuda: str | None = None, capability: str = "AVX2"):
+        monkeypatch.setattr(torch.ops.mkldnn, "_is_mkldnn_bf16_supported", lambda: cpu_bf16)
+        monkeypatch.setattr(torch.backends.cpu, "get_cpu_capability", lambda: capability)
+        monkeypatch.setattr(torch.cuda, "is_available", lambda: cuda is not None)
+        monkeypatch.setattr(torch.cuda, "get_device_name", lambda *a: "Test GPU")
+        monkeypatch.setattr(torch.cuda, "is_bf16_supported", lambda including_emulation=True: cuda == "bf16")
+
+    return _set
+
+
+@pytest.mark.parametrize(
+    ("cpu_bf16", "cuda", "device", "native"),
+    [
+        (False, None, "cpu", False),  # AVX2-only CPU: bf16 emulated
+        (True, None, "cpu", True),  # AMX / AVX512-BF16 CPU
+        (False, "bf16", "cuda", True),  # Ampere or newer
+        (False, "no-bf16", "cuda:0", False),  # e.g. V100: fp32, never fp16 by default
+        (True, None, "gpu", False),  # a GPU asked for where none is visible
+        (False, "bf16", None, True),  # a vLLM engine: the GPU when there is one
+        (True, None, None, True),  # ... else the CPU
+    ],
+)
+def test_bf16_only_where_the_device_computes_it_natively(machine, cpu_bf16, cuda, device, native):
+    machine(cpu_bf16, cuda)
+    assert precision.bf16_is_native(device)[0] is native
+    assert precision.resolve_dtype("auto", device) == ("bfloat16" if native else "float32")
+    assert precision.resolve_dtype("float16", device) == "float16"  # an explicit value wins
+
+
+def test_the_reason_names_the_cpu_capability(machine):
+    machine(False, capability="AVX2")
+    assert "AVX2" in precision.bf16_is_native("cpu")[1] and "emulated" in precision.bf16_is_native("cpu")[1]
+
+
+@pytest.mark.parametrize(("cpu_bf16", "expected"), [(False, ("32-true", "float32")), (True, ("bf16-mixed", "bfloat16"))])
+def test_config_auto_values_are_resolved_logged_and_recorded(compose_train, machine, caplog, cpu_bf16, expected):
+    machine(cpu_bf16)
+    cfg = compose_train("rollout=vllm")
+    assert (cfg.hardware.precision, cfg.task_backend.dtype, cfg.rollout.dtype) == ("auto", "auto", "auto")
+    with caplog.at_level(logging.INFO, logger="prewrite.precision"):
+        choices = precision.resolve_config(cfg)
+    assert (cfg.hardware.precision, cfg.task_backend.dtype, cfg.rollout.dtype) == (expected[0], *expected[1:] * 2)
+    assert set(choices) == {"hardware.precision", "task_backend.dtype", "rollout.dtype"}
+    assert cfg.precision_auto["hardware.precision"].startswith(f"{expected[0]} (CPU capability AVX2")  # -> MLflow
+    assert "hardware.precision=auto -> " + expected[0] in caplog.text
+
+
+def test_explicit_values_are_left_alone(compose_train, machine):
+    machine(False)
+    cfg = compose_train("hardware.precision=bf16-mixed", "task_backend.dtype=bfloat16")
+    assert precision.resolve_config(cfg) == {}
+    assert (cfg.hardware.precision, cfg.task_backend.dtype) == ("bf16-mixed", "bfloat16")
+    assert "precision_auto" not in cfg
