@@ -71,6 +71,39 @@ def _overwrite_table(logger: MLFlowLogger, table: pd.DataFrame, artifact_file: s
         client.set_tag(run_id, MLFLOW_LOGGED_ARTIFACTS, json.dumps([*tags, {"path": artifact_file, "type": "table"}]))
 
 
+class TimeEstimate(L.Callback):
+    """Prints, once the first rollout step is done, how long the rest will take on this machine: the
+    remaining steps at the first step's time, and the remaining dev evaluations at step 0's (the initial
+    instruction and the first greedy rewrite scored on dev). Rank zero only."""
+
+    def __init__(self, steps: int, eval_every: int):
+        self.steps, self.eval_every = steps, eval_every
+        self.times: dict[str, float] = {}
+
+    def on_train_start(self, trainer: L.Trainer, module: L.LightningModule) -> None:
+        self.times = {"start": time.perf_counter()}  # before the module's step-0 dev evaluation
+
+    def on_train_batch_start(self, trainer: L.Trainer, module: L.LightningModule, batch, batch_idx: int) -> None:
+        self.times.setdefault("first_step", time.perf_counter())
+
+    def on_train_batch_end(self, trainer: L.Trainer, module: L.LightningModule, outputs, batch, batch_idx: int) -> None:
+        if "done" in self.times or not trainer.is_global_zero:
+            return
+        self.times["done"] = time.perf_counter()
+        done_steps = module.rollout_step  # more than 1 after a resume
+        step_s = self.times["done"] - self.times["first_step"]
+        # a resumed run did no step-0 evaluation: count an evaluation as long as a step
+        eval_s = self.times["first_step"] - self.times["start"] if done_steps == 1 else step_s
+        left_steps = self.steps - done_steps
+        left_evals = left_steps // self.eval_every
+        total = left_steps * step_s + left_evals * eval_s
+        print(
+            f"Step {done_steps} took {step_s:.0f} s and a dev evaluation {eval_s:.0f} s: the remaining {left_steps} "
+            f"steps and {left_evals} dev evaluations take about {total / 60:.0f} min on this machine.",
+            flush=True,
+        )
+
+
 class RewardDevPlot(L.Callback):
     """At the end of training: the training reward and the dev score against the step, as
     `plots/reward_dev.png` in the run folder and in MLflow."""

@@ -196,6 +196,9 @@ class PRewriteModule(L.LightningModule):
         }
         self.log_to_loggers(metrics)
         self.log("reward", metrics["train/reward"], prog_bar=True, logger=False, batch_size=1)
+        dev = [r[self.monitor] for r in self.rewrite_rows if r["split"] == "dev"]
+        if dev:  # the latest dev score of the greedy rewrite, beside the reward in the progress bar
+            self.log("dev", dev[-1], prog_bar=True, logger=False, batch_size=1)
         rows = []
         for i, text in enumerate(rollout.texts):
             per_metric = {name: vals[i] for name, vals in scores.metrics.items()}

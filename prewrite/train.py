@@ -28,7 +28,7 @@ from omegaconf import DictConfig, OmegaConf
 
 from prewrite import distributed, precision, sweep
 from prewrite.backends import build_backend
-from prewrite.callbacks import LastCheckpoint, RewardDevPlot, RewritesTable, SystemMetrics
+from prewrite.callbacks import LastCheckpoint, RewardDevPlot, RewritesTable, SystemMetrics, TimeEstimate
 from prewrite.module import PRewriteModule
 from prewrite.rewards import RewriteScorer
 from prewrite.tasks import Task, load_task
@@ -125,6 +125,19 @@ def _check_launch(trainer: L.Trainer) -> None:
         )
 
 
+def plan(cfg: DictConfig, task: Task, instruction: str, resumed: bool) -> str:
+    """What a training is about to do, printed before it starts (its duration follows after the first step)."""
+    algo = cfg.algorithm
+    chosen = "; ".join(f"{k}={v}" for k, v in (cfg.get("precision_auto") or {}).items())
+    return (
+        f"{'Resuming' if resumed else 'Training'} the rewriter {cfg.rewriter.model_name_or_path} with "
+        f"{algo.name.upper()} on {task.name} ({task.kind}, reward {list(cfg.reward.reward_funcs)}) from "
+        f"{instruction!r}: {cfg.steps} steps of {algo.num_generations} rewrites x {cfg.examples_per_step} train "
+        f"examples, the greedy rewrite scored on {len(task.eval_rows('dev', cfg.dev_examples, cfg.seed))} dev rows "
+        f"every {cfg.eval_every} steps; precision {cfg.hardware.precision}" + (f" ({chosen})" if chosen else "")
+    )
+
+
 def fit_stage(
     cfg: DictConfig,
     task: Task,
@@ -147,6 +160,7 @@ def fit_stage(
     )
     logger = False
     callbacks: list[L.Callback] = [RewritesTable(str(run_dir)), RewardDevPlot(str(run_dir))]
+    callbacks.append(TimeEstimate(cfg.steps, cfg.eval_every))
     # One MLflow run per training: only rank zero has a logger (the others would also open the store,
     # racing to create it); rank_zero_only.rank comes from the launcher's environment (RANK, SLURM_PROCID).
     if cfg.logger.get("_target_") and rank_zero_only.rank == 0:
@@ -170,6 +184,8 @@ def fit_stage(
     _check_launch(trainer)
     if trainer.world_size > 1:  # each rank its own sampling stream, or every rank would roll out the same rewrites
         L.seed_everything(distributed.rank_seed(seed, trainer.global_rank), workers=True)
+    if trainer.is_global_zero:
+        print(plan(cfg, task, instruction, resumed=ckpt is not None), flush=True)
     trainer.fit(module, ckpt_path=str(ckpt) if ckpt else None)
 
     best = module.best or {"score": float("nan"), "step": None, "rewrite": None}

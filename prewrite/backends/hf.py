@@ -89,7 +89,8 @@ def prefix_groups(seqs: list[list[int]], keep: int = 1) -> list[tuple[int, list[
             groups.append([i])
     out = []
     for members in groups:
-        shared = common_prefix_length(seqs[members[0]], seqs[members[-1]])
+        # a row alone shares only what every row shares: its own longer prefix would save nothing
+        shared = common_prefix_length(seqs[members[0]], seqs[members[-1]]) if len(members) > 1 else common
         out.append((max(0, min(shared, min(len(seqs[m]) for m in members) - keep)), members))
     if any(p == 0 for p, _ in out):  # an empty prefix would be a row of padding only
         return [(0, [i for _, members in out for i in members])]

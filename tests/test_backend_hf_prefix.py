@@ -1,0 +1,105 @@
+"""The hf backend computes a prompt prefix shared by several rows (chat header + instruction) once:
+every row's answer, label choice and log-likelihood must equal what that prompt computes alone."""
+
+import pytest
+import torch
+from omegaconf import OmegaConf
+
+from prewrite.backends.hf import HFBackend, prefix_groups
+from prewrite.tasks import load_task
+from tests.conftest import CONF
+
+pytestmark = [pytest.mark.integration, pytest.mark.timeout(600)]
+
+MODEL = "embedded:smollm2-135m-instruct"
+INSTRUCTIONS = [
+    "Classify the sentiment.",
+    "Classify the sentiment of the sentence as positive or negative.",  # shares words with the first
+    "You are a movie critic. Say whether the review below is positive or negative.",
+]
+
+
+def test_prefix_groups_split_where_rows_diverge():
+    header = [1, 2, 3]
+    a, b = header + [10, 11, 12], header + [20, 21]
+    seqs = [a + [7], b + [8, 9], a + [5, 6], b + [4], a + [5]]
+    groups = dict((tuple(sorted(m)), p) for p, m in prefix_groups(seqs))
+    assert groups == {(0, 2, 4): len(a), (1, 3): len(b)}
+    # each member keeps `keep` tokens of its own: the shared prefix shrinks to fit the shortest
+    assert dict((tuple(sorted(m)), p) for p, m in prefix_groups(seqs, keep=2)) == {(0, 2, 4): 5, (1, 3): 4}
+    assert prefix_groups([[1, 2], [3, 4]]) == [(0, [0, 1])]  # nothing shared: plain batches
+
+
+@pytest.fixture(scope="module")
+def task():
+    return load_task(OmegaConf.to_container(OmegaConf.load(CONF / "task" / "sst2.yaml")))
+
+
+@pytest.fixture(scope="module")
+def prompts(task):
+    rows = task.eval_rows("test", 6, 0)
+    return [task.prompt(i, r) for i in INSTRUCTIONS for r in rows]
+
+
+@pytest.fixture(scope="module")
+def backend():
+    # fp32: batched and single-prompt passes are compared exactly
+    return HFBackend(MODEL, dtype="float32", batch_size=8, max_new_tokens=12)
+
+
+def alone(backend, prompt: str) -> torch.Tensor:
+    """The prompt's ids alone: no padding, no cache, nothing shared."""
+    return torch.tensor([backend._encode([prompt])[0]])
+
+
+def count_tokens_run(model) -> tuple[list[int], object]:
+    """Input positions the model runs in each forward call (cached positions are not run), and the hook's
+    handle. A hook, not a wrapped forward: generate reads forward's signature to pass position ids."""
+    seen = []
+    handle = model.register_forward_pre_hook(
+        lambda module, args, kwargs: seen.append(int(kwargs["input_ids"].numel())), with_kwargs=True
+    )
+    return seen, handle
+
+
+@torch.inference_mode()
+def test_generation_equals_each_prompt_alone_and_runs_each_prefix_once(backend, prompts):
+    expected = []
+    for p in prompts:
+        ids = alone(backend, p)
+        out = backend.model.generate(input_ids=ids, do_sample=False, max_new_tokens=12, pad_token_id=2)
+        expected.append(backend.tokenizer.decode(out[0, ids.shape[1] :], skip_special_tokens=True))
+    seen, hook = count_tokens_run(backend.model)
+    try:
+        assert backend.generate(prompts) == expected
+    finally:
+        hook.remove()
+    prompt_tokens = sum(len(backend._encode([p])[0]) for p in prompts)
+    prefill = sum(n for n in seen if n > 8)  # decode steps run one token per row
+    # padding included, fewer positions ran than the prompts hold: header + instruction ran once per instruction
+    assert prefill < 0.85 * prompt_tokens
+    # decoding stopped when every row had ended (the answers are shorter than max_new_tokens)
+    assert len(seen) < 3 * 12
+
+
+@torch.inference_mode()
+def test_loglikelihood_equals_each_prompt_alone(backend, prompts, task):
+    golds = ["positive", "negative"] * (len(prompts) // 2)
+    got = backend.loglikelihood(prompts, golds)
+    for p, g, value in zip(prompts, golds, got, strict=True):
+        target = backend.tokenizer(g, add_special_tokens=False)["input_ids"]
+        ids = torch.cat([alone(backend, p), torch.tensor([target])], 1)
+        logps = backend.model(input_ids=ids).logits[0, -len(target) - 1 : -1].log_softmax(-1)
+        assert value == pytest.approx(logps.gather(-1, torch.tensor(target)[:, None]).mean().item(), abs=1e-4)
+
+
+@torch.inference_mode()
+def test_constrained_choice_equals_each_prompt_alone(prompts):
+    choices = ["negative", "positive"]
+    constrained = HFBackend(MODEL, dtype="float32", batch_size=8, constrained=True, choices=choices)
+    expected = []
+    for p in prompts:
+        logps = constrained.model(input_ids=alone(constrained, p)).logits[0, -1].log_softmax(-1)
+        first = [constrained.tokenizer(c, add_special_tokens=False)["input_ids"][0] for c in choices]
+        expected.append(choices[int(torch.argmax(logps[first]))])
+    assert constrained.generate(prompts) == expected
