@@ -56,7 +56,10 @@ def resolve_config(cfg: DictConfig) -> dict[str, str]:
         if group not in cfg or cfg[group].get(name) != AUTO:
             continue
         native, why = bf16_is_native(OmegaConf.select(cfg, device_key))
-        value = ("bf16-mixed" if native else "32-true") if kind == "precision" else ("bfloat16" if native else "float32")
+        if kind == "precision":
+            value = "bf16-mixed" if native else "32-true"
+        else:
+            value = "bfloat16" if native else "float32"
         with open_dict(cfg):
             cfg[group][name] = value
         choices[key] = f"{value} ({why})"

@@ -46,7 +46,9 @@ def test_the_reason_names_the_cpu_capability(machine):
     assert "AVX2" in precision.bf16_is_native("cpu")[1] and "emulated" in precision.bf16_is_native("cpu")[1]
 
 
-@pytest.mark.parametrize(("cpu_bf16", "expected"), [(False, ("32-true", "float32")), (True, ("bf16-mixed", "bfloat16"))])
+@pytest.mark.parametrize(
+    ("cpu_bf16", "expected"), [(False, ("32-true", "float32")), (True, ("bf16-mixed", "bfloat16"))]
+)
 def test_config_auto_values_are_resolved_logged_and_recorded(compose_train, machine, caplog, cpu_bf16, expected):
     machine(cpu_bf16)
     cfg = compose_train("rollout=vllm")

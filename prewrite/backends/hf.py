@@ -42,7 +42,7 @@ def encode_chat(tokenizer, prompts: list[str]) -> list[list[int]]:
 
 def common_prefix_length(a: list[int], b: list[int]) -> int:
     n = 0
-    for x, y in zip(a, b):
+    for x, y in zip(a, b, strict=False):  # up to the shorter one
         if x != y:
             break
         n += 1

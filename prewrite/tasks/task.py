@@ -406,7 +406,7 @@ def _load_user_rows(cfg: dict) -> Task:
             "task %r: %s rows scored with metric %r (usual: %r)", name, kind, built["metric"], DEFAULT_METRIC[kind]
         )
     # row checks name the file line (JSONL, CSV) or row (Parquet)
-    raw = {split: [{k: v for k, v in row.items() if k not in USER_TASK_COLUMNS} for row in rows] for split, rows in raw.items()}
+    raw = {s: [{k: v for k, v in row.items() if k not in USER_TASK_COLUMNS} for row in rows] for s, rows in raw.items()}
     probe = Task(name, instruction, template, ["input"], "output", labels, kind=kind)
     for split in raw:
         _check_rows(probe, raw[split], origin[split], lines[split])
