@@ -29,8 +29,7 @@ def read_text(path: Path) -> str:
         at = start + e.start
         line = data.count(b"\n", 0, at) + 1
         raise ValueError(
-            f"{path}:{line}: not UTF-8 (byte 0x{data[at]:02x} at byte offset {at}: {e.reason}); "
-            "save the file as UTF-8"
+            f"{path}:{line}: not UTF-8 (byte 0x{data[at]:02x} at byte offset {at}: {e.reason}); save the file as UTF-8"
         ) from None
 
 
