@@ -220,6 +220,11 @@ class StopOnSignal(L.Callback):
     def on_exception(self, trainer: L.Trainer, module: L.LightningModule, exception: BaseException) -> None:
         if not isinstance(exception, faults.StopRequested):
             return
+        # A step stopped before its update is undone (module.stop_point): make Lightning's counters say
+        # so too, as if saved after the previous step, so a resume runs the step from its start.
+        progress = trainer.fit_loop.epoch_loop.batch_progress
+        for counts in (progress.current, progress.total):
+            counts.ready = counts.started = counts.processed = counts.completed
         for callback in trainer.callbacks:
             if isinstance(callback, LastCheckpoint):
                 callback.save(trainer, module)
