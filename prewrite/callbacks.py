@@ -1,9 +1,10 @@
 """Lightning callbacks: the rewrites table and the reward/dev plot (MLflow and the run folder), MLflow
-system metrics, and the resumable last checkpoint."""
+system metrics, the resumable last checkpoint, and the stop on a signal."""
 
 from __future__ import annotations
 
 import json
+import logging
 import os
 import shutil
 import tempfile
@@ -12,12 +13,15 @@ from pathlib import Path
 
 import lightning as L
 import pandas as pd
+import torch
 from lightning.pytorch.loggers import MLFlowLogger
 from mlflow.system_metrics.system_metrics_monitor import SystemMetricsMonitor
 from mlflow.utils.mlflow_tags import MLFLOW_LOGGED_ARTIFACTS
 
-from prewrite import distributed, plots
+from prewrite import distributed, faults, fsio, plots
 from prewrite.loggers import CheckpointedMLFlowLogger
+
+log = logging.getLogger(__name__)
 
 
 def _mlflow_loggers(trainer: L.Trainer) -> list[MLFlowLogger]:
@@ -45,8 +49,7 @@ class RewritesTable(L.Callback):
             return
         monitor = module.monitor
         rows = [r | {"dev_score": r.get(monitor) if r["split"] != "train" else None} for r in module.rewrite_rows]
-        self.path.parent.mkdir(parents=True, exist_ok=True)
-        self.path.write_text("".join(json.dumps(r) + "\n" for r in rows))
+        fsio.atomic_write_text(self.path, "".join(json.dumps(r) + "\n" for r in rows))
         columns = self.LEAD + sorted({k for r in rows for k in r} - set(self.LEAD))
         table = pd.DataFrame([[r.get(k) for k in columns] for r in rows], columns=columns)
         for logger in _mlflow_loggers(trainer):
@@ -157,8 +160,12 @@ class SystemMetrics(L.Callback):
 
 class LastCheckpoint(L.Callback):
     """Saves `last.ckpt` after every dev evaluation (model, optimizer, scheduler, loops and the
-    module's own state), written aside and then put in place in one step so a kill never leaves half
-    a checkpoint, then lets the loggers send the metrics it now covers (prewrite.loggers).
+    module's own state), written aside, fsynced and then put in place in one step so a kill or a full
+    disk never leaves half a checkpoint, then lets the loggers send the metrics it now covers
+    (prewrite.loggers). Those metrics are also stored in the checkpoint: a kill after the checkpoint is
+    in place but before they reach MLflow loses nothing, a resume sends the ones MLflow lacks.
+    Weights that are not finite are never saved. A save that fails (a full disk) leaves the previous
+    checkpoint in place and the run goes on; the metrics wait for the next save.
 
     A checkpoint is a file, or under DeepSpeed (and FSDP's sharded state dicts) a folder that every
     rank writes its shards into; the folder is then `last.ckpt.<time>` behind a `last.ckpt` symlink."""
@@ -173,25 +180,102 @@ class LastCheckpoint(L.Callback):
     def on_validation_end(self, trainer: L.Trainer, module: L.LightningModule) -> None:
         if trainer.sanity_checking:
             return
+        self.save(trainer, module)
+
+    def save(self, trainer: L.Trainer, module: L.LightningModule) -> None:
+        check_finite(module)
         tmp = self.path.with_name(self.path.name + ".tmp")
         if trainer.is_global_zero:  # left by a save that was killed: shards of two saves must not mix
             _remove(tmp)
+            _warn_if_short_of_space(self.path, module)
         trainer.strategy.barrier()
-        trainer.save_checkpoint(tmp)  # returns once every rank has written its part
-        if trainer.is_global_zero:
-            _publish(tmp, self.path)
+        try:
+            trainer.save_checkpoint(tmp)  # returns once every rank has written its part
+            if trainer.is_global_zero:
+                _publish(tmp, self.path)
+        except OSError as e:  # a full disk: the previous checkpoint stays, and so do the unsent metrics
+            _remove(tmp)
+            log.error("Could not save the checkpoint %s (%s); %s stays the one a resume uses", tmp, e, self.path)
+            return
         trainer.strategy.barrier()
         for logger in trainer.loggers:
             if isinstance(logger, CheckpointedMLFlowLogger):
                 logger.flush()
+
+    def on_save_checkpoint(self, trainer: L.Trainer, module: L.LightningModule, checkpoint: dict) -> None:
+        checkpoint["prewrite_unsent_metrics"] = [
+            m for lg in trainer.loggers if isinstance(lg, CheckpointedMLFlowLogger) for m in lg.pending
+        ]
+
+    def on_load_checkpoint(self, trainer: L.Trainer, module: L.LightningModule, checkpoint: dict) -> None:
+        self._unsent = checkpoint.get("prewrite_unsent_metrics", [])
+
+    def on_train_start(self, trainer: L.Trainer, module: L.LightningModule) -> None:
+        for logger in trainer.loggers:
+            if isinstance(logger, CheckpointedMLFlowLogger) and getattr(self, "_unsent", None):
+                logger.send_missing(self._unsent)
+        self._unsent = []
+
+
+def check_finite(module: torch.nn.Module) -> None:
+    """A checkpoint with a NaN or infinite weight would poison every resume: refuse it."""
+    bad = [name for name, p in module.named_parameters() if not torch.isfinite(p.detach()).all()]
+    if bad:
+        raise faults.NonFiniteError(f"not checkpointing non-finite weights ({len(bad)} tensors, e.g. {bad[0]})")
+
+
+def _size(path: Path) -> int:
+    if path.is_dir():
+        return sum(f.stat().st_size for f in path.rglob("*") if f.is_file())
+    return path.stat().st_size if path.exists() else 0
+
+
+def _warn_if_short_of_space(path: Path, module: torch.nn.Module) -> None:
+    """A save needs room for a whole checkpoint beside the previous one; say so before it fails."""
+    # the previous checkpoint's size, or before the first one: weights plus Adam's two moments
+    need = _size(path.resolve()) or 3 * sum(p.numel() * p.element_size() for p in module.parameters())
+    path.parent.mkdir(parents=True, exist_ok=True)
+    free = shutil.disk_usage(path.parent).free
+    if free < 1.1 * need:
+        log.warning(
+            "Only %.2f GB free in %s; a checkpoint needs about %.2f GB: the save will likely fail (the previous "
+            "checkpoint is kept)", free / 1e9, path.parent, need / 1e9
+        )  # fmt: skip
+
+
+class StopOnSignal(L.Callback):
+    """On SIGTERM / SIGUSR1 / SIGINT (prewrite.faults): the module stops at its next safe point by raising
+    StopRequested; here the checkpoint is written and the MLflow runs are marked KILLED."""
+
+    def on_train_start(self, trainer: L.Trainer, module: L.LightningModule) -> None:
+        faults.install_handlers()  # Lightning put its own SIGTERM handler in place as fit started
+
+    def on_exception(self, trainer: L.Trainer, module: L.LightningModule, exception: BaseException) -> None:
+        if not isinstance(exception, faults.StopRequested):
+            return
+        # A step stopped before its update is undone (module.stop_point): make Lightning's counters say
+        # so too, as if saved after the previous step, so a resume runs the step from its start.
+        progress = trainer.fit_loop.epoch_loop.batch_progress
+        for counts in (progress.current, progress.total):
+            counts.ready = counts.started = counts.processed = counts.completed
+        for callback in trainer.callbacks:
+            if isinstance(callback, LastCheckpoint):
+                callback.save(trainer, module)
+        for logger in trainer.loggers:
+            if isinstance(logger, CheckpointedMLFlowLogger):
+                logger.stopped = True
 
 
 def _publish(tmp: Path, path: Path) -> None:
     """Make the finished save at `tmp` the checkpoint at `path` atomically: a kill leaves the old
     checkpoint or the new one. A file is renamed over the old one; a folder cannot be renamed over a
     non-empty folder, so it keeps a name of its own and the `path` symlink is switched to it."""
+    # on disk before the rename: else a power loss could leave the new name on unwritten data
+    for f in [tmp] if tmp.is_file() else [f for f in tmp.rglob("*") if f.is_file()]:
+        fsio.fsync_file(f)
     if tmp.is_file():
         os.replace(tmp, path)
+        fsio.fsync_dir(path.parent)
         return
     folder = path.with_name(f"{path.name}.{time.time_ns()}")
     os.replace(tmp, folder)
@@ -199,6 +283,7 @@ def _publish(tmp: Path, path: Path) -> None:
     _remove(link)
     link.symlink_to(folder.name)  # relative: the run folder can be moved
     os.replace(link, path)
+    fsio.fsync_dir(path.parent)
     for stale in path.parent.glob(f"{path.name}.*"):  # the previous checkpoint, and any a kill left behind
         if stale != folder:
             _remove(stale)

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import copy
 import json
+import logging
 import random
 import time
 from pathlib import Path
@@ -19,7 +20,7 @@ import torch
 from omegaconf import OmegaConf
 from torch.utils.data import DataLoader
 
-from prewrite import distributed, models
+from prewrite import distributed, faults, models
 from prewrite.algorithms import ppo
 from prewrite.algorithms.grpo import group_advantages, grpo_loss
 from prewrite.algorithms.logprobs import completion_logprobs, completion_logprobs_and_values
@@ -29,8 +30,11 @@ from prewrite.rollout import build_rollout
 from prewrite.rollout import hf as rollout_hf
 from prewrite.tasks import Task
 
+log = logging.getLogger(__name__)
+
 # per-rank train metrics that add up over ranks (distributed.over_ranks); the others are averaged
 SUMMED_OVER_RANKS = ("train/metric_none", "train/empty_rewrites", "train/task_llm_calls")
+NONFINITE_DEFAULT = 3  # updates skipped in a row (non-finite loss, gradient or reward) before a run stops
 
 
 class PRewriteModule(L.LightningModule):
@@ -49,6 +53,7 @@ class PRewriteModule(L.LightningModule):
             seed=cfg.seed,
             monitor=cfg.optimized_metric.removeprefix("dev/"),
             rollout=OmegaConf.to_container(cfg.rollout, resolve=True),
+            max_skipped_updates_in_a_row=cfg.get("max_skipped_updates_in_a_row", NONFINITE_DEFAULT),
         )
         return cls(**(kwargs | overrides))
 
@@ -67,6 +72,7 @@ class PRewriteModule(L.LightningModule):
         instruction: str | None = None,
         export_dir: str | None = None,
         rollout: dict | None = None,
+        max_skipped_updates_in_a_row: int = NONFINITE_DEFAULT,
     ):
         super().__init__()
         self.automatic_optimization = False  # several policy epochs per rollout, as in TRL's num_iterations
@@ -107,6 +113,10 @@ class PRewriteModule(L.LightningModule):
         self.rewriter_usage = Usage()  # rollout tokens and samples, totalled over the run
         self.task_usage_before: dict[str, float] = {}  # task-LLM usage of the run before a resume
         self.last_task_usage: dict[str, float] = {}  # task-LLM totals at the last step (for checkpoints)
+        self.max_skipped_updates_in_a_row = max_skipped_updates_in_a_row
+        self.skipped_updates = 0  # rollout steps whose update was skipped, in part or whole (non-finite values)
+        self.skipped_in_a_row: list[int] = []  # the steps of the current run of skipped updates
+        self.resumed = False  # restored from a checkpoint: step 0 was evaluated and logged before it
 
     def configure_model(self) -> None:
         self.policy = distributed.shard(self.policy)  # FSDP only; the frozen reference stays unwrapped
@@ -138,6 +148,8 @@ class PRewriteModule(L.LightningModule):
     # ---- training ----
     def training_step(self, batch: torch.Tensor, batch_idx: int) -> None:
         step = self.rollout_step
+        before = (step, _rng_state())  # what a stop inside this step puts back, so a resume replays it exactly
+        self.stop_point(before)
         self.rollout_step = step + 1
         algo = self.algo
         t0 = time.perf_counter()
@@ -153,6 +165,7 @@ class PRewriteModule(L.LightningModule):
             )
         self.policy.train()
         t1 = time.perf_counter()
+        self.stop_point(before)
 
         rows = self.task.sample("train", self.examples_per_step, seed=[self.seed, step])
         calls_before = self.scorer.backend.num_calls
@@ -165,8 +178,14 @@ class PRewriteModule(L.LightningModule):
         mask = rollout.completion_mask
         if algo["mask_truncated_completions"]:
             mask = mask * (~rollout.truncated).unsqueeze(1).to(mask.dtype)
-        update = self.ppo_update if algo["name"] == "ppo" else self.grpo_update
-        stats = update(rollout, rewards, mask)
+        self.stop_point(before)  # the last one: the update changes the weights
+        self.skipped_steps = 0  # optimizer steps skipped in this update (optimizer_step)
+        if torch.isinf(rewards).any():  # None is NaN here and means "no reward"; an infinite one is a bug
+            stats, self.skipped_steps, why = {}, 1, "reward"
+        else:
+            update = self.ppo_update if algo["name"] == "ppo" else self.grpo_update
+            stats, why = update(rollout, rewards, mask), "loss or gradient"
+        self.count_skipped(why)
         t3 = time.perf_counter()
         self.rollout_engine.sync(self.policy)  # the next rollout samples from the updated weights
         t4 = time.perf_counter()
@@ -192,6 +211,7 @@ class PRewriteModule(L.LightningModule):
             "train/reward_none": float(len(rewards) - len(valid)),  # rewrites with no computable reward
             **distributed.over_ranks(self, per_rank, summed=SUMMED_OVER_RANKS),
             **self.usage_totals(rollout),
+            "train/skipped_updates": float(self.skipped_updates),
             "train/lr": self.lr_schedulers().get_last_lr()[0],
         }
         self.log_to_loggers(metrics)
@@ -221,11 +241,49 @@ class PRewriteModule(L.LightningModule):
             return self.logprobs(rollout)
 
     def optimizer_step(self, loss: torch.Tensor) -> None:
+        """One optimizer step, skipped (and counted) when the loss or a gradient is not finite on some rank:
+        one such step would make every weight NaN."""
         opt = self.optimizers()
         opt.zero_grad()
+        reduce = self.trainer.strategy.reduce_boolean_decision  # every rank skips together
+        if not reduce(bool(torch.isfinite(loss.detach()).all()), all=True):
+            self.skipped_steps += 1
+            return
         self.manual_backward(loss)
+        grads = [p.grad for p in self.parameters() if p.grad is not None]  # none under DeepSpeed: it checks itself
+        if not reduce(all(bool(torch.isfinite(g).all()) for g in grads), all=True):
+            opt.zero_grad()
+            self.skipped_steps += 1
+            return
         distributed.clip_gradients(self, self.policy, opt, self.algo["max_grad_norm"])
         opt.step()
+
+    def count_skipped(self, why: str) -> None:
+        """Counts a step whose update was skipped; stops the run after `max_skipped_updates_in_a_row`."""
+        if not self.skipped_steps:
+            self.skipped_in_a_row = []
+            return
+        self.skipped_updates += 1
+        self.skipped_in_a_row.append(self.rollout_step)
+        log.warning("step %d: update skipped (non-finite %s)", self.rollout_step, why)
+        if len(self.skipped_in_a_row) >= self.max_skipped_updates_in_a_row:
+            raise faults.NonFiniteError(
+                f"updates of steps {self.skipped_in_a_row} skipped in a row: non-finite {why} "
+                f"(max_skipped_updates_in_a_row={self.max_skipped_updates_in_a_row}). The weights are those "
+                "before them and the last checkpoint is untouched; lower algorithm.learning_rate or check the "
+                "reward functions."
+            )
+
+    def stop_point(self, before: tuple[int, dict] | None = None) -> None:
+        """A safe point: if a stop signal came (on any rank), put back what `before` (step, RNG state) says
+        this unfinished step has changed and raise StopRequested (callbacks.StopOnSignal saves the checkpoint)."""
+        signum = faults.agreed_stop(self.trainer)
+        if signum is None:
+            return
+        if before is not None:
+            self.rollout_step = before[0]
+            _set_rng_state(before[1])
+        raise faults.StopRequested(signum)
 
     def grpo_update(self, rollout: rollout_hf.Rollout, rewards: torch.Tensor, mask: torch.Tensor) -> dict:
         """`num_iterations` policy epochs on the group-relative advantages (prewrite.algorithms.grpo).
@@ -404,6 +462,8 @@ class PRewriteModule(L.LightningModule):
             "rewrite_rows": self.rewrite_rows,
             "rng": distributed.gather_objects(self, [_rng_state()]),  # one per rank
             "kl_coef": getattr(self, "kl_coef", None),
+            "skipped_updates": self.skipped_updates,
+            "skipped_in_a_row": self.skipped_in_a_row,
         }
 
     def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
@@ -417,9 +477,12 @@ class PRewriteModule(L.LightningModule):
         self._rng_to_restore = state["rng"]  # one per rank, applied at train start, after Lightning's own set-up
         if state.get("kl_coef") is not None:
             self.kl_coef = state["kl_coef"]
+        self.skipped_updates = state.get("skipped_updates", 0)
+        self.skipped_in_a_row = state.get("skipped_in_a_row", [])
+        self.resumed = True
 
     def on_train_start(self) -> None:
-        if self.rollout_step > 0:  # resumed: step 0 was evaluated and logged before the checkpoint
+        if self.resumed:  # step 0 was evaluated and logged before the checkpoint
             if self.global_rank < len(self._rng_to_restore):  # a rank new to the run keeps its fresh seed
                 _set_rng_state(self._rng_to_restore[self.global_rank])
             self.rollout_engine.sync(self.policy)  # an engine with its own weights still has the base ones
@@ -433,6 +496,8 @@ class PRewriteModule(L.LightningModule):
             self.evaluate_dev()
 
     def validation_step(self, batch: Any, batch_idx: int) -> None:
+        # a stop here leaves Lightning's validation unfinished; a resume runs it again
+        self.stop_point()
         scores = self.evaluate_dev()
         # for Lightning callbacks (early stopping); the loggers got them from evaluate_dev
         self.log_dict({f"dev/{k}": v for k, v in scores.items()}, batch_size=1, logger=False, sync_dist=True)

@@ -5,7 +5,8 @@ callback), before any job starts; that also creates the store, so parallel jobs 
 initialise it. Its id reaches the jobs through `sweep.json` in the sweep folder, which every
 launcher shares with its jobs (joblib workers, SLURM nodes). A job (`run_job`) tags its run as the
 parent's child and, if it raises, records the error on that run and returns no objective, so the
-sweep goes on. At the end the parent gets the best objective and the job counts.
+sweep goes on. At the end the parent gets the best objective and the job counts, and a multirun in
+which jobs failed lists them and exits 1 (`multirun_fails_on_job_error`).
 """
 
 from __future__ import annotations
@@ -15,6 +16,8 @@ import json
 import logging
 import math
 import os
+import sys
+import time
 import traceback
 import uuid
 from collections.abc import Callable
@@ -29,6 +32,8 @@ from mlflow.entities import RunStatus
 from mlflow.utils.mlflow_tags import MLFLOW_PARENT_RUN_ID, MLFLOW_RUN_NAME
 from mlflow.utils.validation import MAX_TAG_VAL_LENGTH
 from omegaconf import DictConfig, OmegaConf
+
+from prewrite import faults, fsio
 
 log = logging.getLogger(__name__)
 
@@ -58,8 +63,10 @@ class SweepRun(Callback):
     def __init__(self) -> None:
         self.client: MlflowClient | None = None
         self.parent: str | None = None
+        self.started = time.time()
 
     def on_multirun_start(self, config: DictConfig, **kwargs) -> None:
+        self.started = time.time()  # error files older than this are from an earlier multirun in the folder
         logger = config.logger
         if not logger.get("_target_"):
             return
@@ -95,16 +102,17 @@ class SweepRun(Callback):
                 if not o.is_sweep_override()
             ],
         }
-        tmp = sweep_dir / (SWEEP_FILE + ".tmp")
-        tmp.write_text(json.dumps(info, indent=2))
-        os.replace(tmp, sweep_dir / SWEEP_FILE)
+        fsio.atomic_write_text(sweep_dir / SWEEP_FILE, json.dumps(info, indent=2))
         # A sweeper that raises skips on_multirun_end; the parent must not stay RUNNING then.
         atexit.register(self._fail_if_open)
         log.info("Sweep %s: MLflow parent run %s", sweep_id, self.parent)
 
     def on_multirun_end(self, config: DictConfig, **kwargs) -> None:
-        if self.parent is None:
-            return
+        if self.parent is not None:
+            self._close_parent(config)
+        _exit_if_jobs_failed(config, self.started)
+
+    def _close_parent(self, config: DictConfig) -> None:
         client, parent = self.client, self.parent
         exp_id = client.get_run(parent).info.experiment_id
         children = client.search_runs([exp_id], f"tags.`{MLFLOW_PARENT_RUN_ID}` = '{parent}'", max_results=50000)
@@ -138,9 +146,24 @@ class SweepRun(Callback):
         log.info("Sweep finished: %d of %d jobs finished, %d failed", len(finished), len(children), len(failed))
 
     def _fail_if_open(self) -> None:
-        if self.parent is not None:
-            self.client.set_tag(self.parent, ERROR, "the sweeper stopped with an error (see the console)")
-            self.client.set_terminated(self.parent, "FAILED")
+        if self.parent is None:
+            return
+        if faults.requested():  # stopped by a signal: the stopped job is resumable, the sweep is KILLED
+            self.client.set_terminated(self.parent, "KILLED")
+            return
+        self.client.set_tag(self.parent, ERROR, "the sweeper stopped with an error (see the console)")
+        self.client.set_terminated(self.parent, "FAILED")
+
+
+def _exit_if_jobs_failed(config: DictConfig, since: float) -> None:
+    """Scripts and CI see a multirun's failed jobs: each left `error.txt` in its folder (run_job)."""
+    sweep_dir = Path(config.hydra.sweep.dir)
+    errors = sorted(p for p in sweep_dir.rglob(ERROR_FILE) if p.stat().st_mtime >= since)
+    if not errors or not config.get("multirun_fails_on_job_error", True):
+        return
+    lines = [f"  {os.path.relpath(p)}: {p.read_text().strip().splitlines()[-1]}" for p in errors]
+    print(f"{len(errors)} job(s) of the multirun failed:\n" + "\n".join(lines), file=sys.stderr)
+    sys.exit(1)
 
 
 def _sweep_info() -> dict | None:
@@ -171,12 +194,14 @@ def run_job(train: Callable[[DictConfig, dict[str, str]], float], cfg: DictConfi
         }
     try:
         return train(cfg, tags)
+    except faults.StopRequested:
+        raise  # not a failed job: the multirun stops here, and the job resumes from its checkpoint
     except Exception as e:
         error = f"{type(e).__name__}: {e}"
         trace = traceback.format_exc()
         log.error("Job %d failed (%s); the sweep goes on.\n%s", hydra.job.num, error, trace)
         run_dir = Path(hydra.runtime.output_dir)
-        (run_dir / ERROR_FILE).write_text(trace)
+        fsio.atomic_write_text(run_dir / ERROR_FILE, trace)
         if info:
             _record_failure(cfg, tags, error, trace)
         return None

@@ -12,6 +12,7 @@ from __future__ import annotations
 import json
 import logging
 import os
+import sys
 from pathlib import Path
 
 import hydra
@@ -26,9 +27,16 @@ from mlflow import MlflowClient
 from mlflow.utils.mlflow_tags import MLFLOW_PARENT_RUN_ID, MLFLOW_RUN_NAME
 from omegaconf import DictConfig, OmegaConf
 
-from prewrite import distributed, precision, sweep
+from prewrite import distributed, faults, fsio, precision, sweep
 from prewrite.backends import build_backend
-from prewrite.callbacks import LastCheckpoint, RewardDevPlot, RewritesTable, SystemMetrics, TimeEstimate
+from prewrite.callbacks import (
+    LastCheckpoint,
+    RewardDevPlot,
+    RewritesTable,
+    StopOnSignal,
+    SystemMetrics,
+    TimeEstimate,
+)
 from prewrite.module import PRewriteModule
 from prewrite.rewards import RewriteScorer
 from prewrite.tasks import Task, load_task
@@ -42,9 +50,10 @@ SETTINGS_FILE = "settings.json"  # in a run folder: the settings a re-launch in 
 # What a re-launch may change without changing what the run computes: where files and logs go, how
 # progress shows, which checkpoint to resume, the response cache (it serves only identical answers), and
 # prewrite.compare's list of seeds and results folder (a seed's results do not depend on the others).
+# A multirun's exit code and the non-finite patience (new keys, absent from older folders) change no result.
 RELAUNCH_MAY_CHANGE = (
     "paths", "logger", "ckpt_path", "cache", "system_metrics_interval_s", "trainer.enable_progress_bar",
-    "seeds", "results_dir",
+    "seeds", "results_dir", "multirun_fails_on_job_error", "max_skipped_updates_in_a_row",
 )  # fmt: skip
 
 
@@ -87,8 +96,7 @@ def check_same_settings(folder: Path, cfg: DictConfig) -> None:
     path = folder / SETTINGS_FILE
     if not path.exists():
         if rank_zero_only.rank == 0:
-            folder.mkdir(parents=True, exist_ok=True)
-            path.write_text(json.dumps(settings, indent=1, sort_keys=True))
+            fsio.atomic_write_text(path, json.dumps(settings, indent=1, sort_keys=True))
         return
     before = json.loads(path.read_text())
     changed = sorted(k for k in before.keys() | settings.keys() if before.get(k) != settings.get(k))
@@ -151,6 +159,8 @@ def fit_stage(
     """One training (one stage) in `run_dir`; returns its best dev evaluation {step, score, rewrite}."""
     if (run_dir / RESULT_FILE).exists():  # finished before a resume
         return json.loads((run_dir / RESULT_FILE).read_text())
+    if faults.requested():  # asked to stop before this stage began: nothing of it to save
+        raise faults.StopRequested(faults.requested())
     run_dir.mkdir(parents=True, exist_ok=True)
     ckpt = _checkpoint_to_resume(cfg, run_dir)
     L.seed_everything(seed, workers=True)  # the same on every rank: what the module initialises must agree
@@ -159,7 +169,7 @@ def fit_stage(
         cfg, task, scorer, dev_rows, seed=seed, instruction=instruction, export_dir=str(export_dir)
     )
     logger = False
-    callbacks: list[L.Callback] = [RewritesTable(str(run_dir)), RewardDevPlot(str(run_dir))]
+    callbacks: list[L.Callback] = [RewritesTable(str(run_dir)), RewardDevPlot(str(run_dir)), StopOnSignal()]
     callbacks.append(TimeEstimate(cfg.steps, cfg.eval_every))
     # One MLflow run per training: only rank zero has a logger (the others would also open the store,
     # racing to create it); rank_zero_only.rank comes from the launcher's environment (RANK, SLURM_PROCID).
@@ -170,7 +180,7 @@ def fit_stage(
         run_name = tags.pop(MLFLOW_RUN_NAME, cfg.logger.run_name)  # as a tag Lightning would overwrite it
         logger = instantiate(cfg.logger, run_id=resumed_id, run_name=run_name, tags=tags or None)
         if resumed_id is None and hasattr(logger, "run_id"):
-            (run_dir / RUN_ID_FILE).write_text(logger.run_id)
+            fsio.atomic_write_text(run_dir / RUN_ID_FILE, logger.run_id)
             log_config_to_mlflow(logger.experiment, logger.run_id, cfg)
         if cfg.system_metrics_interval_s:
             callbacks.append(SystemMetrics(cfg.system_metrics_interval_s))
@@ -196,7 +206,7 @@ def fit_stage(
             logger.experiment.log_metric(logger.run_id, objective, best["score"], step=best["step"] or 0)
         if logger and cfg.log_rewriter_to_mlflow and export_dir.exists():
             logger.experiment.log_artifacts(logger.run_id, str(export_dir), "rewriter")
-        (run_dir / RESULT_FILE).write_text(json.dumps(best))
+        fsio.atomic_write_text(run_dir / RESULT_FILE, json.dumps(best))
         print(f"\nBest {cfg.optimized_metric}: {best['score']:.4f} at step {best['step']}: {best['rewrite']!r}")
         print(f"Rewriter (best on dev): {os.path.relpath(export_dir)}")
         if logger:
@@ -218,8 +228,7 @@ def _parent_run(cfg: DictConfig, run_dir: Path, tags: dict[str, str]) -> str | N
         exp.experiment_id if exp else client.create_experiment(cfg.logger.experiment_name, cfg.logger.artifact_location)
     )
     run_id = client.create_run(exp_id, tags=tags | {MLFLOW_RUN_NAME: cfg.logger.run_name}).info.run_id
-    run_dir.mkdir(parents=True, exist_ok=True)
-    run_id_file.write_text(run_id)
+    fsio.atomic_write_text(run_id_file, run_id)
     log_config_to_mlflow(client, run_id, cfg)
     return run_id
 
@@ -228,7 +237,11 @@ def train(cfg: DictConfig, tags: dict[str, str] | None = None, backend=None) -> 
     """Runs the training (all its stages) and returns the best value of `cfg.optimized_metric` on
     dev of the last stage. `tags` go on its MLflow run (the parent run of its stages). `backend`: a
     task-LLM backend already built from `cfg.task_backend` (prewrite.compare reuses one engine)."""
-    tags = tags or {}
+    with faults.stop_on_signals():
+        return _train(cfg, tags or {}, backend)
+
+
+def _train(cfg: DictConfig, tags: dict[str, str], backend) -> float:
     run_dir = Path(cfg.paths.run_dir)
     precision.resolve_config(cfg)  # before the settings check: a run's settings are what it computed with
     check_same_settings(run_dir, cfg)
@@ -242,14 +255,20 @@ def train(cfg: DictConfig, tags: dict[str, str] | None = None, backend=None) -> 
     else:
         parent = _parent_run(cfg, run_dir, tags)
         instruction = task.instruction
-        for stage in range(cfg.stages):
-            tags = {"prewrite.stage": str(stage)}
+        try:
+            for stage in range(cfg.stages):
+                tags = {"prewrite.stage": str(stage)}
+                if parent:
+                    tags |= {MLFLOW_PARENT_RUN_ID: parent, MLFLOW_RUN_NAME: f"{cfg.logger.run_name}-stage{stage}"}
+                # each stage its own seed stream, so a resumed stage replays exactly
+                seed = int(np.random.SeedSequence([cfg.seed, stage]).generate_state(1)[0])
+                best = fit_stage(cfg, task, scorer, dev_rows, instruction, run_dir / f"stage{stage}", seed, tags)
+                instruction = best["rewrite"] or instruction  # the next stage rewrites this stage's best
+        except BaseException as e:  # the parent must not stay RUNNING: a re-launch resumes it
             if parent:
-                tags |= {MLFLOW_PARENT_RUN_ID: parent, MLFLOW_RUN_NAME: f"{cfg.logger.run_name}-stage{stage}"}
-            # each stage its own seed stream, so a resumed stage replays exactly
-            seed = int(np.random.SeedSequence([cfg.seed, stage]).generate_state(1)[0])
-            best = fit_stage(cfg, task, scorer, dev_rows, instruction, run_dir / f"stage{stage}", seed, tags)
-            instruction = best["rewrite"] or instruction  # the next stage rewrites this stage's best
+                status = "KILLED" if isinstance(e, faults.StopRequested | KeyboardInterrupt) else "FAILED"
+                MlflowClient(cfg.logger.tracking_uri).set_terminated(parent, status)
+            raise
         if parent:
             client = MlflowClient(cfg.logger.tracking_uri)
             client.log_metric(parent, cfg.optimized_metric, best["score"])
@@ -265,9 +284,14 @@ def main(cfg: DictConfig) -> float | None:
     # artifact downloads (the MLflow table helpers) would clutter the console with progress bars
     os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
     log.info("Run folder: %s", HydraConfig.get().runtime.output_dir)
-    if HydraConfig.get().mode == RunMode.MULTIRUN:  # a failed job is recorded and the sweep goes on
-        return sweep.run_job(train, cfg)
-    return train(cfg)
+    try:
+        if HydraConfig.get().mode == RunMode.MULTIRUN:  # a failed job is recorded and the sweep goes on
+            return sweep.run_job(train, cfg)
+        return train(cfg)
+    except faults.StopRequested as e:
+        where = HydraConfig.get().runtime.output_dir
+        print(f"\nStopped by {e.signal_name}; resume with the same command and hydra.run.dir={where}", file=sys.stderr)
+        sys.exit(e.exit_code)
 
 
 if __name__ == "__main__":

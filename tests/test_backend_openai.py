@@ -132,7 +132,9 @@ def test_api_key_reaches_the_server_but_no_log_repr_or_error(monkeypatch, caplog
     monkeypatch.setenv("PREWRITE_TEST_API_KEY", secret)
     caplog.set_level(logging.DEBUG)
     with FaultServer(script=["500", "ok", "echo-auth-400"]) as server:
-        b = OpenAIBackend("m", base_url=server.base_url, api_key_env="PREWRITE_TEST_API_KEY", max_retries=1, **FAST)
+        b = OpenAIBackend(
+            "m", base_url=server.base_url, api_key_env="PREWRITE_TEST_API_KEY", max_retries=1, send_api_key=True, **FAST
+        )
         assert b.generate(["hello"]) == ["echo: hello"]  # after one logged retry
         with pytest.raises(TaskBackendError) as info:
             b.generate(["again"])  # a 400 whose body repeats the Authorization header

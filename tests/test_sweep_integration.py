@@ -29,7 +29,10 @@ def sweep_runs(client):
 
 def test_grid_sweep_is_one_parent_with_a_tagged_child_per_job(grid_sweep):
     proc, client, _ = grid_sweep
-    assert proc.returncode == 0, proc.stderr[-4000:]  # the failing job did not stop the sweep
+    # the failing job did not stop the sweep, but the multirun says it failed (exit 1) and where
+    assert proc.returncode == 1, proc.stderr[-4000:]
+    assert "1 job(s) of the multirun failed:" in proc.stderr
+    assert "/2/error.txt: " in proc.stderr and "bogus" in proc.stderr
     parents, children = sweep_runs(client)
     assert len(parents) == 1 and len(children) == 3
     parent = parents[0]

@@ -4,7 +4,7 @@ Requests run concurrently on an asyncio client (at most `max_concurrency` in fli
 own timeout. Connection errors, timeouts, 429 and 5xx are retried with exponential backoff and
 jitter (a server's Retry-After is honoured); any other 4xx is a mistake in the request and fails at
 once. The API key comes from an environment variable and is kept out of configs, logs, reprs and
-error messages.
+error messages; it is sent only to the hosts it is meant for (`key_hosts`).
 """
 
 from __future__ import annotations
@@ -17,6 +17,7 @@ import logging
 import os
 import random
 import time
+from urllib.parse import urlsplit
 
 import aiohttp
 
@@ -25,6 +26,24 @@ from prewrite.backends.usage import Usage
 log = logging.getLogger(__name__)
 
 _BODY_EXCERPT = 300  # characters of an error body quoted in an exception
+# The host each well-known key variable belongs to: by default a key is sent there only, so pointing
+# base_url at a local or third-party server never hands it the user's provider key.
+PROVIDER_HOSTS = {
+    "OPENAI_API_KEY": "api.openai.com",
+    "OPENROUTER_API_KEY": "openrouter.ai",
+    "TOGETHER_API_KEY": "api.together.xyz",
+    "GROQ_API_KEY": "api.groq.com",
+    "MISTRAL_API_KEY": "api.mistral.ai",
+    "DEEPSEEK_API_KEY": "api.deepseek.com",
+    "FIREWORKS_API_KEY": "api.fireworks.ai",
+}
+
+
+def key_hosts(api_key_env: str | None, api_key_hosts: list[str] | None) -> set[str]:
+    """Hosts the key may go to: `api_key_hosts` if given, else the provider host of `api_key_env`."""
+    if api_key_hosts is not None:
+        return {h.lower() for h in api_key_hosts}
+    return {PROVIDER_HOSTS[api_key_env]} if api_key_env in PROVIDER_HOSTS else set()
 
 
 class TaskBackendError(RuntimeError):
@@ -70,6 +89,8 @@ class OpenAIBackend:
         max_new_tokens: int = 16,
         price_per_1m_prompt_tokens: float | None = None,
         price_per_1m_completion_tokens: float | None = None,
+        api_key_hosts: list[str] | None = None,
+        send_api_key: bool = False,
     ):
         if max_concurrency < 1:
             raise ValueError(f"task_backend.max_concurrency must be >= 1, got {max_concurrency}")
@@ -81,6 +102,14 @@ class OpenAIBackend:
         self.api_key_env = api_key_env
         # Read once, kept private; a local server needs none, so a missing variable is not an error.
         self._api_key = os.environ.get(api_key_env) if api_key_env else None
+        host = (urlsplit(self.base_url).hostname or "").lower()
+        allowed = send_api_key or host in key_hosts(api_key_env, api_key_hosts)
+        if self._api_key and not allowed:
+            log.warning(
+                "$%s is set but not sent to %s (not an allowed host: task_backend.api_key_hosts, or "
+                "task_backend.send_api_key=true to send it anyway)", api_key_env, host,
+            )  # fmt: skip
+            self._api_key = None
         self.max_concurrency = max_concurrency
         self.timeout_s = timeout_s
         self.max_retries = max_retries
@@ -92,7 +121,7 @@ class OpenAIBackend:
         self.usage = Usage(price_per_1m_prompt_tokens, price_per_1m_completion_tokens)
 
     def __repr__(self) -> str:
-        key = f"${self.api_key_env} set" if self._api_key else "no key"
+        key = f"${self.api_key_env} sent" if self._api_key else "no key"
         return f"OpenAIBackend(model={self.model!r}, url={self.url!r}, {key})"
 
     def cache_identity(self) -> dict:
@@ -191,7 +220,11 @@ class OpenAIBackend:
                 cause = f"HTTP {response.status}: {self._excerpt(text)}"
                 if response.status == 429 or response.status >= 500:
                     raise _Retryable(cause, _retry_after_s(response.headers.get("Retry-After")))
-                hint = f" (is ${self.api_key_env} set?)" if response.status in (401, 403) and self.api_key_env else ""
+                hint = (
+                    f" (is ${self.api_key_env} set, and is this host in task_backend.api_key_hosts?)"
+                    if response.status in (401, 403) and self.api_key_env
+                    else ""
+                )
                 raise TaskBackendError(f"POST {self.url} failed: {cause}{hint}")
         except asyncio.TimeoutError:
             raise _Retryable(f"no complete answer within timeout_s={self.timeout_s}") from None

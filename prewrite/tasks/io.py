@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import codecs
+import io
 import json
 from pathlib import Path
 
@@ -14,12 +16,27 @@ def data_path(path: str) -> Path:
     return p if p.is_absolute() else PACKAGED_DATA_DIR / p
 
 
-def read_jsonl(path: Path, linenos: list[int] | None = None) -> list[dict]:
-    """Rows of a JSONL file (blank lines skipped); `linenos`, if given, receives each row's line number."""
+def read_text(path: Path) -> str:
+    """A data file's text: UTF-8, a leading byte-order mark dropped; any other encoding is refused with
+    the file, line and byte offset of the first byte that is not UTF-8."""
     if not path.exists():
         raise FileNotFoundError(f"Task data file not found: {path}")
+    data = path.read_bytes()
+    start = len(codecs.BOM_UTF8) if data.startswith(codecs.BOM_UTF8) else 0
+    try:
+        return data[start:].decode("utf-8")
+    except UnicodeDecodeError as e:
+        at = start + e.start
+        line = data.count(b"\n", 0, at) + 1
+        raise ValueError(
+            f"{path}:{line}: not UTF-8 (byte 0x{data[at]:02x} at byte offset {at}: {e.reason}); save the file as UTF-8"
+        ) from None
+
+
+def read_jsonl(path: Path, linenos: list[int] | None = None) -> list[dict]:
+    """Rows of a JSONL file (blank lines skipped); `linenos`, if given, receives each row's line number."""
     rows = []
-    with path.open(encoding="utf-8") as f:
+    with io.StringIO(read_text(path)) as f:
         for lineno, line in enumerate(f, start=1):
             if not line.strip():
                 continue
@@ -53,10 +70,14 @@ def read_rows(path: Path, required: list[str] = (), task: str = "?") -> list[dic
         raise FileNotFoundError(f"Task data file not found: {path}")
     import pandas as pd
 
-    if suffix == ".csv":  # strings as written: no type guessing, empty cells stay ""
-        df = pd.read_csv(path, dtype=str, keep_default_na=False)
-    else:
-        df = pd.read_parquet(path)
+    text = read_text(path) if suffix == ".csv" else None
+    try:
+        if text is not None:  # strings as written: no type guessing, empty cells stay ""
+            df = pd.read_csv(io.StringIO(text), dtype=str, keep_default_na=False)
+        else:
+            df = pd.read_parquet(path)
+    except (ValueError, OSError) as e:  # pandas' EmptyDataError / ParserError, pyarrow's ArrowInvalid
+        raise ValueError(f"{path}: not a readable {suffix[1:].upper()} file: {e}") from None
     missing = [c for c in required if c not in df.columns]
     if missing:
         raise ValueError(

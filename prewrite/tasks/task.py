@@ -385,6 +385,9 @@ def _load_user_rows(cfg: dict) -> Task:
     instruction = cfg.get("instruction")
     if instruction is None:
         instruction = uniform("instruction", None, "instruction", ", or set task.instruction=...")
+        if instruction is None:  # the column is there but empty on every row
+            where = origin["train"]
+            raise ValueError(f"{where}: column 'instruction' is empty on every row: fill it or set task.instruction=")
     kind = cfg.get("kind") or uniform("task", "qa", "task", ", or set task.kind=...")
     template = cfg.get("template") or uniform("template", USER_TEMPLATE, "template", ", or set task.template=...")
     labels = None

@@ -1,0 +1,85 @@
+"""Stopping a run on a signal without losing work, and the errors that stop it on purpose.
+
+SLURM and cloud preemption send SIGTERM (or SIGUSR1) and kill shortly after; Ctrl+C sends SIGINT.
+While `stop_on_signals()` is active, those signals only record that a stop was asked for. The
+training step checks at its safe points (prewrite.module: before the rollout, before scoring,
+before the update, and in a dev evaluation) and raises `StopRequested` there, after undoing the
+unfinished part of the step; `callbacks.StopOnSignal` then writes the checkpoint and marks the MLflow
+run KILLED, and the process exits with 128 + the signal's number. A second Ctrl+C interrupts at once.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import signal
+import threading
+
+log = logging.getLogger(__name__)
+
+STOP_SIGNALS = (signal.SIGTERM, signal.SIGUSR1, signal.SIGINT)
+_received: int | None = None  # the first stop signal received, if any
+
+
+class StopRequested(Exception):
+    """Raised at a safe point after a stop signal; the run can be resumed from its checkpoint."""
+
+    def __init__(self, signum: int):
+        self.signum = signum
+        super().__init__(f"stopped by {signal.Signals(signum).name}")
+
+    @property
+    def signal_name(self) -> str:
+        return signal.Signals(self.signum).name
+
+    @property
+    def exit_code(self) -> int:
+        return 128 + self.signum  # the shell's convention for "ended by signal N"
+
+
+class NonFiniteError(RuntimeError):
+    """Too many updates in a row had a non-finite loss, gradient or reward."""
+
+
+def requested() -> int | None:
+    """The signal that asked for a stop, or None."""
+    return _received
+
+
+def _handle(signum, frame) -> None:
+    global _received
+    if _received is not None and signum == signal.SIGINT:
+        raise KeyboardInterrupt  # a second Ctrl+C: the user does not want to wait
+    if _received is None:
+        _received = signum
+        log.warning(
+            "Received %s: stopping at the next safe point, with a checkpoint (Ctrl+C again to interrupt at once)",
+            signal.Signals(signum).name,
+        )
+
+
+def install_handlers() -> None:
+    """Our handlers for STOP_SIGNALS (again: Lightning installs its own SIGTERM handler when fit starts)."""
+    if threading.current_thread() is threading.main_thread():  # signals can only be handled there
+        for s in STOP_SIGNALS:
+            signal.signal(s, _handle)
+
+
+@contextlib.contextmanager
+def stop_on_signals():
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    before = {s: signal.getsignal(s) for s in STOP_SIGNALS}
+    install_handlers()
+    try:
+        yield
+    finally:
+        for s, handler in before.items():
+            signal.signal(s, handler)
+
+
+def agreed_stop(trainer) -> int | None:
+    """The stop signal if any rank received one (a collective: call it on every rank), else None."""
+    stop = trainer.strategy.reduce_boolean_decision(_received is not None, all=False)
+    return (_received or signal.SIGTERM) if stop else None
