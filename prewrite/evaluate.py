@@ -22,7 +22,7 @@ from prewrite import plots, precision
 from prewrite import rewriter as rewriter_lib
 from prewrite.backends import build_backend
 from prewrite.rewards import RewriteScorer
-from prewrite.search import DevSelection
+from prewrite.search import DevSelection, or_initial
 from prewrite.tasks import load_task
 from prewrite.train import log_config_to_mlflow
 
@@ -43,11 +43,17 @@ def evaluate(cfg: DictConfig) -> dict[str, float]:
     selection = DevSelection(scorer, dev_rows, metric)
     greedy, selected = prewrite_i_and_s(rw, initial, cfg, selection)
 
-    # Report on test: only now, and only the three chosen instructions.
-    test_rows = task.eval_rows("test", cfg.test_examples, cfg.seed)
-    reported = {"initial": initial, "prewrite_i": greedy, "prewrite_s": selected}
-    test_scores = scorer(list(reported.values()), test_rows).metrics[metric]
     dev_reported = scorer([initial, greedy], dev_rows).metrics[metric] + [selection.best["dev_score"]]
+    # PRewrite-S with the initial instruction among its candidates: what a user should deploy
+    safe, kept_initial = or_initial(initial, dev_reported[0], selected, dev_reported[2])
+    dev_reported.append(dev_reported[0] if kept_initial else dev_reported[2])
+    if kept_initial:
+        print(f"No sampled rewrite beat the initial instruction on dev ({_fmt(dev_reported[0])}): keep your own.")
+
+    # Report on test: only now, and only the chosen instructions.
+    test_rows = task.eval_rows("test", cfg.test_examples, cfg.seed)
+    reported = {"initial": initial, "prewrite_i": greedy, "prewrite_s": selected, "prewrite_s_or_initial": safe}
+    test_scores = scorer(list(reported.values()), test_rows).metrics[metric]
     results = {}
     table = []
     for (name, text), dev, test in zip(reported.items(), dev_reported, test_scores, strict=True):

@@ -191,6 +191,7 @@ class PRewriteModule(L.LightningModule):
         t4 = time.perf_counter()
 
         valid = rewards[~torch.isnan(rewards)]
+        per_rank_se = distributed.over_ranks(self, {"se": _nanmean(scores.reward_se)}, summed=())["se"]
         per_rank = {  # this rank's numbers, summed (SUMMED_OVER_RANKS) or averaged over ranks
             "train/metric_none": float(scores.none_values),  # per-example metric values left out
             "train/empty_rewrites": float(sum(not t for t in rollout.texts)),
@@ -208,6 +209,7 @@ class PRewriteModule(L.LightningModule):
         metrics = {  # over every rank's rewards
             "train/reward": valid.mean() if len(valid) else torch.tensor(float("nan")),
             "train/reward_std": valid.std() if len(valid) > 1 else torch.tensor(0.0),
+            **reward_signal(rewards, algo.get("num_generations", len(rewards)), per_rank_se),
             "train/reward_none": float(len(rewards) - len(valid)),  # rewrites with no computable reward
             **distributed.over_ranks(self, per_rank, summed=SUMMED_OVER_RANKS),
             **self.usage_totals(rollout),
@@ -501,6 +503,18 @@ class PRewriteModule(L.LightningModule):
         scores = self.evaluate_dev()
         # for Lightning callbacks (early stopping); the loggers got them from evaluate_dev
         self.log_dict({f"dev/{k}": v for k, v in scores.items()}, batch_size=1, logger=False, sync_dist=True)
+
+
+def reward_signal(rewards: torch.Tensor, group_size: int, reward_se: float) -> dict[str, float]:
+    """How far the differences the advantages are made of rise above sampling noise: the spread of rewards
+    within a group (rewrites of one instruction on the same examples) against one rewrite's standard
+    error over its example sample (`reward_se`, from the scorer). SNR below ~1 means the group's ranking
+    is mostly which examples were drawn."""
+    groups = rewards.view(-1, group_size) if len(rewards) % group_size == 0 else rewards.view(1, -1)
+    stds = [g[~torch.isnan(g)].std().item() for g in groups if (~torch.isnan(g)).sum() > 1]
+    within = sum(stds) / len(stds) if stds else float("nan")
+    snr = within / reward_se if reward_se and reward_se == reward_se else float("nan")
+    return {"train/reward_std_within_group": within, "train/reward_se": reward_se, "train/reward_snr": snr}
 
 
 def _kl_weight(algorithm: dict) -> float:

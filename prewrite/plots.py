@@ -14,7 +14,12 @@ from pathlib import Path
 from matplotlib.figure import Figure
 from matplotlib.ticker import MaxNLocator
 
-METHOD_LABELS = {"initial": "initial instruction", "prewrite_i": "PRewrite-I", "prewrite_s": "PRewrite-S"}
+METHOD_LABELS = {
+    "initial": "initial instruction",
+    "prewrite_i": "PRewrite-I",
+    "prewrite_s": "PRewrite-S",
+    "prewrite_s_or_initial": "PRewrite-S or initial",
+}
 
 
 def _finite(x: float | None) -> bool:

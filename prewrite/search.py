@@ -101,6 +101,13 @@ def best_so_far(points: list[tuple[int, float]]) -> list[tuple[int, float]]:
     return out
 
 
+def or_initial(initial: str, initial_dev: float | None, chosen: str, chosen_dev: float | None) -> tuple[str, bool]:
+    """(the instruction to hand the user, whether it is their own): a chosen rewrite only if it scored
+    strictly above the initial instruction on dev, so a user never gets back a worse one unawares."""
+    keep = _score({"dev_score": initial_dev}) >= _score({"dev_score": chosen_dev})
+    return (initial, True) if keep else (chosen, False)
+
+
 def _score(candidate: dict) -> float:
     """The dev score to rank by: one that could not be computed ranks below every real one."""
     return -1.0 if candidate["dev_score"] is None else candidate["dev_score"]

@@ -27,7 +27,7 @@ from mlflow import MlflowClient
 from mlflow.utils.mlflow_tags import MLFLOW_PARENT_RUN_ID, MLFLOW_RUN_NAME
 from omegaconf import DictConfig, OmegaConf
 
-from prewrite import distributed, faults, fsio, precision, sweep
+from prewrite import distributed, faults, fsio, precision, search, sweep
 from prewrite.backends import build_backend
 from prewrite.callbacks import (
     LastCheckpoint,
@@ -199,15 +199,32 @@ def fit_stage(
     trainer.fit(module, ckpt_path=str(ckpt) if ckpt else None)
 
     best = module.best or {"score": float("nan"), "step": None, "rewrite": None}
+    # The initial instruction competes too: a user is never handed a rewrite that did worse on dev.
+    initial_dev = next(r for r in module.rewrite_rows if r["split"] == "initial")[module.monitor]
+    best["initial_score"] = initial_dev
+    best["selected"], best["selected_is_initial"] = search.or_initial(
+        instruction, initial_dev, best["rewrite"], best["score"]
+    )
     if trainer.is_global_zero:
         if logger:
             # the run's objective (what train() returns), one number a sweep's runs compare on
             objective = sweep.objective_metric(cfg.optimized_metric)
             logger.experiment.log_metric(logger.run_id, objective, best["score"], step=best["step"] or 0)
+            selected = "initial" if best["selected_is_initial"] else "rewrite"
+            logger.experiment.set_tag(logger.run_id, "prewrite.selected", selected)
+            chosen_dev = initial_dev if best["selected_is_initial"] else best["score"]
+            logger.experiment.log_metric(logger.run_id, f"dev/selected/{module.monitor}", chosen_dev)
         if logger and cfg.log_rewriter_to_mlflow and export_dir.exists():
             logger.experiment.log_artifacts(logger.run_id, str(export_dir), "rewriter")
         fsio.atomic_write_text(run_dir / RESULT_FILE, json.dumps(best))
         print(f"\nBest {cfg.optimized_metric}: {best['score']:.4f} at step {best['step']}: {best['rewrite']!r}")
+        if best["selected_is_initial"]:
+            print(
+                f"No rewrite beat the initial instruction on dev ({cfg.optimized_metric} {initial_dev:.4f}): "
+                f"keep {instruction!r}. (MLflow tag prewrite.selected=initial)"
+            )
+        else:
+            print(f"It beats the initial instruction on dev ({initial_dev:.4f}).")
         print(f"Rewriter (best on dev): {os.path.relpath(export_dir)}")
         if logger:
             print(f"MLflow run {logger.run_id} in experiment {logger._experiment_name!r}")

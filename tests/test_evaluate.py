@@ -38,7 +38,14 @@ def test_prewrite_s_selects_on_dev_and_test_scores_only_the_three_reported(compo
         if p.split("Sentence: ")[-1].split("\nAnswer:")[0] in test_sentences
     }
     assert on_test == {r["instruction"] for r in report["results"]}  # no candidate was scored on test
-    for name in ("initial", "prewrite_i", "prewrite_s"):
+    # with the initial instruction among the candidates, a rewrite is handed back only if it beat it on dev
+    safe = by_method["prewrite_s_or_initial"]
+    if selected["dev_accuracy"] > by_method["initial"]["dev_accuracy"]:
+        assert safe["instruction"] == selected["instruction"]
+    else:
+        assert safe["instruction"] == "Classify the sentiment."
+    assert safe["dev_accuracy"] == max(selected["dev_accuracy"], by_method["initial"]["dev_accuracy"])
+    for name in ("initial", "prewrite_i", "prewrite_s", "prewrite_s_or_initial"):
         assert results[f"test/{name}/accuracy"] == by_method[name]["test_accuracy"]
 
     client = MlflowClient(cfg.paths.mlflow_tracking_uri)

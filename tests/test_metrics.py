@@ -1,5 +1,7 @@
 """Each metric on real rows of the shipped data (no model: the answers are written here)."""
 
+import math
+
 import pytest
 from omegaconf import OmegaConf
 
@@ -119,3 +121,25 @@ def test_template_penalises_a_rewrite_that_drops_a_required_placeholder():
     assert got == [0.0, -1.0]
     # an instruction without placeholders requires none
     assert metrics.template(prompts=[], completions=[], task=task("sst2"), rewrite=["anything"]) == [0.0]
+
+
+def test_label_prob_and_margin_from_the_label_loglikelihoods():
+    task = load_task(OmegaConf.to_container(OmegaConf.load(CONF / "task" / "sst2.yaml")))  # labels 0, 1
+    lls = [[math.log(0.2), math.log(0.6)], [-1.0, -9.0], [None, -1.0]]
+    gold = [1, 1, 0]
+    probs = metrics.label_prob(None, None, task, gold, lls)
+    assert probs[0] == pytest.approx(0.75)  # 0.6 / (0.2 + 0.6): normalised over the labels
+    assert probs[1] == pytest.approx(math.exp(-9) / (math.exp(-1) + math.exp(-9)))
+    assert probs[2] is None  # a label with no likelihood: not computable, left out of the mean
+    margins = metrics.label_margin(None, None, task, gold, lls)
+    assert margins[:2] == [pytest.approx(math.log(3)), -metrics.MARGIN_CLIP]  # -8 clipped to -5
+    assert margins[2] is None
+
+
+def test_label_rewards_refuse_a_task_that_is_not_classification():
+    from prewrite.rewards import RewriteScorer
+    from tests.fake_backend import FakeBackend
+
+    gsm8k = load_task(OmegaConf.to_container(OmegaConf.load(CONF / "task" / "gsm8k.yaml")))
+    with pytest.raises(ValueError, match="'label_prob' is for classification tasks; task 'gsm8k' is math"):
+        RewriteScorer(gsm8k, FakeBackend(), ["label_prob"], [1.0])

@@ -99,3 +99,12 @@ def test_opro_starts_from_the_instruction_and_shows_the_best_so_far_worst_to_bes
     # top_k=2 of three scored: the best comes last; one of the two 0-scored ones is left out
     assert second.index("Score: 0") < second.index(f"Instruction: say positive p1\nScore: {positives}")
     assert second.count("Instruction:") == 2
+
+
+@pytest.mark.parametrize(
+    ("initial_dev", "chosen_dev", "expected"),
+    [(0.5, 0.6, ("rewrite", False)), (0.5, 0.5, ("initial", True)), (0.6, 0.5, ("initial", True)),
+     (0.5, None, ("initial", True)), (None, 0.1, ("rewrite", False))],
+)  # fmt: skip
+def test_a_rewrite_is_handed_back_only_if_it_beat_the_initial_instruction_on_dev(initial_dev, chosen_dev, expected):
+    assert search.or_initial("initial", initial_dev, "rewrite", chosen_dev) == expected

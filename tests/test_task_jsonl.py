@@ -238,18 +238,19 @@ def record_kwargs(prompts, completions, **kwargs):
     return [0.0] * len(completions)
 
 
-record_kwargs.needs = "loglikelihood"  # so the scorer also adds the log-likelihood column
+record_kwargs.needs = ("generation", "loglikelihood", "label_loglikelihoods")  # every column the scorer can add
 
 
 def test_reward_functions_get_every_column_and_the_reserved_arguments(tmp_path):
     """A user file with every optional column scores: the reward function sees the data columns (TRL's
     convention) and exactly the reserved names beside them, so no column can shadow one."""
-    rows = [{**r, "task": "qa", "template": "{instruction}\n{input}", "source": "quiz"} for r in qa_rows()]
+    rows = [{**r, "template": "{instruction}\n{input}", "source": "quiz"} for r in cls_rows()]
     task = load_task(user_cfg(write_jsonl(tmp_path / "rows.jsonl", rows)))
     scorer = RewriteScorer(task, FakeBackend(), [f"{__name__}.record_kwargs"], [1.0])
     received_kwargs.clear()
     scorer(["Answer.", "Reply."], task.splits["train"][:3])
     (kwargs,) = received_kwargs
     assert set(kwargs) == {"input", "output", "source", *RESERVED_COLUMNS}
+    assert [len(lls) for lls in kwargs["label_loglikelihoods"]] == [2] * 6  # both labels, every example
     assert kwargs["source"] == ["quiz"] * 6 and kwargs["rewrite"] == ["Answer."] * 3 + ["Reply."] * 3
     assert kwargs["task"] is task

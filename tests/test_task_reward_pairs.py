@@ -6,7 +6,7 @@ import json
 import pytest
 
 from prewrite.backends.hf import HFBackend
-from prewrite.rewards import RewriteScorer
+from prewrite.rewards import RewriteScorer, metrics
 from prewrite.tasks import load_task
 from tests.conftest import CONF
 
@@ -41,6 +41,10 @@ def test_pair_scores_real_rows(compose_train, backend, user_rows, task_name, rew
         _tasks[task_name] = load_task(cfg.task)
     task = _tasks[task_name]
     backend.max_new_tokens = 16  # a few tokens suffice to exercise parsing; math answers get cut short
+    if reward.startswith("label_") and task.kind != "classification":  # refused up front, with the reason
+        with pytest.raises(ValueError, match="is for classification tasks"):
+            RewriteScorer(task, backend, cfg.reward.reward_funcs, cfg.reward.reward_weights)
+        return
     scorer = RewriteScorer(task, backend, cfg.reward.reward_funcs, cfg.reward.reward_weights, report=[task.metric])
     rows = task.sample("test", 2, seed=[0])
     before = backend.num_calls
@@ -50,4 +54,5 @@ def test_pair_scores_real_rows(compose_train, backend, user_rows, task_name, rew
     assert scores.rewards[0] is None or isinstance(scores.rewards[0], float)
     assert set(scorer.metric_names) == set(scores.metrics) and task.metric in scores.metrics
     for name, values in scores.metrics.items():
-        assert values[0] is None or -1.0 <= values[0] <= 1.0, (name, values)
+        bound = metrics.MARGIN_CLIP if name == "label_margin" else 1.0
+        assert values[0] is None or -bound <= values[0] <= bound, (name, values)

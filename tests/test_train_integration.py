@@ -66,6 +66,14 @@ def test_run_is_logged_to_mlflow_with_params_metrics_and_artifacts(run):
     artifacts = {a.path for a in client.list_artifacts(r.info.run_id)}
     assert {"config.yaml", "rewrites.json"} <= artifacts
 
+    # the initial instruction competes with the rewrites: the run says which one a user should keep
+    initial = history(client, r.info.run_id, "dev/initial_instruction/accuracy")[0][1]
+    best = history(client, r.info.run_id, "dev/best/accuracy")[0][1]
+    selected = r.data.tags["prewrite.selected"]
+    assert selected == ("initial" if initial >= best else "rewrite")
+    assert history(client, r.info.run_id, "dev/selected/accuracy")[0][1] == max(initial, best)
+    assert ("No rewrite beat the initial instruction on dev" in proc.stdout) == (selected == "initial")
+
     # usage per role, totalled over the run: rewriter samples and tokens, task-LLM calls and cache
     rewriter_calls = [v for _, v in history(client, r.info.run_id, "train/usage/rewriter/calls")]
     assert rewriter_calls == [3.0, 6.0]  # 3 rewrites per step

@@ -9,8 +9,11 @@ and counted, never a silent 0). A wrong or unparseable answer is a computable 0.
 Attributes read by the scorer:
 - `per_rewrite = True`: the function scores a rewrite's whole sample at once and returns one value
   (macro-F1 needs every prediction of the sample).
-- `needs = "loglikelihood"`: the function reads `loglikelihoods` (the task LLM's log-probability of
-  the gold answer) instead of generated answers.
+- `needs`: what the function reads besides the dataset columns, a name or a tuple of names (default
+  "generation": the generated `completions`). "loglikelihood": `loglikelihoods`, the task LLM's mean
+  token log-probability of the gold answer as its reply. "label_loglikelihoods": per example, that of
+  every label verbalizer of a classification task (in `task.labels` order).
+- `kinds`: the task kinds the function is for (e.g. ("classification",)); the scorer refuses others.
 """
 
 from __future__ import annotations
@@ -140,6 +143,46 @@ def perplexity(prompts, completions, task: Task, gold, loglikelihoods, **columns
 
 
 perplexity.needs = "loglikelihood"
+
+
+def _label_scores(task: Task, gold, label_loglikelihoods):
+    """(index of the gold label, the labels' log-likelihoods) per example; None where one is missing."""
+    order = list(task.labels)
+    for g, lls in zip(gold, label_loglikelihoods, strict=True):
+        yield (order.index(g), lls) if all(v is not None for v in lls) else (None, None)
+
+
+def label_prob(prompts, completions, task: Task, gold, label_loglikelihoods, **columns) -> list[float | None]:
+    """Dense classification reward: the probability the task LLM gives the gold label, normalised over the
+    task's labels (a softmax of their log-likelihoods as the reply's start). One scoring pass, no decoding;
+    its argmax is the constrained backend's answer, so it is the smooth version of constrained accuracy."""
+    out = []
+    for i, lls in _label_scores(task, gold, label_loglikelihoods):
+        if i is None:
+            out.append(None)
+            continue
+        top = max(lls)
+        weights = [math.exp(v - top) for v in lls]
+        out.append(weights[i] / sum(weights))
+    return out
+
+
+def label_margin(prompts, completions, task: Task, gold, label_loglikelihoods, **columns) -> list[float | None]:
+    """Dense classification reward: log-likelihood of the gold label minus the best other label's, clipped
+    to [-MARGIN_CLIP, MARGIN_CLIP] so one confident example cannot outweigh the rest of the sample."""
+    out = []
+    for i, lls in _label_scores(task, gold, label_loglikelihoods):
+        if i is None:
+            out.append(None)
+            continue
+        margin = lls[i] - max(v for j, v in enumerate(lls) if j != i)
+        out.append(max(-MARGIN_CLIP, min(MARGIN_CLIP, margin)))
+    return out
+
+
+MARGIN_CLIP = 5.0
+for _f in (label_prob, label_margin):
+    _f.needs, _f.kinds = "label_loglikelihoods", ("classification",)
 
 
 def template(prompts, completions, task: Task, rewrite, **columns) -> list[float | None]:

@@ -50,6 +50,13 @@ class Scores:
     none_values: int  # per-example metric values that could not be computed (left out of the means)
     # metric name -> [rewrite][example] values; None for a metric defined only over a whole sample (macro-F1)
     per_example: dict[str, list[list[float | None]] | None] = field(default_factory=dict)
+    # per rewrite: the standard error of its reward as a mean over this sample of examples (the noise a
+    # group's reward differences must rise above); None where a weighted metric has no per-example values
+    reward_se: list[float | None] = field(default_factory=list)
+
+
+def _as_tuple(value: str | Sequence[str]) -> tuple[str, ...]:
+    return (value,) if isinstance(value, str) else tuple(value)
 
 
 def _mean(values: Sequence[float | None]) -> float | None:
@@ -86,6 +93,13 @@ class RewriteScorer:
         self.requests = 0
         # A weight-0 function is never computed.
         self.weighted = [(*resolve_reward_func(f, task), w) for f, w in zip(reward_funcs, weights, strict=True) if w]
+        for name, func, _ in self.weighted:
+            kinds = getattr(func, "kinds", None)
+            if kinds and task.kind not in kinds:
+                raise ValueError(
+                    f"reward function {name!r} is for {', '.join(kinds)} tasks; task {task.name!r} is {task.kind} "
+                    "(for qa and math, `perplexity` scores the gold answer's likelihood)"
+                )
         if not self.weighted:
             raise ValueError(f"every reward weight is 0 ({list(reward_funcs)}, {weights}): nothing to optimize")
         names = {n for n, _, _ in self.weighted}
@@ -98,7 +112,7 @@ class RewriteScorer:
 
     def __call__(self, rewrites: Sequence[str], rows: Sequence[dict]) -> Scores:
         n, funcs = len(rows), [(n_, f) for n_, f, _ in self.weighted] + self.reported
-        needs = {getattr(f, "needs", "generation") for _, f in funcs}
+        needs = {n for _, f in funcs for n in _as_tuple(getattr(f, "needs", "generation"))}
         prompts = [self.task.prompt(rw, row) for rw in rewrites for row in rows]
         self.requests += len(prompts)
         gold = [self.task.gold(row) for row in rows] * len(rewrites)
@@ -107,6 +121,10 @@ class RewriteScorer:
         answers = self.backend.generate(prompts) if "generation" in needs else [""] * len(prompts)
         if "loglikelihood" in needs:
             columns["loglikelihoods"] = self.backend.loglikelihood(prompts, [gold_text(self.task, g) for g in gold])
+        if "label_loglikelihoods" in needs:
+            labels = list(self.task.labels.values())
+            lls = self.backend.loglikelihood([p for p in prompts for _ in labels], labels * len(prompts))
+            columns["label_loglikelihoods"] = [lls[i : i + len(labels)] for i in range(0, len(lls), len(labels))]
 
         per_metric: dict[str, list[float | None]] = {}
         per_example: dict[str, list[list[float | None]] | None] = {}
@@ -130,4 +148,16 @@ class RewriteScorer:
             parts = [(per_metric[name][i], w) for name, _, w in self.weighted]
             rewards.append(None if any(v is None for v, _ in parts) else sum(v * w for v, w in parts))
         answers_by_rewrite = [answers[i * n : (i + 1) * n] for i in range(len(rewrites))]
-        return Scores(rewards, per_metric, answers_by_rewrite, none_values, per_example)
+        reward_se = [self._standard_error(per_example, i) for i in range(len(rewrites))]
+        return Scores(rewards, per_metric, answers_by_rewrite, none_values, per_example, reward_se)
+
+    def _standard_error(self, per_example: dict, i: int) -> float | None:
+        """Standard error of rewrite i's reward, from its per-example weighted values."""
+        if any(per_example[name] is None for name, _, _ in self.weighted):
+            return None
+        columns = [[(v, w) for v in per_example[name][i]] for name, _, w in self.weighted]
+        values = [sum(v * w for v, w in row) for row in zip(*columns, strict=True) if all(v is not None for v, _ in row)]
+        if len(values) < 2:
+            return None
+        mean = sum(values) / len(values)
+        return math.sqrt(sum((v - mean) ** 2 for v in values) / (len(values) - 1) / len(values))

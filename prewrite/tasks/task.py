@@ -40,7 +40,7 @@ DEFAULT_METRIC = {"classification": "accuracy", "qa": "f1", "math": "math_verify
 USER_TEMPLATE = "{instruction}\n{input}"
 # What the scorer passes to reward functions beside the dataset columns (TRL's convention: every column
 # is a keyword argument): a data column of one of these names would collide, so loading refuses it.
-RESERVED_COLUMNS = ("prompts", "completions", "task", "gold", "rewrite", "loglikelihoods")
+RESERVED_COLUMNS = ("prompts", "completions", "task", "gold", "rewrite", "loglikelihoods", "label_loglikelihoods")
 # The user-file columns that configure the task rather than hold an example: read once by the loader
 # (they must be the same on every row), then dropped from the rows.
 USER_TASK_COLUMNS = ("instruction", "task", "template")
