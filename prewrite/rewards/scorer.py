@@ -156,7 +156,8 @@ class RewriteScorer:
         if any(per_example[name] is None for name, _, _ in self.weighted):
             return None
         columns = [[(v, w) for v in per_example[name][i]] for name, _, w in self.weighted]
-        values = [sum(v * w for v, w in row) for row in zip(*columns, strict=True) if all(v is not None for v, _ in row)]
+        rows = [row for row in zip(*columns, strict=True) if all(v is not None for v, _ in row)]
+        values = [sum(v * w for v, w in row) for row in rows]
         if len(values) < 2:
             return None
         mean = sum(values) / len(values)
