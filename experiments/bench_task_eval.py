@@ -4,20 +4,25 @@ The workload is what one evaluation of an instruction costs: `--rows` SST-2 test
 initial instruction, answered greedily by the embedded model (8 new tokens). Methods, timed in turns
 (each repetition runs every method once, so machine noise hits all of them alike):
 
-- naive: one prompt at a time through transformers' generate in fp32, as the earlier PPO code scored;
-- hf: the hf backend, batched (32), bf16;
-- hf_constrained: the hf backend choosing between the label verbalizers (one forward pass, bf16);
+- naive: one prompt at a time through transformers' generate, as the earlier PPO code scored;
+- hf: the hf backend, batched (32), each rewrite's shared prompt prefix computed once;
+- hf_constrained: the hf backend choosing between the label verbalizers (one forward pass);
 - vllm: the in-process vllm backend (bf16), hosted in a child process because vLLM binds the OpenMP
   threads of the process it runs in, which would slow the transformers methods timed here;
 - openai: the openai backend against `vllm.entrypoints.openai.api_server` (bf16) on 127.0.0.1;
 - cache_cold / cache_warm: the hf backend behind the response cache, first pass on an empty cache
   file, then the identical pass served from it;
-- forward: one batched bf16 forward pass over the same prompts and nothing else, the compute floor.
+- forward: one batched forward pass over the same whole prompts and nothing else, the compute floor
+  without prefix sharing (hf and hf_constrained below it: what sharing the prefix saves).
+
+Every transformers method runs in `--dtype` (default auto: bf16 where the CPU computes it natively,
+else fp32, as the harness chooses); vllm and openai run bf16 (skip them with --skip-vllm).
 
 Each method's parsed answers are compared with the naive loop's (agreement rate). Run from an
 environment with vLLM (`make setup-vllm`):
 
     python experiments/bench_task_eval.py --rows 256 --repeats 3 --out experiments/bench_task_eval.json
+    python experiments/bench_task_eval.py --dtype float32 --skip-vllm --out experiments/bench_task_eval_fp32.json
 """
 
 from __future__ import annotations
@@ -36,7 +41,7 @@ from pathlib import Path
 import torch
 from omegaconf import OmegaConf
 
-from prewrite import models
+from prewrite import models, precision
 from prewrite.backends.cache import CachedBackend, ResponseCache
 from prewrite.backends.hf import HFBackend
 from prewrite.backends.openai import OpenAIBackend
@@ -77,7 +82,10 @@ def main() -> None:
     parser.add_argument("--rows", type=int, default=256)
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--out", default=None, help="write every timing and the summary as JSON here")
+    parser.add_argument("--dtype", default="auto", help="the transformers methods' dtype (auto: as the harness picks)")
+    parser.add_argument("--skip-vllm", action="store_true", help="leave out the vllm and openai methods")
     args = parser.parse_args()
+    dtype = precision.resolve_dtype(args.dtype, "cpu")
 
     task_cfg = OmegaConf.to_container(OmegaConf.load(ROOT / "conf" / "task" / "sst2.yaml"))
     task = load_task(task_cfg)
@@ -94,27 +102,34 @@ def main() -> None:
         startup[name] = time.perf_counter() - start
         return obj
 
-    bf16 = dict(dtype="bfloat16", batch_size=32, max_new_tokens=n_new)
-    naive_backend = timed_start("naive", lambda: HFBackend(MODEL, dtype="float32", batch_size=1, max_new_tokens=n_new))
-    hf = timed_start("hf", lambda: HFBackend(MODEL, **bf16))
-    constrained = timed_start("hf_constrained", lambda: HFBackend(MODEL, **bf16, constrained=True, choices=labels))
+    kw = dict(dtype=dtype, batch_size=32, max_new_tokens=n_new)
+    naive_backend = timed_start("naive", lambda: HFBackend(MODEL, dtype=dtype, batch_size=1, max_new_tokens=n_new))
+    hf = timed_start("hf", lambda: HFBackend(MODEL, **kw))
+    constrained = timed_start("hf_constrained", lambda: HFBackend(MODEL, **kw, constrained=True, choices=labels))
     torch_threads = torch.get_num_threads()
 
-    ctx = multiprocessing.get_context("spawn")
-    conn, child_conn = ctx.Pipe()
-    start = time.perf_counter()
-    worker = ctx.Process(target=vllm_worker, args=(child_conn, n_new))
-    worker.start()
-    assert conn.recv() == "ready"
-    startup["vllm"] = time.perf_counter() - start
+    if not args.skip_vllm:
+        ctx = multiprocessing.get_context("spawn")
+        conn, child_conn = ctx.Pipe()
+        start = time.perf_counter()
+        worker = ctx.Process(target=vllm_worker, args=(child_conn, n_new))
+        worker.start()
+        assert conn.recv() == "ready"
+        startup["vllm"] = time.perf_counter() - start
 
     def run_vllm(ps):
         conn.send(ps)
         seconds, answers = conn.recv()
         return seconds, answers
 
-    with timed_server(tmp, startup) as base_url:
-        api = OpenAIBackend("smollm2", base_url=base_url, api_key_env=None, max_new_tokens=n_new, max_concurrency=256)
+    with contextlib.nullcontext() if args.skip_vllm else timed_server(tmp, startup) as base_url:
+        api = (
+            None
+            if args.skip_vllm
+            else OpenAIBackend(
+                "smollm2", base_url=base_url, api_key_env=None, max_new_tokens=n_new, max_concurrency=256
+            )
+        )
         methods = {
             "naive": lambda: [naive_backend.generate([p])[0] for p in prompts],
             "hf": lambda: hf.generate(prompts),
@@ -124,6 +139,8 @@ def main() -> None:
             "cache_cold": None,  # timed in pairs below
             "forward": lambda: forward_floor(hf, prompts),
         }
+        if args.skip_vllm:
+            del methods["vllm"], methods["openai"]
         times: dict[str, list[float]] = {m: [] for m in [*methods, "cache_warm"]}
         answers: dict[str, list[str]] = {}
         for rep in range(args.repeats):
@@ -148,15 +165,16 @@ def main() -> None:
                 answers[name] = out
                 print(f"rep {rep} {name:15s} {seconds:8.2f} s", flush=True)
             # After every repetition: a slow run cut short still leaves a complete table behind.
-            summary = summarize(task, rows_used, times, answers, startup, torch_threads, rep + 1)
+            summary = summarize(task, rows_used, times, answers, startup, torch_threads, rep + 1, dtype)
             print_table(summary)
             if args.out:
                 Path(args.out).write_text(json.dumps(summary, indent=2))
-    conn.send(None)
-    worker.join(60)
+    if not args.skip_vllm:
+        conn.send(None)
+        worker.join(60)
 
 
-def summarize(task, rows_used, times, answers, startup, torch_threads, repeats) -> dict:
+def summarize(task, rows_used, times, answers, startup, torch_threads, repeats, dtype) -> dict:
     """Median time per method, examples per second, speed-up over the naive loop, agreement of the
     parsed answers with the naive loop's, and each method's accuracy against gold."""
     naive_parsed = [task.parse(a) for a in answers["naive"]]
@@ -193,7 +211,8 @@ def summarize(task, rows_used, times, answers, startup, torch_threads, repeats) 
         "rows": len(rows_used),
         "repeats": repeats,
         "machine": f"{platform.machine()}, {os.cpu_count()} CPUs, torch {torch.__version__} "
-        f"({torch_threads} threads in the timing process)",
+        f"({torch_threads} threads in the timing process), CPU capability {torch.backends.cpu.get_cpu_capability()}",
+        "dtype": dtype,
         "date": time.strftime("%Y-%m-%d %H:%M"),
         "results": results,
     }
