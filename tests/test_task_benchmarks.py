@@ -18,6 +18,11 @@ SIZES = {  # train / dev / test rows after carving (see each conf/task/<name>.ya
     "gsm8k": (4744, 256, 1319),
     "math500": (150, 50, 300),
     "aime2024": (400, 100, 30),
+    "sst2_sentences": (6909, 872, 1821),
+    "trec": (5113, 256, 500),
+    "mr": (8406, 256, 2000),
+    "cr": (1509, 256, 2000),
+    "subj": (7744, 256, 2000),
 }
 KIND = {"nq_open": "qa", "gsm8k": "math", "math500": "math", "aime2024": "math"}
 METRIC = {"classification": "accuracy", "qa": "f1", "math": "math_verify"}
@@ -108,3 +113,33 @@ def test_boolq_and_ag_news_labels_are_the_source_values():
     assert boolq.labels == {True: "yes", False: "no"} and boolq.parse("Yes, it is.") is True
     assert ag.labels == {1: "World", 2: "Sports", 3: "Business", 4: "Sci/Tech"}
     assert ag.parse("sci/tech") == 4
+
+
+def test_sentence_benchmarks_labels_and_official_test_splits():
+    sst, trec = load("sst2_sentences"), load("trec")
+    assert sst.labels == {0: "negative", 1: "positive"} and sst.parse("It is positive.") == 1
+    assert trec.labels == {
+        "ABBR": "abbreviation", "DESC": "description", "ENTY": "thing",
+        "HUM": "person", "LOC": "location", "NUM": "number",
+    }  # fmt: skip
+    assert trec.parse("Location, since it asks where") == "LOC" and trec.parse("something") is None
+    assert load("subj").parse("This is objective.") == "objective"
+    # test is the official file, whole and in order; overlapping inputs left train instead
+    assert sst.splits["test"][0]["sentence"].startswith("no movement , no yuks")
+    assert trec.splits["test"][0]["question"] == "How far is it from Denver to Aspen ?"
+
+
+def test_test_overlap_is_refused_unless_dropped_from_train():
+    with pytest.raises(ValueError, match=r"row\(s\) appear in both train and test.*drop_test_overlap=true"):
+        load("trec", drop_test_overlap=False)
+    with pytest.raises(ValueError, match=r"2 row\(s\) appear in both train and test"):
+        load("sst2_sentences", drop_test_overlap=False)
+
+
+def test_carved_test_subsets_are_fixed_by_split_seed():
+    mr = load("mr")
+    again, other = load("mr"), load("mr", split_seed=1)
+    assert again.splits["test"] == mr.splits["test"]
+    assert other.splits["test"] != mr.splits["test"] and len(other.splits["test"]) == 2000
+    labels = {r["label"] for r in mr.splits["test"]}
+    assert labels == {"negative", "positive"}

@@ -17,6 +17,8 @@ def fake_hub(monkeypatch):
         n = 12
         if path == "nyu-mll/glue":
             return [{"sentence": f"{split} sentence {i}", "label": i % 2, "idx": i} for i in range(n)]
+        if path == "SetFit/sst2":
+            return [{"text": f"{split} text {i}", "label": i % 2, "label_text": "?"} for i in range(n)]
         if path == "fancyzhx/ag_news":
             return [{"text": f"{split} news {i}", "label": i % 4} for i in range(n)]
         if path == "aps/super_glue":
@@ -41,6 +43,13 @@ def test_sst2_from_the_hub(fake_hub):
     assert fake_hub == [("nyu-mll/glue", "sst2", "train"), ("nyu-mll/glue", "sst2", "validation")]
     assert [len(task.splits[s]) for s in ("train", "dev", "test")] == [10, 2, 12]
     assert task.splits["test"][0]["sentence"] == "validation sentence 0"
+
+
+def test_sentence_level_sst2_from_the_hub_renames_text_and_keeps_its_dev(fake_hub):
+    task = hub_task("sst2_sentences")
+    assert fake_hub == [("SetFit/sst2", None, split) for split in ("train", "validation", "test")]
+    assert [len(task.splits[s]) for s in ("train", "dev", "test")] == [12, 12, 12]  # nothing carved
+    assert task.splits["dev"][1] == {"sentence": "validation text 1", "label": 1, "label_text": "?"}
 
 
 def test_hub_overrides_fields_and_labels(fake_hub):

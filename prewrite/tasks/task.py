@@ -2,7 +2,8 @@
 gold answer of a row and the parsing of the task LLM's answer.
 
 Splits are kept apart by construction: a split with no file of its own is carved from another by a
-seeded permutation and removed from it; duplicate rows inside one file are dropped before carving;
+seeded permutation and removed from it; duplicate rows inside one file are dropped before carving
+(and, with `drop_test_overlap: true`, rows of other files that repeat a test input);
 and after loading, no row (keyed by its normalized input fields) may appear in two splits, or loading
 fails. Test is only ever used for reporting.
 
@@ -219,6 +220,8 @@ def _build(cfg: Mapping, raw: dict[str, list[dict]], origin: Mapping[str, Any]) 
     for split, rows in raw.items():
         _check_rows(task, rows, origin[split])
         raw[split] = _drop_duplicates(task, rows, origin[split])
+    if cfg.get("drop_test_overlap", False):
+        _drop_test_overlap(task, raw, origin)
     task.splits = _carve(task, raw, cfg)
     _check_disjoint(task)
     return task
@@ -275,6 +278,20 @@ def _drop_duplicates(task: Task, rows: list[dict], path) -> list[dict]:
     if len(kept) < len(rows):
         log.info("%s: dropped %d duplicate rows (same input as an earlier row)", path, len(rows) - len(kept))
     return kept
+
+
+def _drop_test_overlap(task: Task, raw: dict[str, list[dict]], origin: Mapping[str, Any]) -> None:
+    """Drops from the other files the rows whose input is also a test row (`drop_test_overlap: true`):
+    for benchmarks whose official train file repeats a few test inputs (TREC, sentence-level SST-2).
+    Test stays whole, so scores remain on the official test split."""
+    if "test" not in raw:
+        return
+    test_keys = {row_key(task, r) for r in raw["test"]}
+    for split in [s for s in raw if s != "test"]:
+        kept = [r for r in raw[split] if row_key(task, r) not in test_keys]
+        if len(kept) < len(raw[split]):
+            log.info("%s: dropped %d rows whose input is also a test row", origin[split], len(raw[split]) - len(kept))
+        raw[split] = kept
 
 
 def _carve(task: Task, raw: dict[str, list[dict]], cfg: Mapping) -> dict[str, list[dict]]:
@@ -336,6 +353,7 @@ def _check_disjoint(task: Task) -> None:
             raise ValueError(
                 f"task {task.name!r}: {len(shared)} row(s) appear in both {a} and {b}, e.g. {example[:120]!r}; "
                 "splits must be disjoint"
+                + ("; task.drop_test_overlap=true drops them from the other files" if b == "test" else "")
             )
 
 
