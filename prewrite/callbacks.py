@@ -95,10 +95,11 @@ class TimeEstimate(L.Callback):
         self.times["done"] = time.perf_counter()
         done_steps = module.rollout_step  # more than 1 after a resume
         step_s = self.times["done"] - self.times["first_step"]
-        # a resumed run did no step-0 evaluation: count an evaluation as long as a step
-        eval_s = self.times["first_step"] - self.times["start"] if done_steps == 1 else step_s
+        # step 0 scored two instructions on dev (the initial one and the first greedy rewrite), a later
+        # evaluation scores one; a resumed run did no step-0 evaluation: count one as long as a step
+        eval_s = (self.times["first_step"] - self.times["start"]) / 2 if done_steps == 1 else step_s
         left_steps = self.steps - done_steps
-        left_evals = left_steps // self.eval_every
+        left_evals = self.steps // self.eval_every - done_steps // self.eval_every
         total = left_steps * step_s + left_evals * eval_s
         print(
             f"Step {done_steps} took {step_s:.0f} s and a dev evaluation {eval_s:.0f} s: the remaining {left_steps} "
