@@ -11,8 +11,11 @@ from omegaconf import OmegaConf
 from prewrite import train as train_mod
 from tests.conftest import CONF, ROOT
 
-# sweep and experiment options are global packages: sweeps composed in tests/test_sweep.py, experiments below
-GROUPS = sorted(p.name for p in CONF.iterdir() if p.is_dir() and p.name not in ("hydra", "sweep", "experiment"))
+# sweep and experiment options are global packages: sweeps composed in tests/test_sweep.py, experiments below;
+# baselines is part of compare.yaml and search.yaml, not of training (composed in test_search_and_compare_...)
+GROUPS = sorted(
+    p.name for p in CONF.iterdir() if p.is_dir() and p.name not in ("hydra", "sweep", "experiment", "baselines")
+)
 OPTIONS = [(g, f.stem) for g in GROUPS for f in sorted((CONF / g).glob("*.yaml"))]
 # Options with a mandatory (???) value, composed here with one; without it, see tests/test_task_jsonl.py.
 REQUIRED = {("task", "jsonl"): ["task.path=rows.jsonl"]}
@@ -40,6 +43,13 @@ def test_experiment_sets_its_task_and_results_folder_for_train_and_compare(compo
         container = OmegaConf.to_container(cfg, resolve=True)
         assert container["task"]["name"] == task and container["steps"] % container["eval_every"] == 0
         assert container["results_dir"].endswith(f"experiments/{name}") and not OmegaConf.missing_keys(cfg)
+
+
+@pytest.mark.parametrize("config", ["compare", "search"])
+def test_search_and_compare_compose_the_baselines_settings(compose_config, config):
+    cfg = compose_config(config)
+    container = OmegaConf.to_container(cfg, resolve=True)
+    assert {"ape", "opro", "gepa"} <= set(container) and container["max_new_tokens"] > 0
 
 
 def test_unknown_option_lists_valid_ones(compose_train):
