@@ -100,7 +100,9 @@ def test_jobs_are_children_of_one_parent_and_failures_are_recorded(sweep_env):
     assert run(0, finishes) == 0.75
     assert run(1, fails_in_training) is None  # no objective: the sweep goes on
     assert run(2, fails_before_a_run) is None
-    callback.on_multirun_end(master)
+    with pytest.raises(SystemExit) as stop:  # the multirun exits non-zero once its parent is closed
+        callback.on_multirun_end(master)
+    assert stop.value.code == 1
 
     info = json.loads((tmp_path / "sweep" / sweep.SWEEP_FILE).read_text())
     runs = client.search_runs([client.get_experiment_by_name("prewrite-sst2").experiment_id])
@@ -126,7 +128,8 @@ def test_jobs_are_children_of_one_parent_and_failures_are_recorded(sweep_env):
 def test_a_sweep_whose_jobs_all_failed_is_failed(sweep_env):
     master, callback, run, client, tmp_path = sweep_env
     run(0, lambda cfg, tags: math.sqrt(-1))
-    callback.on_multirun_end(master)
+    with pytest.raises(SystemExit):
+        callback.on_multirun_end(master)
     parent = json.loads((tmp_path / "sweep" / sweep.SWEEP_FILE).read_text())["parent_run_id"]
     assert client.get_run(parent).info.status == "FAILED"
 
@@ -145,7 +148,8 @@ def test_a_failing_job_stops_a_single_run_but_not_a_sweep(tmp_path):
     assert single.returncode != 0 and "Task data file not found" in single.stderr
 
     multi = subprocess.run([*train, "-m", *bad, "seed=0,1"], cwd=ROOT, capture_output=True, text=True, timeout=300)
-    assert multi.returncode == 0, multi.stderr[-3000:]
+    # every job ran (the sweep went on), then the multirun exited non-zero, naming the failed jobs
+    assert multi.returncode == 1 and "2 job(s) of the multirun failed" in multi.stderr, multi.stderr[-3000:]
     client = MlflowClient(f"sqlite:///{tmp_path}/mlflow.db")
     runs = client.search_runs([client.get_experiment_by_name("prewrite-jsonl").experiment_id])
     children = [r for r in runs if MLFLOW_PARENT_RUN_ID in r.data.tags]
