@@ -73,5 +73,5 @@ def test_a_user_file_trains_and_evaluates(tmp_path, kind, suffix, metric):
     assert evaluate.returncode == 0, evaluate.stderr[-4000:]
     report = json.loads((tmp_path / "eval" / "evaluation.json").read_text())
     by_method = {r["method"]: r for r in report["results"]}
-    assert set(by_method) == {"initial", "prewrite_i", "prewrite_s"}
+    assert set(by_method) == {"initial", "prewrite_i", "prewrite_s", "prewrite_s_or_initial"}
     assert all(0.0 <= r[f"test_{metric}"] <= 1.0 for r in by_method.values())
