@@ -191,13 +191,13 @@ class PRewriteModule(L.LightningModule):
         t4 = time.perf_counter()
 
         valid = rewards[~torch.isnan(rewards)]
-        per_rank_se = distributed.over_ranks(self, {"se": _nanmean(scores.reward_se)}, summed=())["se"]
         per_rank = {  # this rank's numbers, summed (SUMMED_OVER_RANKS) or averaged over ranks
             "train/metric_none": float(scores.none_values),  # per-example metric values left out
             "train/empty_rewrites": float(sum(not t for t in rollout.texts)),
             "train/completion_length": rollout.completion_mask.sum(1).float().mean(),
             "train/truncated_fraction": rollout.truncated.float().mean(),
             "train/task_llm_calls": float(self.scorer.backend.num_calls - calls_before),
+            "train/reward_se": _nanmean(scores.reward_se),  # averaged over ranks with the rest
             "train/time/rollout_s": t1 - t0,
             "train/time/reward_s": t2 - t1,
             "train/time/update_s": t3 - t2,
@@ -209,13 +209,13 @@ class PRewriteModule(L.LightningModule):
         metrics = {  # over every rank's rewards
             "train/reward": valid.mean() if len(valid) else torch.tensor(float("nan")),
             "train/reward_std": valid.std() if len(valid) > 1 else torch.tensor(0.0),
-            **reward_signal(rewards, algo.get("num_generations", len(rewards)), per_rank_se),
             "train/reward_none": float(len(rewards) - len(valid)),  # rewrites with no computable reward
             **distributed.over_ranks(self, per_rank, summed=SUMMED_OVER_RANKS),
             **self.usage_totals(rollout),
             "train/skipped_updates": float(self.skipped_updates),
             "train/lr": self.lr_schedulers().get_last_lr()[0],
         }
+        metrics |= reward_signal(rewards, algo.get("num_generations", len(rewards)), metrics["train/reward_se"])
         self.log_to_loggers(metrics)
         self.log("reward", metrics["train/reward"], prog_bar=True, logger=False, batch_size=1)
         dev = [r[self.monitor] for r in self.rewrite_rows if r["split"] == "dev"]
