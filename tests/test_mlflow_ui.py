@@ -41,12 +41,18 @@ METRIC_VALUES_JS = """key => {
   return [...grids[grids.indexOf(names) + 1].children].filter(c => c.style.top === top)
     .sort((a, b) => parseFloat(a.style.left) - parseFloat(b.style.left)).map(c => c.textContent.trim());
 }"""
-# Where to point the mouse wheel to scroll the metrics: the middle of the values grid.
-METRICS_CENTER_JS = """() => {
+# Scrolls the metrics table to `y` px as its scrollbar does: the values grid scrolls and the names grid
+# follows it, one scroll event late, so a second 1 px scroll brings the names to `y` too. Returns the
+# table's full height.
+SCROLL_METRICS_JS = """async y => {
   const name = document.querySelector('a[title="Plot chart"]');  // any metric row still rendered
   const grids = [...document.querySelectorAll('.ReactVirtualized__Grid')];
-  const box = grids[grids.indexOf(name.closest('.ReactVirtualized__Grid')) + 1].getBoundingClientRect();
-  return [box.x + box.width / 2, box.y + box.height / 2];
+  const values = grids[grids.indexOf(name.closest('.ReactVirtualized__Grid')) + 1];
+  for (const top of [y, y + 1]) {
+    values.scrollTop = top;
+    await new Promise(done => setTimeout(done, 100));
+  }
+  return values.scrollHeight;
 }"""
 
 if CHROMIUM is None:
@@ -112,11 +118,21 @@ def rewrites(client, run_id, dst):
     return [dict(zip(table["columns"], row, strict=True)) for row in table["data"]]
 
 
-def scroll_metrics(page, dy: int) -> None:
-    """Scrolls the metrics table as a user would (names and values stay in step)."""
-    page.mouse.move(*page.evaluate(METRICS_CENTER_JS))
-    page.mouse.wheel(0, dy)
+def scroll_metrics(page, y: int) -> int:
+    height = page.evaluate(SCROLL_METRICS_JS, y)
     page.wait_for_timeout(200)
+    return height
+
+
+def metric_values(page, key: str) -> list[str] | None:
+    """The values the comparison shows for `key`, one per run, scrolling the table down to its row."""
+    y, height = 0, scroll_metrics(page, 0)
+    while y < height:
+        if values := page.evaluate(METRIC_VALUES_JS, key):
+            return values
+        y += 200
+        scroll_metrics(page, y)
+    return None
 
 
 def shown(text: str) -> str:
@@ -138,12 +154,7 @@ def test_run_comparison_shows_both_runs_metrics_and_rewrites(server, page, tmp_p
         assert page.get_by_text(run.info.run_name, exact=True).count() >= 1
 
     for key in ("dev/best/accuracy", "dev/accuracy", "train/reward", "system/cpu_utilization_percentage"):
-        scroll_metrics(page, -10_000)
-        for _ in range(20):  # rows further down render once the table is scrolled to them
-            values = page.evaluate(METRIC_VALUES_JS, key)
-            if values:
-                break
-            scroll_metrics(page, 200)
+        values = metric_values(page, key)
         assert values and len(values) == 2, key
         for value, run in zip(values, runs, strict=True):
             assert float(value) == pytest.approx(run.data.metrics[key], rel=1e-3, abs=1e-3), key
@@ -155,10 +166,7 @@ def test_run_comparison_shows_both_runs_metrics_and_rewrites(server, page, tmp_p
         text = shown(preview.inner_text())
         for row in rewrites(client, run.info.run_id, tmp_path):
             assert shown(json.dumps(row["rewrite"], ensure_ascii=False)) in text
-    # the metrics from the top, for the record; the UI's names column follows the values column one
-    # scroll event late, so a last 1 px nudge brings them into line
-    for dy in (-10_000, 1, -1):
-        scroll_metrics(page, dy)
+    scroll_metrics(page, 0)  # the metrics from the top, for the record
     page.screenshot(path=str(tmp_path / "compare_runs.png"))
     assert (tmp_path / "compare_runs.png").stat().st_size > 10_000
 
