@@ -1,4 +1,4 @@
-"""Faults that used to lose work: a stop signal, a non-finite update, torn state files, a kill between a
+"""Faults that used to lose work: a kill, a stop signal, a non-finite update, torn state files, a kill between a
 checkpoint and its metrics, a key sent to the wrong host, bad data files, a full disk."""
 
 import json
@@ -28,7 +28,7 @@ ARGS = [
     "algorithm.num_generations=3", "algorithm.max_completion_length=12",
     "trainer.enable_progress_bar=false", "log_rewriter_to_mlflow=false", "system_metrics_interval_s=null",
 ]  # fmt: skip
-SAME = ["train/reward", "train/loss", "train/completion_length", "dev/accuracy", "dev/reward"]
+SAME = ["train/reward", "train/loss", "train/kl", "train/completion_length", "dev/accuracy", "dev/reward"]
 
 
 def command(outputs, run_dir, *extra, prelude=None):
@@ -64,6 +64,38 @@ def assert_same_as_clean(outputs, expected):
     for key in SAME:
         assert [s for s, _ in got[key]] == [s for s, _ in expected[key]], key  # every step exactly once
         assert [v for _, v in got[key]] == pytest.approx([v for _, v in expected[key]], nan_ok=True), key
+
+
+@pytest.mark.integration
+def test_sigkill_after_a_checkpoint_resumes_with_identical_metrics_and_one_mlflow_run(tmp_path, clean):
+    run_dir = tmp_path / "run"
+    victim = subprocess.Popen(
+        command(tmp_path, run_dir), cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
+    )
+    try:
+        # dev/accuracy at step 2 reaches MLflow only once the step-2 checkpoint is written
+        deadline = time.time() + 600
+        while time.time() < deadline:
+            if (tmp_path / "mlflow.db").exists() and (run_dir / "checkpoints" / "last.ckpt").exists():
+                if any(step == 2 for step, _ in histories(tmp_path)[1]["dev/accuracy"]):
+                    break
+            time.sleep(0.5)
+        else:
+            pytest.fail("no checkpoint at step 2 within 10 minutes")
+        os.kill(victim.pid, signal.SIGKILL)
+        victim.wait(timeout=60)
+    finally:
+        if victim.poll() is None:
+            victim.kill()
+    runs, partial = histories(tmp_path)
+    assert runs[0].info.status == "RUNNING"  # killed: never finalized
+    assert max(s for s, _ in partial["train/loss"]) == 2  # metrics after the checkpoint were held back
+
+    proc = subprocess.run(command(tmp_path, run_dir), cwd=ROOT, capture_output=True, text=True, timeout=900)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert_same_as_clean(tmp_path, clean)
+    rows = [json.loads(line) for line in (run_dir / "rewrites.jsonl").read_text().splitlines()]
+    assert sorted(r["step"] for r in rows if r["split"] == "train") == [s for s in range(1, 6) for _ in range(3)]
 
 
 @pytest.mark.integration
