@@ -151,6 +151,30 @@ def test_a_corrupt_file_is_moved_aside_and_rebuilt(cache_path, caplog, damage):
     assert sqlite3.connect(cache_path).execute("PRAGMA quick_check").fetchone() == ("ok",)
 
 
+def test_corruption_found_mid_run_turns_the_cache_off_and_the_run_goes_on(cache_path, caplog):
+    prompts = [f"prompt {i} " + "x" * 200 for i in range(500)]
+    cache = ResponseCache(cache_path)
+    CachedBackend(FakeBackend(), cache).generate(prompts)
+    cache.close()
+    cache = ResponseCache(cache_path)  # opens and checks a sound file
+    # as with a cache far larger than memory: the pages the check read are not kept
+    cache._connection().execute("PRAGMA cache_size = 1")
+    with open(cache_path, "r+b") as f:
+        f.seek(4096)
+        f.write(os.urandom(cache_path.stat().st_size - 4096))
+
+    inner = FakeBackend()
+    backend = CachedBackend(inner, cache)
+    with caplog.at_level(logging.WARNING, logger="prewrite.backends.cache"):
+        assert backend.generate(prompts[:3] + ["new"]) == [f"fake:{p}" for p in prompts[:3] + ["new"]]
+        assert backend.generate(["new 2"]) == ["fake:new 2"]  # writes skipped, reads skipped: no error
+    assert inner.received == [prompts[:3] + ["new"], ["new 2"]]  # answered by the model instead
+    assert cache.broken and caplog.text.count("turned out corrupt") == 1 and str(cache_path) in caplog.text
+    cache.close()
+    ResponseCache(cache_path)  # the next start moves it aside
+    assert len(list(cache_path.parent.glob("responses.sqlite.corrupt-*"))) == 1
+
+
 def test_a_backend_without_an_identity_cannot_be_cached(cache_path):
     class NoIdentity:
         def generate(self, prompts):

@@ -32,6 +32,10 @@ class ResponseCache:
     writer's lock, and the few `database is locked` errors SQLite still raises (e.g. while a WAL
     checkpoint or the switch to WAL runs) are retried with backoff. Writes take the write lock up front
     (BEGIN IMMEDIATE) so that two writers never deadlock upgrading a read lock.
+
+    A file found corrupt when it opens is moved aside and rebuilt. One found corrupt later, while a run
+    reads or writes it, is left alone (other processes may hold it open): the run warns once and goes
+    on without the cache, asking the task model instead; the next start moves the file aside.
     """
 
     def __init__(self, path: str | os.PathLike, busy_timeout_s: float = 30.0, lock_retries: int = 8):
@@ -40,6 +44,7 @@ class ResponseCache:
         self.lock_retries = lock_retries
         self._conn: sqlite3.Connection | None = None
         self._pid: int | None = None
+        self.broken: str | None = None  # why the cache stopped being used mid-run (corruption)
         self._connection()  # open and check now: a corrupt file is reported when the run starts
 
     def __repr__(self) -> str:
@@ -115,6 +120,25 @@ class ResponseCache:
                     raise sqlite3.OperationalError(f"response cache {self.path}: {what} failed: {e}") from e
                 time.sleep(min(2.0, 0.05 * 2**attempt) * random.uniform(0.5, 1.0))
 
+    def _guard(self, fn: Callable, what: str, fallback):
+        """Runs a read or write; corruption found now turns the cache off for this process (a cache
+        miss costs a task-model call, a crash costs the run)."""
+        if self.broken:
+            return fallback
+        try:
+            return self._retry(fn, what)
+        except sqlite3.OperationalError:
+            raise  # locked for too long, or unreadable: not evidence of corruption
+        except sqlite3.DatabaseError as e:
+            self.broken = f"{what}: {e}"
+            log.warning(
+                "Response cache %s turned out corrupt during this run (%s): going on without it (answers "
+                "are asked of the task model); the next run moves it aside and starts an empty one.",
+                self.path,
+                self.broken,
+            )
+            return fallback
+
     # -- reading and writing -----------------------------------------------------------------------
 
     def get_many(self, keys: Iterable[str]) -> dict[str, object]:
@@ -124,7 +148,8 @@ class ResponseCache:
         for start in range(0, len(keys), _SQL_CHUNK):
             chunk = keys[start : start + _SQL_CHUNK]
             sql = f"SELECT key, value FROM responses WHERE key IN ({','.join('?' * len(chunk))})"
-            rows = self._retry(lambda sql=sql, chunk=chunk: self._connection().execute(sql, chunk).fetchall(), "read")
+            read = lambda sql=sql, chunk=chunk: self._connection().execute(sql, chunk).fetchall()  # noqa: E731
+            rows = self._guard(read, "read", [])
             found.update((k, json.loads(v)) for k, v in rows)
         return found
 
@@ -146,7 +171,7 @@ class ResponseCache:
                 conn.execute("ROLLBACK")
                 raise
 
-        self._retry(write, "write")
+        self._guard(write, "write", None)
 
     def __len__(self) -> int:
         return self._retry(lambda: self._connection().execute("SELECT COUNT(*) FROM responses").fetchone()[0], "count")
