@@ -18,7 +18,7 @@ from hydra.utils import instantiate
 from lightning.pytorch.loggers import MLFlowLogger
 from omegaconf import DictConfig
 
-from prewrite import plots, precision
+from prewrite import plots, precision, prompt_registry
 from prewrite import rewriter as rewriter_lib
 from prewrite.backends import build_backend
 from prewrite.rewards import RewriteScorer
@@ -65,7 +65,9 @@ def evaluate(cfg: DictConfig) -> dict[str, float]:
         | {"selected": c["instruction"] == selected}
         for i, c in enumerate(selection.scored)
     ]
-    _report(cfg, task.name, metric, len(dev_rows), len(test_rows), table, candidates_table, results)
+    run_id = _report(cfg, task.name, metric, len(dev_rows), len(test_rows), table, candidates_table, results)
+    if run_id and cfg.register_prompts:
+        _register_prompts(cfg, task, dev_rows, len(test_rows), table, run_id)
     return results
 
 
@@ -85,7 +87,25 @@ def prewrite_i_and_s(rw: rewriter_lib.Rewriter, instruction: str, cfg: DictConfi
     return greedy, selection.best["instruction"]
 
 
-def _report(cfg, task_name, metric, n_dev, n_test, table, candidates_table, results) -> None:
+def _register_prompts(cfg, task, dev_rows: list[dict], n_test: int, table: list[dict], run_id: str) -> None:
+    """PRewrite-I and PRewrite-S as versions of the task's prompt, with their dev and test scores."""
+    where = f"evaluation run {run_id} of rewriter {cfg.rewriter_path}"
+    origins = {
+        "prewrite_i": f"PRewrite-I (greedy rewrite), {where}",
+        "prewrite_s": f"PRewrite-S (best on dev of {cfg.num_samples} sampled rewrites), {where}",
+    }
+    dev, test = f"dev_{task.metric}", f"test_{task.metric}"
+    chosen = [
+        prompt_registry.Chosen(r["instruction"], r["method"], run_id, origins[r["method"]], r[dev], cfg.seed, r[test])
+        for r in table
+        if r["method"] in origins
+    ]
+    scored = prompt_registry.scored_on(task.metric, dev_rows, cfg.task_backend)
+    prompt_registry.register(cfg.logger.tracking_uri, task.name, chosen, scored, n_test)
+
+
+def _report(cfg, task_name, metric, n_dev, n_test, table, candidates_table, results) -> str | None:
+    """Prints the table and writes it to the run folder and to MLflow; returns the MLflow run id, if any."""
     print(
         f"\n{task_name}: {metric} on {n_test} test rows; "
         f"PRewrite-S chosen among {len(candidates_table)} candidates on {n_dev} dev rows"
@@ -108,6 +128,8 @@ def _report(cfg, task_name, metric, n_dev, n_test, table, candidates_table, resu
         logger.experiment.log_artifact(logger.run_id, str(png), "plots")
         logger.finalize("success")
         print(f"MLflow run {logger.run_id}")
+        return logger.run_id
+    return None
 
 
 def _columns(rows: list[dict]) -> dict[str, list]:
