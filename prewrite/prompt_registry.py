@@ -118,13 +118,19 @@ def _register_one(name: str, text: str, group: list[Chosen], scored: dict[str, s
             raise
         # another run (a parallel sweep job) created the prompt between our look-up and our create
         version = mlflow.genai.register_prompt(name, text, commit_message=message)
-    tags = {"run_id": ",".join(dict.fromkeys(c.run_id for c in group)), "method": ",".join(c.method for c in group)}
+    # In this order on the UI's prompt page, which shows the first three
+    tags = {"method": ",".join(c.method for c in group)}
+    if first.dev_score is not None:
+        tags["dev_score"] = str(first.dev_score)
+    if first.test_score is not None:
+        tags["test_score"] = str(first.test_score)
+    tags["run_id"] = ",".join(dict.fromkeys(c.run_id for c in group))
     if first.seed is not None:
         tags["seed"] = str(first.seed)
     if first.dev_score is not None:
-        tags |= {"dev_score": str(first.dev_score)} | scored
+        tags |= scored
     if first.test_score is not None:
-        tags |= {"test_score": str(first.test_score), "test_rows": str(test_rows)}
+        tags["test_rows"] = str(test_rows)
     # Version tags, set one by one: register_prompt's `tags` would also overwrite the prompt's own tags
     # with this version's run, method and scores.
     for key, value in tags.items():
