@@ -64,6 +64,8 @@ def register(
     the new version numbers; on any error warns in one line and returns what was registered."""
     name = prompt_name(task_name)
     versions: list[int] = []
+    if not chosen:
+        return versions
     try:
         with _store(tracking_uri, chosen[0].run_id):
             best = None
@@ -75,7 +77,8 @@ def register(
             if best:
                 _move_alias(name, *best, scored)
     except Exception as e:  # the run's results stand without the registry
-        log.warning("Prompt registry: %s not fully registered (%s: %s)", name, type(e).__name__, str(e).strip())
+        message = " ".join(str(e).split())[:500]  # one line, however MLflow formats its errors
+        log.warning("Prompt registry: %s not fully registered (%s: %s)", name, type(e).__name__, message)
     return versions
 
 

@@ -51,7 +51,8 @@ SETTINGS_FILE = "settings.json"  # in a run folder: the settings a re-launch in 
 # What a re-launch may change without changing what the run computes: where files and logs go, how
 # progress shows, which checkpoint to resume, the response cache (it serves only identical answers), and
 # prewrite.compare's list of seeds and results folder (a seed's results do not depend on the others).
-# A multirun's exit code and the non-finite patience (new keys, absent from older folders) change no result.
+# A multirun's exit code, the non-finite patience and the Prompt Registry switch (new keys, absent from older
+# folders) change no result.
 RELAUNCH_MAY_CHANGE = (
     "paths", "logger", "ckpt_path", "cache", "system_metrics_interval_s", "trainer.enable_progress_bar",
     "seeds", "results_dir", "multirun_fails_on_job_error", "max_skipped_updates_in_a_row", "register_prompts",

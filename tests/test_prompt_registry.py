@@ -129,7 +129,7 @@ def test_a_failed_registration_warns_in_one_line_and_returns(store, monkeypatch,
     run_id = run()
 
     def broken(*args, **kwargs):
-        raise MlflowException("the registry is down")
+        raise MlflowException("the registry\n  is down")
 
     monkeypatch.setattr(mlflow.genai, "register_prompt", broken)
     with caplog.at_level(logging.WARNING, "prewrite.prompt_registry"):
