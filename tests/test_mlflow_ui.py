@@ -242,6 +242,6 @@ def test_a_runs_overview_shows_its_description_best_rewrite_and_prompts(server, 
     assert "Initial instruction: dev accuracy" in text and "Selected: " in text
     assert shown(run.data.tags["prewrite.best_rewrite"]) in shown(text)
     mine = sorted(n for n, v in registered_versions(client).items() if v.tags["run_id"] == run.info.run_id)
-    for number in mine:
-        assert page.get_by_text(f"prewrite-sst2 (v{number})").count() == 1
+    for number in mine:  # listed once the run's prompt links have loaded
+        playwright.expect(page.get_by_text(f"prewrite-sst2 (v{number})")).to_have_count(1, timeout=30_000)
     page.screenshot(path=str(tmp_path / "run_overview.png"))
