@@ -30,7 +30,7 @@ from mlflow import MlflowClient
 from mlflow.utils.mlflow_tags import MLFLOW_PARENT_RUN_ID, MLFLOW_RUN_NAME
 from omegaconf import DictConfig, OmegaConf
 
-from prewrite import plots, precision, search
+from prewrite import plots, precision, prompt_registry, search
 from prewrite import rewriter as rewriter_lib
 from prewrite.backends import build_backend
 from prewrite.evaluate import prewrite_i_and_s
@@ -160,6 +160,8 @@ def run_seed(cfg, seed: int, task: Task, backend, folder: Path, client, parent) 
         result["run_ids"] = {"rl": rl_id}
         for method in cfg.methods:
             result["run_ids"][method] = _log_search_run(client, parent, cfg, method, seed, result)
+        if cfg.register_prompts:
+            _register_prompts(cfg, task, dev_rows, len(test_rows), result, parent)
     folder.mkdir(parents=True, exist_ok=True)
     done.write_text(json.dumps(result, indent=2))
     return result
@@ -181,6 +183,19 @@ def _log_search_run(client: MlflowClient, parent: str, cfg, method: str, seed: i
     search.log_search_run(client, run_id, method, metric, one | {"instruction": result["instructions"][method]})
     client.set_terminated(run_id, "FINISHED")
     return run_id
+
+
+def _register_prompts(cfg, task: Task, dev_rows: list[dict], n_test: int, result: dict, parent: str) -> None:
+    """Each method's chosen instruction as a version of the task's prompt (the initial one and training's
+    best are registered by the training itself)."""
+    run_ids = {"prewrite_i": result["rl_run_id"], "prewrite_s": result["rl_run_id"]} | result["run_ids"]
+    seed, chosen = result["seed"], []
+    for m in ["prewrite_i", "prewrite_s", *cfg.methods]:
+        origin = f"{LABELS[m]}, comparison run {parent}, seed {seed}"
+        instruction, dev, test = result["instructions"][m], result["dev"][m], result["test"][m]
+        chosen.append(prompt_registry.Chosen(instruction, m, run_ids[m], origin, dev, seed, test))
+    scored = prompt_registry.scored_on(task.metric, dev_rows, cfg.task_backend)
+    prompt_registry.register(cfg.logger.tracking_uri, task.name, chosen, scored, n_test)
 
 
 def summarize(seeds: list[dict], metric: str, methods: list[str]) -> dict:

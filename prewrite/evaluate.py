@@ -18,12 +18,13 @@ from hydra.utils import instantiate
 from lightning.pytorch.loggers import MLFlowLogger
 from omegaconf import DictConfig
 
-from prewrite import plots, precision
+from prewrite import plots, precision, prompt_registry
 from prewrite import rewriter as rewriter_lib
 from prewrite.backends import build_backend
-from prewrite.rewards import RewriteScorer
+from prewrite.rewards import RewriteScorer, Scores
+from prewrite.rewards.scorer import gold_text
 from prewrite.search import DevSelection, or_initial
-from prewrite.tasks import load_task
+from prewrite.tasks import Task, load_task
 from prewrite.train import log_config_to_mlflow
 
 log = logging.getLogger(__name__)
@@ -53,7 +54,8 @@ def evaluate(cfg: DictConfig) -> dict[str, float]:
     # Report on test: only now, and only the chosen instructions.
     test_rows = task.eval_rows("test", cfg.test_examples, cfg.seed)
     reported = {"initial": initial, "prewrite_i": greedy, "prewrite_s": selected, "prewrite_s_or_initial": safe}
-    test_scores = scorer(list(reported.values()), test_rows).metrics[metric]
+    on_test = scorer(list(reported.values()), test_rows)
+    test_scores = on_test.metrics[metric]
     results = {}
     table = []
     for (name, text), dev, test in zip(reported.items(), dev_reported, test_scores, strict=True):
@@ -65,7 +67,10 @@ def evaluate(cfg: DictConfig) -> dict[str, float]:
         | {"selected": c["instruction"] == selected}
         for i, c in enumerate(selection.scored)
     ]
-    _report(cfg, task.name, metric, len(dev_rows), len(test_rows), table, candidates_table, results)
+    examples = examples_table(task, list(reported), on_test, test_rows)
+    run_id = _report(cfg, task.name, metric, len(dev_rows), len(test_rows), table, candidates_table, examples, results)
+    if run_id and cfg.register_prompts:
+        _register_prompts(cfg, task, dev_rows, len(test_rows), table, run_id)
     return results
 
 
@@ -85,7 +90,44 @@ def prewrite_i_and_s(rw: rewriter_lib.Rewriter, instruction: str, cfg: DictConfi
     return greedy, selection.best["instruction"]
 
 
-def _report(cfg, task_name, metric, n_dev, n_test, table, candidates_table, results) -> None:
+def examples_table(task: Task, methods: list[str], scores: Scores, rows: list[dict]) -> list[dict]:
+    """One row per test example: its input and gold answer, then each method's answer and score side by
+    side, so a row shows where a rewrite gains or loses against the initial instruction. A metric defined
+    only over a whole sample (macro-F1) has no per-example score: null."""
+    per_example = scores.per_example.get(task.metric)
+    table = []
+    for j, row in enumerate(rows):
+        fields = task.input_fields
+        text = str(row[fields[0]]) if len(fields) == 1 else "\n".join(f"{f}: {row[f]}" for f in fields)
+        gold = task.gold(row)
+        gold = " | ".join(map(str, gold)) if isinstance(gold, list | tuple) else gold_text(task, gold)
+        entry = {"input": text, "gold": gold}
+        for i, method in enumerate(methods):
+            entry[f"{method}_answer"] = scores.answers[i][j]
+            entry[f"{method}_{task.metric}"] = per_example[i][j] if per_example else None
+        table.append(entry)
+    return table
+
+
+def _register_prompts(cfg, task, dev_rows: list[dict], n_test: int, table: list[dict], run_id: str) -> None:
+    """PRewrite-I and PRewrite-S as versions of the task's prompt, with their dev and test scores."""
+    where = f"evaluation run {run_id} of rewriter {cfg.rewriter_path}"
+    origins = {
+        "prewrite_i": f"PRewrite-I (greedy rewrite), {where}",
+        "prewrite_s": f"PRewrite-S (best on dev of {cfg.num_samples} sampled rewrites), {where}",
+    }
+    dev, test = f"dev_{task.metric}", f"test_{task.metric}"
+    chosen = [
+        prompt_registry.Chosen(r["instruction"], r["method"], run_id, origins[r["method"]], r[dev], cfg.seed, r[test])
+        for r in table
+        if r["method"] in origins
+    ]
+    scored = prompt_registry.scored_on(task.metric, dev_rows, cfg.task_backend)
+    prompt_registry.register(cfg.logger.tracking_uri, task.name, chosen, scored, n_test)
+
+
+def _report(cfg, task_name, metric, n_dev, n_test, table, candidates_table, examples, results) -> str | None:
+    """Prints the table and writes it to the run folder and to MLflow; returns the MLflow run id, if any."""
     print(
         f"\n{task_name}: {metric} on {n_test} test rows; "
         f"PRewrite-S chosen among {len(candidates_table)} candidates on {n_dev} dev rows"
@@ -105,9 +147,12 @@ def _report(cfg, task_name, metric, n_dev, n_test, table, candidates_table, resu
         logger.log_metrics({k: float("nan") if v is None else v for k, v in results.items()})
         logger.experiment.log_table(logger.run_id, _columns(table), "evaluation.json")
         logger.experiment.log_table(logger.run_id, _columns(candidates_table), "candidates.json")
+        logger.experiment.log_table(logger.run_id, _columns(examples), "test_examples.json")
         logger.experiment.log_artifact(logger.run_id, str(png), "plots")
         logger.finalize("success")
         print(f"MLflow run {logger.run_id}")
+        return logger.run_id
+    return None
 
 
 def _columns(rows: list[dict]) -> dict[str, list]:

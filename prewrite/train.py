@@ -24,10 +24,10 @@ from hydra.utils import instantiate
 from lightning.pytorch.callbacks import EarlyStopping
 from lightning.pytorch.utilities import rank_zero_only
 from mlflow import MlflowClient
-from mlflow.utils.mlflow_tags import MLFLOW_PARENT_RUN_ID, MLFLOW_RUN_NAME
+from mlflow.utils.mlflow_tags import MLFLOW_PARENT_RUN_ID, MLFLOW_RUN_NAME, MLFLOW_RUN_NOTE
 from omegaconf import DictConfig, OmegaConf
 
-from prewrite import distributed, faults, fsio, precision, search, sweep
+from prewrite import distributed, faults, fsio, precision, prompt_registry, search, sweep
 from prewrite.backends import build_backend
 from prewrite.callbacks import (
     LastCheckpoint,
@@ -44,16 +44,18 @@ from prewrite.tasks import Task, load_task
 log = logging.getLogger(__name__)
 
 MLFLOW_PARAM_MAX = 6000  # MLflow's limit on a param value
+MLFLOW_TAG_MAX = 8000  # MLflow's limit on a run tag value
 RUN_ID_FILE = "mlflow_run_id"  # in a run (or stage) folder: the MLflow run a resume continues
 RESULT_FILE = "result.json"  # in a run (or stage) folder: written when it finished
 SETTINGS_FILE = "settings.json"  # in a run folder: the settings a re-launch in that folder must repeat
 # What a re-launch may change without changing what the run computes: where files and logs go, how
 # progress shows, which checkpoint to resume, the response cache (it serves only identical answers), and
 # prewrite.compare's list of seeds and results folder (a seed's results do not depend on the others).
-# A multirun's exit code and the non-finite patience (new keys, absent from older folders) change no result.
+# A multirun's exit code, the non-finite patience and the Prompt Registry switch (new keys, absent from older
+# folders) change no result.
 RELAUNCH_MAY_CHANGE = (
     "paths", "logger", "ckpt_path", "cache", "system_metrics_interval_s", "trainer.enable_progress_bar",
-    "seeds", "results_dir", "multirun_fails_on_job_error", "max_skipped_updates_in_a_row",
+    "seeds", "results_dir", "multirun_fails_on_job_error", "max_skipped_updates_in_a_row", "register_prompts",
 )  # fmt: skip
 
 
@@ -214,6 +216,12 @@ def fit_stage(
             logger.experiment.set_tag(logger.run_id, "prewrite.selected", selected)
             chosen_dev = initial_dev if best["selected_is_initial"] else best["score"]
             logger.experiment.log_metric(logger.run_id, f"dev/selected/{module.monitor}", chosen_dev)
+            if best["rewrite"] is not None:
+                logger.experiment.set_tag(logger.run_id, "prewrite.best_rewrite", best["rewrite"][:MLFLOW_TAG_MAX])
+            note = run_description(cfg, task.name, module.monitor, len(dev_rows), instruction, best)
+            logger.experiment.set_tag(logger.run_id, MLFLOW_RUN_NOTE, note)
+            if cfg.register_prompts:
+                _register_prompts(cfg, task, module.monitor, dev_rows, instruction, best, logger.run_id)
         if logger and cfg.log_rewriter_to_mlflow and export_dir.exists():
             logger.experiment.log_artifacts(logger.run_id, str(export_dir), "rewriter")
         fsio.atomic_write_text(run_dir / RESULT_FILE, json.dumps(best))
@@ -229,6 +237,50 @@ def fit_stage(
         if logger:
             print(f"MLflow run {logger.run_id} in experiment {logger._experiment_name!r}")
     return best
+
+
+def run_description(cfg: DictConfig, task_name: str, metric: str, n_dev: int, instruction: str, best: dict) -> str:
+    """The run's description in the MLflow UI (markdown): the initial instruction against the best
+    rewrite on dev, and which one the run hands the user."""
+
+    def quoted(text: str) -> str:  # both instructions must fit one tag value
+        text = text if len(text) <= 3000 else text[:3000] + " [...]"
+        return "\n".join(f"> {line}" for line in text.splitlines() or [""])
+
+    def score(x: float | None) -> str:
+        return "n/a" if x is None else f"{x:.4f}"
+
+    lines = [
+        f"**{task_name}**, {cfg.algorithm.name.upper()}, seed {cfg.seed}, {cfg.steps} steps; "
+        f"dev {metric} on {n_dev} rows.",
+        "",
+        f"Initial instruction: dev {metric} **{score(best['initial_score'])}**",
+        "",
+        quoted(instruction),
+    ]
+    if best["rewrite"] is not None:
+        kept = "the initial instruction (no rewrite beat it on dev)" if best["selected_is_initial"] else "the rewrite"
+        header = f"Best rewrite (step {best['step']}): dev {metric} **{score(best['score'])}**"
+        lines += ["", header, "", quoted(best["rewrite"]), "", f"Selected: {kept}."]
+    if cfg.register_prompts:
+        uri = f"prompts:/{prompt_registry.prompt_name(task_name)}@{prompt_registry.ALIAS}"
+        lines += ["", f"Registered in the Prompt Registry; the best on dev across runs: `{uri}`."]
+    return "\n".join(lines)
+
+
+def _register_prompts(cfg, task: Task, metric: str, dev_rows: list[dict], instruction: str, best: dict, run_id: str):
+    """The initial instruction (stage 0's) and the best rewrite on dev as versions of the task's prompt."""
+    where = f"training run {run_id}"
+    chosen = []
+    if instruction == task.instruction:  # a later stage starts from the previous stage's best, registered then
+        origin = f"initial instruction, scored on dev by {where}"
+        chosen.append(prompt_registry.Chosen(instruction, "initial", run_id, origin, best["initial_score"], cfg.seed))
+    if best["rewrite"] is not None:
+        origin = f"best-on-dev greedy rewrite of {where}, step {best['step']}"
+        chosen.append(prompt_registry.Chosen(best["rewrite"], "train_best", run_id, origin, best["score"], cfg.seed))
+    if chosen:
+        scored = prompt_registry.scored_on(metric, dev_rows, cfg.task_backend)
+        prompt_registry.register(cfg.logger.tracking_uri, task.name, chosen, scored)
 
 
 def _parent_run(cfg: DictConfig, run_dir: Path, tags: dict[str, str]) -> str | None:

@@ -75,6 +75,21 @@ def test_equal_budget_dev_only_selection_mlflow_and_resume(compose_config, monke
     assert runs["gepa-seed0"].data.metrics["usage/rewriter/calls"] == result["rewriter_usage"]["gepa"]["calls"]
     assert "| GEPA" in (tmp_path / "results.md").read_text()
 
+    # each method's choice is a version of the task's prompt, tagged with the run that chose it and its
+    # scores; training registered the initial instruction and its best rewrite; `best` holds the top dev score
+    versions = list(client.search_prompt_versions("prewrite-sst2"))
+    by_method = {m: v for v in versions for m in v.tags["method"].split(",")}
+    assert set(by_method) == {"initial", "train_best", "prewrite_i", "prewrite_s", "ape", "opro", "gepa"}
+    run_ids = result["run_ids"] | {"prewrite_i": result["rl_run_id"], "prewrite_s": result["rl_run_id"]}
+    for method in ("prewrite_i", "prewrite_s", "ape", "opro", "gepa"):
+        version = by_method[method]
+        assert version.template == result["instructions"][method]
+        assert run_ids[method] in version.tags["run_id"].split(",")
+        assert float(version.tags["dev_score"]) == result["dev"][method]
+        assert float(version.tags["test_score"]) == result["test"][method]
+    best = client.get_prompt_version_by_alias("prewrite-sst2", "best")
+    assert float(best.tags["dev_score"]) == max(float(v.tags["dev_score"]) for v in versions)
+
     # a re-run in the same folder finds the seed done: no training, no task-LLM request
     compare_mod.compare(cfg)
     assert spies[1].prompts == []

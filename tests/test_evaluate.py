@@ -54,3 +54,22 @@ def test_prewrite_s_selects_on_dev_and_test_scores_only_the_three_reported(compo
     assert {"evaluation.json", "candidates.json"} <= {a.path for a in client.list_artifacts(run.info.run_id)}
     assert [a.path for a in client.list_artifacts(run.info.run_id, "plots")] == ["plots/methods.png"]
     assert (tmp_path / "plots" / "methods.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+    # per test example, each method's answer and score, side by side
+    table = json.load(open(client.download_artifacts(run.info.run_id, "test_examples.json", str(tmp_path))))
+    examples = [dict(zip(table["columns"], row, strict=True)) for row in table["data"]]
+    assert {e["input"] for e in examples} == test_sentences and len(examples) == 8
+    assert {e["gold"] for e in examples} <= {"negative", "positive"}
+    for name in by_method:
+        assert all(isinstance(e[f"{name}_answer"], str) for e in examples)
+        assert sum(e[f"{name}_accuracy"] for e in examples) / 8 == pytest.approx(by_method[name]["test_accuracy"])
+
+    # PRewrite-I and PRewrite-S in the Prompt Registry (one version if they are the same text)
+    texts = list(dict.fromkeys(by_method[m]["instruction"] for m in ("prewrite_i", "prewrite_s")))
+    versions = [client.get_prompt_version("prewrite-sst2", v) for v in range(1, len(texts) + 1)]
+    assert [v.template for v in versions] == texts
+    for v in versions:
+        method = v.tags["method"].split(",")[0]
+        assert v.tags["run_id"] == run.info.run_id and v.tags["test_rows"] == "8"
+        assert float(v.tags["test_score"]) == by_method[method]["test_accuracy"]
+        assert float(v.tags["dev_score"]) == by_method[method]["dev_accuracy"]

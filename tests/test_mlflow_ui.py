@@ -1,5 +1,7 @@
 """The MLflow UI, in headless Chromium, on a store with two finished training runs: the run comparison
-shows their metrics and their rewrites tables, and a run's rewrites table renders as a table.
+shows their metrics and their rewrites tables, a run's rewrites table renders as a table, the prompt
+page lists the versions the runs registered and diffs two, and a run's overview shows its description,
+best rewrite and registered prompts.
 
 Needs Debian's `chromium` (`.ci/run` installs it) and the playwright package (a dev dependency);
 playwright's own browser download is not used.
@@ -7,6 +9,7 @@ playwright's own browser download is not used.
 
 import json
 import os
+import re
 import shutil
 import signal
 import socket
@@ -53,6 +56,16 @@ SCROLL_METRICS_JS = """async y => {
     await new Promise(done => setTimeout(done, 100));
   }
   return values.scrollHeight;
+}"""
+
+# The prompt comparison's two texts: the baseline, and the compared one as a diff against it, each part
+# with its text decoration (a part only the baseline has is struck through).
+PROMPT_DIFF_JS = """() => {
+  const row = document.querySelector('button[aria-label="Switch sides"]').closest('div').parentElement;
+  const [baseline, , diff] = row.children;
+  const parts = [...diff.querySelectorAll('span > span')];
+  const style = p => getComputedStyle(p).textDecorationLine;
+  return {baseline: baseline.textContent, parts: parts.map(p => [p.textContent, style(p)])};
 }"""
 
 if CHROMIUM is None:
@@ -184,3 +197,51 @@ def test_a_runs_rewrites_table_renders_as_a_table(server, page, tmp_path):
     table = rewrites(client, run_id, tmp_path)
     assert on_page == [(r["step"], shown(r["rewrite"]), r["reward"], r["dev_score"]) for r in table]
     page.screenshot(path=str(tmp_path / "rewrites_table.png"))
+
+
+def registered_versions(client) -> dict[int, object]:
+    return {int(v.version): v for v in client.search_prompt_versions("prewrite-sst2")}
+
+
+def test_the_prompt_page_lists_the_registered_versions_and_diffs_two(server, page, tmp_path):
+    url, client = server
+    exp, runs = finished_runs(client)
+    versions = registered_versions(client)
+    # each finished run registered its initial instruction and its best rewrite (one version if the same text)
+    for run in runs:
+        mine = [v for v in versions.values() if v.tags["run_id"] == run.info.run_id]
+        assert {m for v in mine for m in v.tags["method"].split(",")} == {"initial", "train_best"}, run.info.run_name
+    page.goto(f"{url}/#/experiments/{exp}/prompts/prewrite-sst2")
+    page.get_by_text(f"Viewing version {max(versions)}", exact=True).wait_for(timeout=60_000)
+    for number in versions:
+        assert page.get_by_text(f"Version {number}", exact=True).count() == 1
+    assert page.get_by_text("@ best").count() == 1
+
+    page.locator("label:has(input[value=compare])").click()  # the mode's radio button hides under its label
+    heading = page.get_by_text(re.compile(r"^Comparing version \d+ with version \d+$"))
+    heading.wait_for()
+    baseline, compared = (versions[int(n)].template for n in re.findall(r"\d+", heading.inner_text()))
+    page.get_by_text("Text", exact=True).click()  # the diff shows in the Text view (not in Markdown)
+    page.wait_for_timeout(500)
+    shown = page.evaluate(PROMPT_DIFF_JS)
+    assert shown["baseline"] == baseline
+    parts = shown["parts"]
+    assert "".join(t for t, decoration in parts if "line-through" not in decoration) == compared
+    if baseline != compared:
+        assert len(parts) > 1  # highlighted: the parts each side has alone
+    page.screenshot(path=str(tmp_path / "prompt_compare.png"))
+
+
+def test_a_runs_overview_shows_its_description_best_rewrite_and_prompts(server, page, tmp_path):
+    url, client = server
+    exp, runs = finished_runs(client)
+    run = runs[0]
+    page.goto(f"{url}/#/experiments/{exp}/runs/{run.info.run_id}")
+    page.get_by_text("Registered prompts").wait_for(timeout=60_000)
+    text = page.inner_text("body")
+    assert "Initial instruction: dev accuracy" in text and "Selected: " in text
+    assert shown(run.data.tags["prewrite.best_rewrite"]) in shown(text)
+    mine = sorted(n for n, v in registered_versions(client).items() if v.tags["run_id"] == run.info.run_id)
+    for number in mine:  # listed once the run's prompt links have loaded
+        playwright.expect(page.get_by_text(f"prewrite-sst2 (v{number})")).to_have_count(1, timeout=30_000)
+    page.screenshot(path=str(tmp_path / "run_overview.png"))
