@@ -30,7 +30,7 @@ from mlflow import MlflowClient
 from mlflow.utils.mlflow_tags import MLFLOW_PARENT_RUN_ID, MLFLOW_RUN_NAME
 from omegaconf import DictConfig, OmegaConf
 
-from prewrite import plots, precision, prompt_registry, search
+from prewrite import config_check, plots, precision, prompt_registry, search
 from prewrite import rewriter as rewriter_lib
 from prewrite.backends import build_backend
 from prewrite.evaluate import prewrite_i_and_s
@@ -55,6 +55,7 @@ def reported_methods(cfg) -> list[str]:
 
 def compare(cfg: DictConfig) -> dict:
     out = Path(cfg.paths.run_dir)
+    config_check.check_training(cfg)  # before the task LLM loads, not when the first seed reaches training
     precision.resolve_config(cfg)
     check_same_settings(out, cfg)  # the seeds already done in `out` are reused: they must share these settings
     methods = reported_methods(cfg)
@@ -274,7 +275,10 @@ def _parent_run(cfg, out: Path) -> tuple[MlflowClient | None, str | None]:
 @hydra.main(version_base="1.3", config_path="../conf", config_name="compare")
 def main(cfg: DictConfig) -> None:
     os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
-    compare(cfg)
+    try:
+        compare(cfg)
+    except config_check.ConfigError as e:
+        raise SystemExit(f"prewrite.compare: {e}") from None
 
 
 if __name__ == "__main__":

@@ -27,7 +27,7 @@ from mlflow import MlflowClient
 from mlflow.utils.mlflow_tags import MLFLOW_PARENT_RUN_ID, MLFLOW_RUN_NAME, MLFLOW_RUN_NOTE
 from omegaconf import DictConfig, OmegaConf
 
-from prewrite import distributed, faults, fsio, precision, prompt_registry, search, sweep
+from prewrite import config_check, distributed, faults, fsio, precision, prompt_registry, search, sweep
 from prewrite.backends import build_backend
 from prewrite.callbacks import (
     LastCheckpoint,
@@ -311,6 +311,7 @@ def train(cfg: DictConfig, tags: dict[str, str] | None = None, backend=None) -> 
 
 
 def _train(cfg: DictConfig, tags: dict[str, str], backend) -> float:
+    config_check.check_training(cfg)
     run_dir = Path(cfg.paths.run_dir)
     precision.resolve_config(cfg)  # before the settings check: a run's settings are what it computed with
     check_same_settings(run_dir, cfg)
@@ -357,6 +358,8 @@ def main(cfg: DictConfig) -> float | None:
         if HydraConfig.get().mode == RunMode.MULTIRUN:  # a failed job is recorded and the sweep goes on
             return sweep.run_job(train, cfg)
         return train(cfg)
+    except config_check.ConfigError as e:
+        raise SystemExit(f"prewrite.train: {e}") from None
     except faults.StopRequested as e:
         where = HydraConfig.get().runtime.output_dir
         print(f"\nStopped by {e.signal_name}; resume with the same command and hydra.run.dir={where}", file=sys.stderr)

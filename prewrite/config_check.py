@@ -1,0 +1,115 @@
+"""Checks a training config's types, ranges and allowed names before any model loads.
+
+A typo or an impossible value should cost a second, not a model load and a step-0 dev scoring (which
+may be billed by a paid API). Each rule names its key, what is allowed, and the value it got. The task
+and the reward are checked where they are built (`load_task`, `RewriteScorer`), also before any model
+loads; this covers the loop and the algorithm.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+from omegaconf import DictConfig
+
+from prewrite.algorithms.grpo import LOSS_TYPES, SCALE_REWARDS
+
+ALGORITHMS = ("grpo", "ppo")
+
+
+class ConfigError(ValueError):
+    """A config value that cannot work; the message names the key, the allowed values and the value."""
+
+
+def _is_int(v) -> bool:
+    return isinstance(v, int) and not isinstance(v, bool)
+
+
+def _is_number(v) -> bool:
+    return isinstance(v, int | float) and not isinstance(v, bool)
+
+
+def integer(minimum: int, nullable: bool = False) -> tuple[Callable, str]:
+    what = f"an integer >= {minimum}" + (" or null" if nullable else "")
+    return (lambda v: (nullable and v is None) or (_is_int(v) and v >= minimum)), what
+
+
+def number(low: float, high: float | None = None, low_open: bool = False, nullable: bool = False):
+    def ok(v) -> bool:
+        if nullable and v is None:
+            return True
+        return _is_number(v) and (v > low if low_open else v >= low) and (high is None or v <= high)
+
+    what = f"a number {'>' if low_open else '>='} {low}" + (f" and <= {high}" if high is not None else "")
+    return ok, what + (" or null" if nullable else "")
+
+
+def one_of(*allowed: str) -> tuple[Callable, str]:
+    return (lambda v: v in allowed), f"one of {', '.join(allowed)}"
+
+
+LOOP = {
+    "seed": integer(0),
+    "steps": integer(1),
+    "examples_per_step": integer(1),
+    "dev_examples": integer(1, nullable=True),
+    "eval_every": integer(1),
+    "stages": integer(1),
+    "early_stopping_patience": integer(1, nullable=True),
+    "max_skipped_updates_in_a_row": integer(1),
+}
+SAMPLING_AND_OPTIMIZER = {
+    "max_completion_length": integer(1),
+    "temperature": number(0, low_open=True),
+    "top_p": number(0, 1, low_open=True),
+    "learning_rate": number(0, low_open=True),
+    "weight_decay": number(0),
+    "warmup_steps": integer(0),
+    "max_grad_norm": number(0, low_open=True, nullable=True),
+}
+GRPO = {
+    "num_generations": integer(2),  # a group of one has no spread: every advantage would be 0 (TRL refuses it too)
+    "scale_rewards": one_of(*SCALE_REWARDS),
+    "loss_type": one_of(*LOSS_TYPES),
+    "epsilon": number(0),
+    "epsilon_high": number(0, nullable=True),
+    "beta": number(0),
+    "num_iterations": integer(1),
+}
+PPO = {
+    "num_generations": integer(1),
+    "num_ppo_epochs": integer(1),
+    "num_mini_batches": integer(1),
+    "cliprange": number(0, low_open=True),
+    "cliprange_value": number(0, low_open=True),
+    "vf_coef": number(0),
+    "gamma": number(0, 1),
+    "lam": number(0, 1),
+    "kl_coef": number(0),
+    "target": number(0, low_open=True),
+    "horizon": number(0, low_open=True),
+}
+
+
+def _check(section: DictConfig, rules: dict, prefix: str) -> None:
+    for key, (ok, what) in rules.items():
+        if key not in section:
+            raise ConfigError(f"{prefix}{key} is missing; expected {what}")
+        if not ok(section[key]):
+            raise ConfigError(f"{prefix}{key}={section[key]!r}; expected {what}")
+
+
+def check_training(cfg: DictConfig) -> None:
+    """Raises ConfigError on the first key of the loop or the algorithm that cannot work."""
+    _check(cfg, LOOP, "")
+    algo = cfg.algorithm
+    ok, what = one_of(*ALGORITHMS)
+    if not ok(algo.get("name")):
+        raise ConfigError(f"algorithm.name={algo.get('name')!r}; expected {what}")
+    _check(algo, SAMPLING_AND_OPTIMIZER, "algorithm.")
+    _check(algo, GRPO if algo.name == "grpo" else PPO, "algorithm.")
+    if algo.name == "ppo" and algo.num_mini_batches > algo.num_generations:
+        raise ConfigError(
+            f"algorithm.num_mini_batches={algo.num_mini_batches} is more than algorithm.num_generations="
+            f"{algo.num_generations}: every minibatch needs at least one rewrite"
+        )
