@@ -12,7 +12,7 @@ from pathlib import Path
 import torch
 from transformers import DynamicCache
 
-from prewrite import models, precision
+from prewrite import chat, models, precision
 from prewrite.backends.usage import Usage
 
 log = logging.getLogger(__name__)
@@ -29,15 +29,6 @@ def folder_fingerprint(folder: str | Path) -> str:
             st = f.stat()
             h.update(f"{f.name}:{st.st_size}:{st.st_mtime_ns};".encode())
     return h.hexdigest()[:16]
-
-
-def encode_chat(tokenizer, prompts: list[str]) -> list[list[int]]:
-    """Each prompt as one user message in the model's chat template, ready for the assistant's reply.
-    Every local backend encodes with this, so they feed the model identical token ids."""
-    return [
-        tokenizer.apply_chat_template([{"role": "user", "content": p}], add_generation_prompt=True, return_dict=False)
-        for p in prompts
-    ]
 
 
 def common_prefix_length(a: list[int], b: list[int]) -> int:
@@ -174,7 +165,7 @@ class HFBackend:
         }
 
     def _encode(self, prompts: list[str]) -> list[list[int]]:
-        return encode_chat(self.tokenizer, prompts)
+        return chat.encode_all(self.tokenizer, prompts)
 
     def _encode_choices(self, choices: list[str]) -> list[list[int]]:
         ids = [self.tokenizer(c, add_special_tokens=False)["input_ids"] for c in choices]

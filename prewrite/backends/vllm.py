@@ -13,8 +13,8 @@ import os
 import types
 from pathlib import Path
 
-from prewrite import models, precision
-from prewrite.backends.hf import encode_chat, folder_fingerprint
+from prewrite import chat, models, precision
+from prewrite.backends.hf import folder_fingerprint
 from prewrite.backends.usage import Usage
 
 log = logging.getLogger(__name__)
@@ -112,7 +112,7 @@ class VLLMBackend:
         unique = list(dict.fromkeys(prompts))
         if not unique:
             return []
-        encoded = encode_chat(self.tokenizer, unique)
+        encoded = chat.encode_all(self.tokenizer, unique)
         outputs = self._run(encoded, self._sampling)
         generated = [list(o.outputs[0].token_ids) for o in outputs]
         # Decoded by the project's tokenizer exactly as the hf backend decodes, not by vLLM's detokenizer.
@@ -130,7 +130,7 @@ class VLLMBackend:
         (None for an empty continuation), from vLLM's prompt log-probabilities: the continuation is
         appended to the prompt and the log-probabilities of its own positions are read back."""
         pairs = list(dict.fromkeys(zip(prompts, continuations, strict=True)))
-        contexts = encode_chat(self.tokenizer, [p for p, _ in pairs])
+        contexts = chat.encode_all(self.tokenizer, [p for p, _ in pairs])
         targets = [self.tokenizer(c, add_special_tokens=False)["input_ids"] for _, c in pairs]
         outputs = self._run([c + t for c, t in zip(contexts, targets, strict=True)], self._scoring)
         result: dict[tuple[str, str], float | None] = {}

@@ -8,6 +8,8 @@ from dataclasses import dataclass
 import torch
 from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
+from prewrite import chat
+
 
 @dataclass
 class Rollout:
@@ -28,13 +30,7 @@ class Rollout:
 
 
 def rewriter_prompt(tokenizer: PreTrainedTokenizerBase, meta_prompt: str, instruction: str) -> list[int]:
-    return chat_prompt(tokenizer, meta_prompt.format(instruction=instruction))
-
-
-def chat_prompt(tokenizer: PreTrainedTokenizerBase, message: str) -> list[int]:
-    """Token ids of one user message under the chat template, ready for the assistant's reply."""
-    messages = [{"role": "user", "content": message}]
-    return tokenizer.apply_chat_template(messages, add_generation_prompt=True, return_dict=False)
+    return chat.encode(tokenizer, meta_prompt.format(instruction=instruction))
 
 
 @torch.no_grad()

@@ -1,0 +1,34 @@
+"""One encoding of a user message for the rewriter and every local task LLM: the chat template when the
+model has one, a plain format with a warning when it has none (base models such as gpt2)."""
+
+import copy
+import logging
+
+import pytest
+
+from prewrite import chat, models
+from prewrite.rollout import hf as rollout_hf
+
+
+@pytest.fixture(scope="module")
+def tokenizer():
+    return models.load_tokenizer("embedded:smollm2-135m-instruct")
+
+
+def test_a_chat_model_gets_one_user_turn_ready_for_the_reply(tokenizer):
+    ids = chat.encode(tokenizer, "Classify the sentiment.")
+    text = tokenizer.decode(ids)
+    assert text.endswith("<|im_start|>user\nClassify the sentiment.<|im_end|>\n<|im_start|>assistant\n")
+
+
+def test_a_model_without_a_chat_template_gets_the_plain_format_and_one_warning(tokenizer, caplog):
+    plain = copy.deepcopy(tokenizer)
+    plain.chat_template = None
+    plain.name_or_path = "no-template-model"
+    with caplog.at_level(logging.WARNING, logger="prewrite.chat"):
+        ids = chat.encode_all(plain, ["Classify the sentiment.", "Answer the question."])
+    assert ids == [tokenizer("Classify the sentiment.\n")["input_ids"], tokenizer("Answer the question.\n")["input_ids"]]
+    assert caplog.text.count("no-template-model has no chat template") == 1
+    # the rewriter's prompt goes through the same function
+    prompt = rollout_hf.rewriter_prompt(plain, "Rewrite: {instruction}", "Say yes.")
+    assert prompt == tokenizer("Rewrite: Say yes.\n")["input_ids"]
