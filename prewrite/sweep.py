@@ -28,9 +28,9 @@ from hydra.core.hydra_config import HydraConfig
 from hydra.core.override_parser.overrides_parser import OverridesParser
 from hydra.experimental.callback import Callback
 from mlflow import MlflowClient
-from mlflow.entities import RunStatus
+from mlflow.entities import Param, RunStatus
 from mlflow.utils.mlflow_tags import MLFLOW_PARENT_RUN_ID, MLFLOW_RUN_NAME
-from mlflow.utils.validation import MAX_TAG_VAL_LENGTH
+from mlflow.utils.validation import MAX_PARAM_VAL_LENGTH, MAX_TAG_VAL_LENGTH
 from omegaconf import DictConfig, OmegaConf
 
 from prewrite import faults, fsio
@@ -218,6 +218,9 @@ def _record_failure(cfg: DictConfig, tags: dict[str, str], error: str, trace: st
         run_id = runs[0].info.run_id
     else:
         run_id = client.create_run(exp_id, tags=tags | {MLFLOW_RUN_NAME: cfg.logger.run_name}).info.run_id
+        # what set this job apart, as params, as a job that got as far as training logs them
+        overrides = [o.split("=", 1) for o in HydraConfig.get().overrides.task if "=" in o]
+        client.log_batch(run_id, params=[Param(k.lstrip("+~"), v[:MAX_PARAM_VAL_LENGTH]) for k, v in overrides])
     client.set_tag(run_id, ERROR, error[:MAX_TAG_VAL_LENGTH])
     client.log_text(run_id, trace, ERROR_FILE)
     client.set_terminated(run_id, RunStatus.to_string(RunStatus.FAILED))

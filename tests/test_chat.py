@@ -27,7 +27,10 @@ def test_a_model_without_a_chat_template_gets_the_plain_format_and_one_warning(t
     plain.name_or_path = "no-template-model"
     with caplog.at_level(logging.WARNING, logger="prewrite.chat"):
         ids = chat.encode_all(plain, ["Classify the sentiment.", "Answer the question."])
-    assert ids == [tokenizer("Classify the sentiment.\n")["input_ids"], tokenizer("Answer the question.\n")["input_ids"]]
+    assert ids == [
+        tokenizer("Classify the sentiment.\n")["input_ids"],
+        tokenizer("Answer the question.\n")["input_ids"],
+    ]
     assert caplog.text.count("no-template-model has no chat template") == 1
     # the rewriter's prompt goes through the same function
     prompt = rollout_hf.rewriter_prompt(plain, "Rewrite: {instruction}", "Say yes.")
