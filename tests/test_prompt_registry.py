@@ -175,3 +175,18 @@ def test_run_description_shows_both_instructions_and_the_choice():
     assert "Selected: the rewrite." in note and "`prompts:/prewrite-sst2@best`" in note
     kept = run_description(cfg, "sst2", "accuracy", 64, "x" * 9000, best | {"selected_is_initial": True})
     assert "Selected: the initial instruction" in kept and len(kept) < 8000
+
+
+def test_the_runs_store_is_used_whatever_tracking_uri_the_process_has_set(store, tmp_path):
+    # Lightning's MLFlowLogger sets the process-wide URI to the first run's store; a later run's
+    # registration (compare's next seed, another in-process training) must still go to its own store.
+    uri, client, exp, run = store
+    elsewhere = f"sqlite:///{tmp_path}/elsewhere.db"
+    mlflow.set_tracking_uri(elsewhere)
+    try:
+        assert prompt_registry.register(uri, "sst2", training(run()), SCORED) == [1, 2]
+        assert mlflow.get_tracking_uri() == elsewhere  # put back
+    finally:
+        mlflow.set_tracking_uri(None)
+    assert alias_version(client) == 2
+    assert not MlflowClient(elsewhere).search_prompts()
