@@ -62,7 +62,7 @@ SAMPLING_AND_OPTIMIZER = {
     "max_completion_length": integer(1),
     "temperature": number(0, low_open=True),
     "top_p": number(0, 1, low_open=True),
-    "learning_rate": number(0, low_open=True),
+    "learning_rate": number(0),  # 0 = a frozen policy (a baseline, a test of early stopping)
     "weight_decay": number(0),
     "warmup_steps": integer(0),
     "max_grad_norm": number(0, low_open=True, nullable=True),

@@ -34,7 +34,7 @@ def test_every_shipped_experiment_passes(compose_train, experiment):
         ("algorithm.temperature=0", "algorithm.temperature=0; expected a number > 0"),
         ("algorithm.top_p=1.5", "algorithm.top_p=1.5; expected a number > 0 and <= 1"),
         ("algorithm.beta=-0.1", "algorithm.beta=-0.1; expected a number >= 0"),
-        ("algorithm.learning_rate=fast", "algorithm.learning_rate='fast'; expected a number > 0"),
+        ("algorithm.learning_rate=fast", "algorithm.learning_rate='fast'; expected a number >= 0"),
     ],
 )
 def test_a_value_that_cannot_work_is_named(compose_train, override, message):
