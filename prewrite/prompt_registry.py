@@ -88,11 +88,11 @@ def _store(tracking_uri: str, run_id: str) -> Iterator[None]:
     """MLflow's prompt API, pointed at the run's store and experiment (the process's own settings come
     back after): register_prompt then lists the prompt on that experiment's Prompts page."""
     experiment_id = MlflowClient(tracking_uri).get_run(run_id).info.experiment_id
-    saved = {k: os.environ.get(k) for k in ("MLFLOW_TRACKING_URI", "MLFLOW_EXPERIMENT_ID", "MLFLOW_EXPERIMENT_NAME")}
-    os.environ |= {"MLFLOW_TRACKING_URI": tracking_uri, "MLFLOW_EXPERIMENT_ID": experiment_id}
+    saved = {k: os.environ.get(k) for k in ("MLFLOW_EXPERIMENT_ID", "MLFLOW_EXPERIMENT_NAME")}
+    os.environ["MLFLOW_EXPERIMENT_ID"] = experiment_id
     os.environ.pop("MLFLOW_EXPERIMENT_NAME", None)  # it would win over the id
     try:
-        # and the process-wide tracking URI, which wins over the variable once anything has set it
+        # the process-wide URI, not the variable: it wins over the variable once anything has set it
         # (Lightning's MLFlowLogger does, for whichever run came first in this process)
         with _use_tracking_uri(tracking_uri):
             yield

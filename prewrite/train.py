@@ -25,6 +25,7 @@ from lightning.pytorch.callbacks import EarlyStopping
 from lightning.pytorch.utilities import rank_zero_only
 from mlflow import MlflowClient
 from mlflow.utils.mlflow_tags import MLFLOW_PARENT_RUN_ID, MLFLOW_RUN_NAME, MLFLOW_RUN_NOTE
+from mlflow.utils.validation import MAX_TAG_VAL_LENGTH
 from omegaconf import DictConfig, OmegaConf
 
 from prewrite import config_check, distributed, faults, fsio, precision, prompt_registry, search, sweep
@@ -44,7 +45,6 @@ from prewrite.tasks import Task, load_task
 log = logging.getLogger(__name__)
 
 MLFLOW_PARAM_MAX = 6000  # MLflow's limit on a param value
-MLFLOW_TAG_MAX = 8000  # MLflow's limit on a run tag value
 RUN_ID_FILE = "mlflow_run_id"  # in a run (or stage) folder: the MLflow run a resume continues
 RESULT_FILE = "result.json"  # in a run (or stage) folder: written when it finished
 SETTINGS_FILE = "settings.json"  # in a run folder: the settings a re-launch in that folder must repeat
@@ -217,7 +217,7 @@ def fit_stage(
             chosen_dev = initial_dev if best["selected_is_initial"] else best["score"]
             logger.experiment.log_metric(logger.run_id, f"dev/selected/{module.monitor}", chosen_dev)
             if best["rewrite"] is not None:
-                logger.experiment.set_tag(logger.run_id, "prewrite.best_rewrite", best["rewrite"][:MLFLOW_TAG_MAX])
+                logger.experiment.set_tag(logger.run_id, "prewrite.best_rewrite", best["rewrite"][:MAX_TAG_VAL_LENGTH])
             note = run_description(cfg, task.name, module.monitor, len(dev_rows), instruction, best)
             logger.experiment.set_tag(logger.run_id, MLFLOW_RUN_NOTE, note)
             if cfg.register_prompts:
