@@ -12,6 +12,7 @@ import mlflow
 import pytest
 from mlflow import MlflowClient
 from mlflow.exceptions import MlflowException
+from mlflow.tracking._tracking_service import utils as mlflow_utils
 from omegaconf import OmegaConf
 
 from prewrite import prompt_registry
@@ -37,6 +38,9 @@ def store(empty_store, tmp_path, monkeypatch):
     """A fresh store, one experiment; `run()` makes a run in it. The process's MLflow settings stay unset."""
     for key in ("MLFLOW_TRACKING_URI", "MLFLOW_EXPERIMENT_ID", "MLFLOW_EXPERIMENT_NAME"):
         monkeypatch.delenv(key, raising=False)
+    # an in-process training earlier in the suite leaves MLflow's process-wide URI set; restoring it
+    # would set the variable again (MLflow keeps the two in step)
+    monkeypatch.setattr(mlflow_utils, "_tracking_uri", None)
     shutil.copy(empty_store, tmp_path / "mlflow.db")
     uri = f"sqlite:///{tmp_path}/mlflow.db"
     client = MlflowClient(uri)
