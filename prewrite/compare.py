@@ -30,7 +30,7 @@ from mlflow import MlflowClient
 from mlflow.utils.mlflow_tags import MLFLOW_PARENT_RUN_ID, MLFLOW_RUN_NAME
 from omegaconf import DictConfig, OmegaConf
 
-from prewrite import config_check, plots, precision, prompt_registry, search
+from prewrite import config_check, faults, plots, precision, prompt_registry, search
 from prewrite import rewriter as rewriter_lib
 from prewrite.backends import build_backend
 from prewrite.evaluate import prewrite_i_and_s
@@ -62,7 +62,10 @@ def compare(cfg: DictConfig) -> dict:
     task = load_task(cfg.task)
     backend = build_backend(cfg.task_backend, cfg.cache, task)
     client, parent = _parent_run(cfg, out)
-    seeds = [run_seed(cfg, seed, task, backend, out / f"seed{seed}", client, parent) for seed in cfg.seeds]
+    # a stop signal ends the seed at its next safe point; the seeds done and the trainings checkpointed
+    # are reused when the same command runs again in the same folder
+    with faults.stop_on_signals(), faults.ends_mlflow_run(client, parent):
+        seeds = [run_seed(cfg, seed, task, backend, out / f"seed{seed}", client, parent) for seed in cfg.seeds]
     summary = summarize(seeds, task.metric, methods)
     results_dir = Path(cfg.get("results_dir") or out)
     results_dir.mkdir(parents=True, exist_ok=True)
@@ -279,6 +282,8 @@ def main(cfg: DictConfig) -> None:
         compare(cfg)
     except config_check.ConfigError as e:
         raise SystemExit(f"prewrite.compare: {e}") from None
+    except faults.StopRequested as e:
+        faults.exit_for_resume(e, cfg.paths.run_dir)
 
 
 if __name__ == "__main__":

@@ -13,7 +13,9 @@ from __future__ import annotations
 import contextlib
 import logging
 import signal
+import sys
 import threading
+from typing import NoReturn
 
 log = logging.getLogger(__name__)
 
@@ -77,6 +79,30 @@ def stop_on_signals():
     finally:
         for s, handler in before.items():
             signal.signal(s, handler)
+
+
+def exit_for_resume(e: StopRequested, run_dir: str) -> NoReturn:
+    """The end of an entry point stopped by a signal: how to resume, and the shell's exit status."""
+    print(f"\nStopped by {e.signal_name}; resume with the same command and hydra.run.dir={run_dir}", file=sys.stderr)
+    sys.exit(e.exit_code)
+
+
+def raise_if_requested() -> None:
+    """A safe point outside a training step (between stages, between scored candidates)."""
+    if _received is not None:
+        raise StopRequested(_received)
+
+
+@contextlib.contextmanager
+def ends_mlflow_run(client, run_id: str | None):
+    """A parent MLflow run (of stages, of a comparison's seeds) ends KILLED when a stop or Ctrl+C leaves
+    the block and FAILED on an error, never RUNNING: a re-launch in the same folder resumes it."""
+    try:
+        yield
+    except BaseException as e:
+        if run_id:
+            client.set_terminated(run_id, "KILLED" if isinstance(e, StopRequested | KeyboardInterrupt) else "FAILED")
+        raise
 
 
 def agreed_stop(trainer) -> int | None:

@@ -34,6 +34,7 @@ from pathlib import Path
 import hydra
 from omegaconf import DictConfig, OmegaConf
 
+from prewrite import faults
 from prewrite.rewards import RewriteScorer
 from prewrite.rewriter import Rewriter
 
@@ -69,6 +70,7 @@ class DevSelection:
 
     def score(self, candidates: Sequence[str], round: int = 0) -> list[dict]:
         """Scores the candidates not seen before, as many as the budget allows, in one task-LLM pass."""
+        faults.raise_if_requested()  # prewrite.compare's stop signal: between candidates is a safe point
         seen = {c["instruction"] for c in self.scored}
         new = [c for c in dict.fromkeys(candidates) if c not in seen][: self.affordable()]
         if not new:

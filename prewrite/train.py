@@ -12,7 +12,6 @@ from __future__ import annotations
 import json
 import logging
 import os
-import sys
 from pathlib import Path
 
 import hydra
@@ -161,8 +160,7 @@ def fit_stage(
     """One training (one stage) in `run_dir`; returns its best dev evaluation {step, score, rewrite}."""
     if (run_dir / RESULT_FILE).exists():  # finished before a resume
         return json.loads((run_dir / RESULT_FILE).read_text())
-    if faults.requested():  # asked to stop before this stage began: nothing of it to save
-        raise faults.StopRequested(faults.requested())
+    faults.raise_if_requested()  # asked to stop before this stage began: nothing of it to save
     run_dir.mkdir(parents=True, exist_ok=True)
     ckpt = _checkpoint_to_resume(cfg, run_dir)
     L.seed_everything(seed, workers=True)  # the same on every rank: what the module initialises must agree
@@ -325,7 +323,8 @@ def _train(cfg: DictConfig, tags: dict[str, str], backend) -> float:
     else:
         parent = _parent_run(cfg, run_dir, tags)
         instruction = task.instruction
-        try:
+        client = MlflowClient(cfg.logger.tracking_uri) if parent else None
+        with faults.ends_mlflow_run(client, parent):
             for stage in range(cfg.stages):
                 tags = {"prewrite.stage": str(stage)}
                 if parent:
@@ -334,13 +333,7 @@ def _train(cfg: DictConfig, tags: dict[str, str], backend) -> float:
                 seed = int(np.random.SeedSequence([cfg.seed, stage]).generate_state(1)[0])
                 best = fit_stage(cfg, task, scorer, dev_rows, instruction, run_dir / f"stage{stage}", seed, tags)
                 instruction = best["rewrite"] or instruction  # the next stage rewrites this stage's best
-        except BaseException as e:  # the parent must not stay RUNNING: a re-launch resumes it
-            if parent:
-                status = "KILLED" if isinstance(e, faults.StopRequested | KeyboardInterrupt) else "FAILED"
-                MlflowClient(cfg.logger.tracking_uri).set_terminated(parent, status)
-            raise
         if parent:
-            client = MlflowClient(cfg.logger.tracking_uri)
             client.log_metric(parent, cfg.optimized_metric, best["score"])
             client.log_metric(parent, sweep.objective_metric(cfg.optimized_metric), best["score"])
             client.set_terminated(parent, "FINISHED")
@@ -361,9 +354,7 @@ def main(cfg: DictConfig) -> float | None:
     except config_check.ConfigError as e:
         raise SystemExit(f"prewrite.train: {e}") from None
     except faults.StopRequested as e:
-        where = HydraConfig.get().runtime.output_dir
-        print(f"\nStopped by {e.signal_name}; resume with the same command and hydra.run.dir={where}", file=sys.stderr)
-        sys.exit(e.exit_code)
+        faults.exit_for_resume(e, HydraConfig.get().runtime.output_dir)
 
 
 if __name__ == "__main__":

@@ -166,6 +166,37 @@ def test_stop_signals_are_recorded_until_a_safe_point(monkeypatch):
     monkeypatch.setattr(faults, "_received", None)
 
 
+def test_a_stopped_comparison_marks_its_mlflow_run_killed_and_stops_between_candidates(
+    compose_config, tmp_path, monkeypatch
+):
+    from prewrite import compare, search
+
+    cfg = compose_config("compare", "seeds=[0,1]", f"paths.outputs_dir={tmp_path}")
+    monkeypatch.setattr(compare, "build_backend", lambda *a: None)  # the stop comes before any scoring
+    monkeypatch.setattr(faults, "_received", None)
+    seeds = []
+
+    def run_seed(cfg, seed, *args):
+        seeds.append(seed)
+        os.kill(os.getpid(), signal.SIGTERM)  # arrives while the first seed runs
+        time.sleep(0.05)
+        faults.raise_if_requested()
+
+    monkeypatch.setattr(compare, "run_seed", run_seed)
+    with pytest.raises(faults.StopRequested):
+        compare.compare(cfg)
+    assert seeds == [0]
+    client = MlflowClient(cfg.logger.tracking_uri)
+    (run,) = client.search_runs([client.get_experiment_by_name("prewrite-sst2").experiment_id])
+    assert run.info.status == "KILLED" and run.data.tags["prewrite.method"] == "compare"
+    assert signal.getsignal(signal.SIGTERM) is not faults._handle
+
+    selection = search.DevSelection(scorer=None, dev_rows=[{}], metric="accuracy")  # stopped before scoring
+    with pytest.raises(faults.StopRequested):
+        selection.score(["Classify the sentiment."])
+    monkeypatch.setattr(faults, "_received", None)
+
+
 # ---- non-finite values: injected NaN loss through a real in-process training ----
 
 
