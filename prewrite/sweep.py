@@ -34,6 +34,7 @@ from mlflow.utils.validation import MAX_PARAM_VAL_LENGTH, MAX_TAG_VAL_LENGTH
 from omegaconf import DictConfig, OmegaConf
 
 from prewrite import faults, fsio
+from prewrite.loggers import mlflow_experiment
 
 log = logging.getLogger(__name__)
 
@@ -49,11 +50,6 @@ def objective_metric(optimized_metric: str) -> str:
     """The MLflow metric that holds a training run's objective, the best value of `optimized_metric`
     on dev (what train() returns): `dev/accuracy` -> `dev/best/accuracy`."""
     return "dev/best/" + optimized_metric.removeprefix("dev/")
-
-
-def _experiment_id(client: MlflowClient, name: str, artifact_location: str | None) -> str:
-    exp = client.get_experiment_by_name(name)
-    return exp.experiment_id if exp else client.create_experiment(name, artifact_location)
 
 
 class SweepRun(Callback):
@@ -73,7 +69,7 @@ class SweepRun(Callback):
         sweep_dir = Path(config.hydra.sweep.dir)
         sweep_id = f"{datetime.now():%Y%m%d-%H%M%S}-{uuid.uuid4().hex[:6]}"
         self.client = MlflowClient(logger.tracking_uri)
-        exp_id = _experiment_id(self.client, logger.experiment_name, logger.artifact_location)
+        exp_id = mlflow_experiment(self.client, logger)
         overrides = list(config.hydra.overrides.task)
         self.parent = self.client.create_run(
             exp_id,
@@ -211,7 +207,7 @@ def _record_failure(cfg: DictConfig, tags: dict[str, str], error: str, trace: st
     """The failed job's MLflow run, FAILED with its error: the run training opened, or one made now
     for a job that failed before it had one (a bad config, a missing model)."""
     client = MlflowClient(cfg.logger.tracking_uri)
-    exp_id = _experiment_id(client, cfg.logger.experiment_name, cfg.logger.artifact_location)
+    exp_id = mlflow_experiment(client, cfg.logger)
     mine = f"tags.`{SWEEP_ID}` = '{tags[SWEEP_ID]}' and tags.`{JOB}` = '{tags[JOB]}'"
     runs = client.search_runs([exp_id], mine)
     if runs:

@@ -37,6 +37,7 @@ from prewrite.callbacks import (
     SystemMetrics,
     TimeEstimate,
 )
+from prewrite.loggers import mlflow_experiment
 from prewrite.module import PRewriteModule
 from prewrite.rewards import RewriteScorer
 from prewrite.tasks import Task, load_task
@@ -290,10 +291,7 @@ def _parent_run(cfg: DictConfig, run_dir: Path, tags: dict[str, str]) -> str | N
     if run_id_file.exists():
         return run_id_file.read_text().strip()
     client = MlflowClient(cfg.logger.tracking_uri)
-    exp = client.get_experiment_by_name(cfg.logger.experiment_name)
-    exp_id = (
-        exp.experiment_id if exp else client.create_experiment(cfg.logger.experiment_name, cfg.logger.artifact_location)
-    )
+    exp_id = mlflow_experiment(client, cfg.logger)
     run_id = client.create_run(exp_id, tags=tags | {MLFLOW_RUN_NAME: cfg.logger.run_name}).info.run_id
     fsio.atomic_write_text(run_id_file, run_id)
     log_config_to_mlflow(client, run_id, cfg)
