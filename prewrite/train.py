@@ -24,7 +24,7 @@ from lightning.pytorch.callbacks import EarlyStopping
 from lightning.pytorch.utilities import rank_zero_only
 from mlflow import MlflowClient
 from mlflow.utils.mlflow_tags import MLFLOW_PARENT_RUN_ID, MLFLOW_RUN_NAME, MLFLOW_RUN_NOTE
-from mlflow.utils.validation import MAX_TAG_VAL_LENGTH
+from mlflow.utils.validation import MAX_PARAM_VAL_LENGTH, MAX_TAG_VAL_LENGTH
 from omegaconf import DictConfig, OmegaConf
 
 from prewrite import config_check, distributed, faults, fsio, precision, prompt_registry, search, sweep
@@ -44,7 +44,6 @@ from prewrite.tasks import Task, load_task
 
 log = logging.getLogger(__name__)
 
-MLFLOW_PARAM_MAX = 6000  # MLflow's limit on a param value
 RUN_ID_FILE = "mlflow_run_id"  # in a run (or stage) folder: the MLflow run a resume continues
 RESULT_FILE = "result.json"  # in a run (or stage) folder: written when it finished
 SETTINGS_FILE = "settings.json"  # in a run folder: the settings a re-launch in that folder must repeat
@@ -76,7 +75,7 @@ def log_config_to_mlflow(client: MlflowClient, run_id: str, cfg: DictConfig) -> 
     from mlflow.entities import Param
 
     resolved = OmegaConf.to_container(cfg, resolve=True)
-    params = [Param(k, v[:MLFLOW_PARAM_MAX]) for k, v in flatten(resolved).items()]
+    params = [Param(k, v[:MAX_PARAM_VAL_LENGTH]) for k, v in flatten(resolved).items()]
     for i in range(0, len(params), 100):  # MLflow accepts at most 100 params per batch
         client.log_batch(run_id, params=params[i : i + 100])
     client.log_text(run_id, OmegaConf.to_yaml(resolved), "config.yaml")
