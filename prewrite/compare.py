@@ -30,26 +30,25 @@ from mlflow import MlflowClient
 from mlflow.utils.mlflow_tags import MLFLOW_PARENT_RUN_ID, MLFLOW_RUN_NAME
 from omegaconf import DictConfig, OmegaConf
 
-from prewrite import config_check, faults, plots, precision, prompt_registry, search
+from prewrite import baselines, config_check, faults, plots, precision, prompt_registry, runs
 from prewrite import rewriter as rewriter_lib
 from prewrite.backends import build_backend
-from prewrite.evaluate import prewrite_i_and_s
-from prewrite.loggers import mlflow_experiment
 from prewrite.rewards import RewriteScorer
+from prewrite.selection import DevSelection, best_so_far, or_initial, prewrite_i_and_s
 from prewrite.tasks import Task, load_task
-from prewrite.train import RUN_ID_FILE, check_same_settings, log_config_to_mlflow, train
+from prewrite.training import train
 
 log = logging.getLogger(__name__)
 
 RL_METHODS = ["initial", "prewrite_i", "prewrite_s", "prewrite_s_or_initial"]
-CURVE_METRIC = search.CURVE_METRIC
+CURVE_METRIC = baselines.CURVE_METRIC
 
 
 def reported_methods(cfg) -> list[str]:
     """The rows of the report: the initial instruction, RL's two, then the search baselines."""
     for method in cfg.methods:
-        if method not in search.METHODS:
-            raise ValueError(f"methods: unknown search method {method!r}; choose from {list(search.METHODS)}")
+        if method not in baselines.METHODS:
+            raise ValueError(f"methods: unknown search method {method!r}; choose from {list(baselines.METHODS)}")
     return RL_METHODS + list(cfg.methods)
 
 
@@ -57,11 +56,12 @@ def compare(cfg: DictConfig) -> dict:
     out = Path(cfg.paths.run_dir)
     config_check.check_training(cfg)  # before the task LLM loads, not when the first seed reaches training
     precision.resolve_config(cfg)
-    check_same_settings(out, cfg)  # the seeds already done in `out` are reused: they must share these settings
+    runs.check_same_settings(out, cfg)  # the seeds already done in `out` are reused: they must share these settings
     methods = reported_methods(cfg)
     task = load_task(cfg.task)
     backend = build_backend(cfg.task_backend, cfg.cache, task)
-    client, parent = _parent_run(cfg, out)
+    name = f"compare-{cfg.task.name}-{time.strftime('%Y%m%d-%H%M%S')}"
+    client, parent = runs.parent_run(cfg, out, {MLFLOW_RUN_NAME: name, "prewrite.method": "compare"})
     # a stop signal ends the seed at its next safe point; the seeds done and the trainings checkpointed
     # are reused when the same command runs again in the same folder
     with faults.stop_on_signals(), faults.ends_mlflow_run(client, parent):
@@ -107,7 +107,7 @@ def run_seed(cfg, seed: int, task: Task, backend, folder: Path, client, parent) 
     initial = task.instruction
     L.seed_everything(seed)
     trained = rewriter_lib.load(str(folder / "rl"), dtype=cfg.dtype)
-    selection = search.DevSelection(scorer, dev_rows, metric)
+    selection = DevSelection(scorer, dev_rows, metric)
     prewrite_i, prewrite_s = prewrite_i_and_s(trained, initial, seed_cfg, selection)
     budget = rl_spent + selection.spent
     del trained
@@ -117,15 +117,15 @@ def run_seed(cfg, seed: int, task: Task, backend, folder: Path, client, parent) 
     for method in cfg.methods:
         L.seed_everything(seed)
         t = time.perf_counter()
-        own = search.DevSelection(scorer, dev_rows, metric, budget)
-        searched[method], usage[method] = search.run(method, cfg, untrained, own, task, seed)
+        own = DevSelection(scorer, dev_rows, metric, budget)
+        searched[method], usage[method] = baselines.run(method, cfg, untrained, own, task, seed)
         wall[method] = round(time.perf_counter() - t, 1)
     t_search = time.perf_counter() - t0 - t_train
 
     dev = dict(zip(["initial", "prewrite_i"], scorer([initial, prewrite_i], dev_rows).metrics[metric], strict=True))
     dev |= {"prewrite_s": selection.best["dev_score"]} | {m: sel.best["dev_score"] for m, sel in searched.items()}
     # the initial instruction was scored on these dev rows at training's step 0: no extra spend
-    safe, kept_initial = search.or_initial(initial, dev["initial"], prewrite_s, dev["prewrite_s"])
+    safe, kept_initial = or_initial(initial, dev["initial"], prewrite_s, dev["prewrite_s"])
     dev["prewrite_s_or_initial"] = dev["initial"] if kept_initial else dev["prewrite_s"]
     # Every choice is made; only now the test rows are scored.
     chosen = {
@@ -138,7 +138,7 @@ def run_seed(cfg, seed: int, task: Task, backend, folder: Path, client, parent) 
     test = dict(zip(chosen, scorer(list(chosen.values()), test_rows).metrics[metric], strict=True))
     rl_curve = [(int(r["task_llm_requests"]), r[metric]) for r in rl_evals]
     rl_curve += selection.curve(offset=rl_spent)
-    curves = {"rl": search.best_so_far(rl_curve)} | {m: sel.curve() for m, sel in searched.items()}
+    curves = {"rl": best_so_far(rl_curve)} | {m: sel.curve() for m, sel in searched.items()}
     spent = {"rl": budget} | {m: sel.spent for m, sel in searched.items()}
     result = {
         "seed": seed,
@@ -151,7 +151,7 @@ def run_seed(cfg, seed: int, task: Task, backend, folder: Path, client, parent) 
         "dev_rows": len(dev_rows),
         "test_rows": len(test_rows),
         "curves": curves,
-        "rl_run_id": (folder / "rl" / RUN_ID_FILE).read_text().strip() if parent else None,
+        "rl_run_id": (folder / "rl" / runs.RUN_ID_FILE).read_text().strip() if parent else None,
         "wall_s": {"rl": round(t_train, 1), "search": round(t_search, 1), "total": round(time.perf_counter() - t0, 1)}
         | {f"search_{m}": w for m, w in wall.items()},
         "rewriter_usage": usage,  # per search method: the calls and tokens of what proposed (GEPA: its reflection)
@@ -184,7 +184,7 @@ def _log_search_run(client: MlflowClient, parent: str, cfg, method: str, seed: i
     client.log_dict(run_id, OmegaConf.to_container(cfg[method], resolve=True), "search_config.json")
     fields = ("dev", "test", "task_llm_requests", "rewriter_usage", "candidates")
     one = {k: result[k][method] for k in fields} | {"curve": result["curves"][method]}
-    search.log_search_run(client, run_id, method, metric, one | {"instruction": result["instructions"][method]})
+    baselines.log_search_run(client, run_id, method, metric, one | {"instruction": result["instructions"][method]})
     client.set_terminated(run_id, "FINISHED")
     return run_id
 
@@ -257,22 +257,6 @@ def markdown(summary: dict, seeds: list[dict], task: Task, methods: list[str]) -
         for method in methods[1:]:
             lines.append(f"- seed {s['seed']}, {LABELS[method]}: {s['instructions'][method]!r}")
     return "\n".join(lines) + "\n"
-
-
-def _parent_run(cfg, out: Path) -> tuple[MlflowClient | None, str | None]:
-    """The comparison's MLflow run (resumed when the folder has one); (None, None) without a logger."""
-    if not cfg.logger.get("_target_"):
-        return None, None
-    client = MlflowClient(cfg.logger.tracking_uri)
-    id_file = out / RUN_ID_FILE
-    if id_file.exists():
-        return client, id_file.read_text().strip()
-    exp_id = mlflow_experiment(client, cfg.logger)
-    name = f"compare-{cfg.task.name}-{time.strftime('%Y%m%d-%H%M%S')}"
-    run_id = client.create_run(exp_id, tags={MLFLOW_RUN_NAME: name, "prewrite.method": "compare"}).info.run_id
-    id_file.write_text(run_id)
-    log_config_to_mlflow(client, run_id, cfg)
-    return client, run_id
 
 
 @hydra.main(version_base="1.3", config_path="../conf", config_name="compare")

@@ -18,14 +18,14 @@ from hydra.utils import instantiate
 from lightning.pytorch.loggers import MLFlowLogger
 from omegaconf import DictConfig
 
-from prewrite import plots, precision, prompt_registry
+from prewrite import plots, precision, prompt_registry, runs
 from prewrite import rewriter as rewriter_lib
 from prewrite.backends import build_backend
+from prewrite.report import columns, score_text
 from prewrite.rewards import RewriteScorer, Scores
 from prewrite.rewards.scorer import gold_text
-from prewrite.search import DevSelection, or_initial
+from prewrite.selection import DevSelection, or_initial, prewrite_i_and_s
 from prewrite.tasks import Task, load_task
-from prewrite.train import log_config_to_mlflow
 
 log = logging.getLogger(__name__)
 
@@ -49,7 +49,7 @@ def evaluate(cfg: DictConfig) -> dict[str, float]:
     safe, kept_initial = or_initial(initial, dev_reported[0], selected, dev_reported[2])
     dev_reported.append(dev_reported[0] if kept_initial else dev_reported[2])
     if kept_initial:
-        print(f"No sampled rewrite beat the initial instruction on dev ({_fmt(dev_reported[0])}): keep your own.")
+        print(f"No sampled rewrite beat the initial instruction on dev ({score_text(dev_reported[0])}): keep your own.")
 
     # Report on test: only now, and only the chosen instructions.
     test_rows = task.eval_rows("test", cfg.test_examples, cfg.seed)
@@ -72,22 +72,6 @@ def evaluate(cfg: DictConfig) -> dict[str, float]:
     if run_id and cfg.register_prompts:
         _register_prompts(cfg, task, dev_rows, len(test_rows), table, run_id)
     return results
-
-
-def prewrite_i_and_s(rw: rewriter_lib.Rewriter, instruction: str, cfg: DictConfig, selection: DevSelection):
-    """(PRewrite-I, PRewrite-S) of a trained rewriter: its greedy rewrite, and the best on dev (scored
-    by `selection`) of `cfg.num_samples` rewrites sampled at `cfg.sample_temperature`.
-    PRewrite-I is the greedy rewrite training recorded when it selected these weights on dev, if it
-    rewrote this instruction with this meta prompt: re-decoding at another precision (training runs
-    under bf16 autocast) can give another text."""
-    recorded = rw.info.get("rewrite")
-    same_input = (rw.info.get("instruction"), rw.info.get("meta_prompt")) == (instruction, cfg.meta_prompt)
-    if recorded is None or not same_input:
-        recorded = rw.rewrite(instruction, cfg.meta_prompt, 0, max_new_tokens=cfg.max_new_tokens)[0]
-    greedy = recorded
-    samples = rw.rewrite(instruction, cfg.meta_prompt, cfg.num_samples, cfg.sample_temperature, cfg.max_new_tokens)
-    selection.score(samples)
-    return greedy, selection.best["instruction"]
 
 
 def examples_table(task: Task, methods: list[str], scores: Scores, rows: list[dict]) -> list[dict]:
@@ -135,7 +119,7 @@ def _report(cfg, task_name, metric, n_dev, n_test, table, candidates_table, exam
     print(f"{'method':<12} {'dev':>7} {'test':>7}  instruction")
     for row in table:
         dev, test = row[f"dev_{metric}"], row[f"test_{metric}"]
-        print(f"{row['method']:<12} {_fmt(dev):>7} {_fmt(test):>7}  {row['instruction']!r}")
+        print(f"{row['method']:<12} {score_text(dev):>7} {score_text(test):>7}  {row['instruction']!r}")
     out = Path(cfg.paths.run_dir)
     out.mkdir(parents=True, exist_ok=True)
     (out / "evaluation.json").write_text(json.dumps({"results": table, "candidates": candidates_table}, indent=2))
@@ -143,24 +127,16 @@ def _report(cfg, task_name, metric, n_dev, n_test, table, candidates_table, exam
     print(f"Written to {os.path.relpath(out / 'evaluation.json')} and {os.path.relpath(png)}")
     logger = instantiate(cfg.logger, run_name=f"eval-{task_name}") if cfg.logger.get("_target_") else None
     if isinstance(logger, MLFlowLogger):
-        log_config_to_mlflow(logger.experiment, logger.run_id, cfg)
+        runs.log_config_to_mlflow(logger.experiment, logger.run_id, cfg)
         logger.log_metrics({k: float("nan") if v is None else v for k, v in results.items()})
-        logger.experiment.log_table(logger.run_id, _columns(table), "evaluation.json")
-        logger.experiment.log_table(logger.run_id, _columns(candidates_table), "candidates.json")
-        logger.experiment.log_table(logger.run_id, _columns(examples), "test_examples.json")
+        logger.experiment.log_table(logger.run_id, columns(table), "evaluation.json")
+        logger.experiment.log_table(logger.run_id, columns(candidates_table), "candidates.json")
+        logger.experiment.log_table(logger.run_id, columns(examples), "test_examples.json")
         logger.experiment.log_artifact(logger.run_id, str(png), "plots")
         logger.finalize("success")
         print(f"MLflow run {logger.run_id}")
         return logger.run_id
     return None
-
-
-def _columns(rows: list[dict]) -> dict[str, list]:
-    return {k: [r[k] for r in rows] for k in rows[0]}
-
-
-def _fmt(x: float | None) -> str:
-    return "n/a" if x is None else f"{x:.4f}"
 
 
 @hydra.main(version_base="1.3", config_path="../conf", config_name="evaluate")

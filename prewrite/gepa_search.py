@@ -7,7 +7,7 @@ rows), where its Pareto front lives. Here:
 
 - `ScorerAdapter.evaluate` scores a candidate with the harness's `RewriteScorer` (same task, template,
   backend, cache and metric as every other method), one task-LLM request per (instruction, row);
-- the budget is the same ledger as APE's and OPRO's (`search.DevSelection`: `budget`, `spent`): every
+- the budget is the same ledger as APE's and OPRO's (`selection.DevSelection`: `budget`, `spent`): every
   evaluation, minibatches included, is charged there. GEPA's `max_metric_calls` counts evaluated
   examples, which is the same unit (its own evaluation cache, when on, skips the scorer and is
   charged by neither). GEPA checks that limit only between iterations, so the adapter also refuses
@@ -28,7 +28,7 @@ from gepa.core.adapter import EvaluationBatch
 
 from prewrite.backends.usage import Usage
 from prewrite.rewards.scorer import Scores, gold_text
-from prewrite.search import DevSelection
+from prewrite.selection import DevSelection
 
 log = logging.getLogger(__name__)
 

@@ -20,12 +20,12 @@ import hydra
 import lightning as L
 from omegaconf import DictConfig, ListConfig
 
-from prewrite import precision
+from prewrite import precision, runs
 from prewrite import rewriter as rewriter_lib
 from prewrite.backends import build_backend
-from prewrite.evaluate import _columns, _fmt
+from prewrite.report import columns, score_text
 from prewrite.rewards import RewriteScorer
-from prewrite.search import DevSelection, _score
+from prewrite.selection import DevSelection, rank_score
 from prewrite.tasks import Task, load_task
 from prewrite.tasks.io import read_text
 
@@ -115,7 +115,7 @@ def summarize(task: Task, scored: list[dict], sources: dict[str, list[str]], n_d
     """The candidates best first, each with its score against the initial instruction's; the spread."""
     metric = task.metric
     initial = next(c["dev_score"] for c in scored if c["instruction"] == task.instruction)
-    ranked = sorted(scored, key=_score, reverse=True)  # stable: ties keep the initial, then the user's, first
+    ranked = sorted(scored, key=rank_score, reverse=True)  # stable: ties keep the initial, then the user's, first
     rows = [
         {
             "rank": i + 1,
@@ -137,7 +137,7 @@ def summarize(task: Task, scored: list[dict], sources: dict[str, list[str]], n_d
         "best": max(values) if values else None,
         "worst": min(values) if values else None,
         "spread": max(values) - min(values) if values else None,
-        "beat_initial": sum(_score(c) > _score({"dev_score": initial}) for c in others),
+        "beat_initial": sum(rank_score(c) > rank_score({"dev_score": initial}) for c in others),
         "others": len(others),
     }
     return {"rows": rows, "summary": summary}
@@ -151,12 +151,12 @@ def _report(cfg: DictConfig, task: Task, result: dict) -> None:
     )
     for r in result["rows"]:
         delta = "n/a" if r["vs_initial"] is None else f"{r['vs_initial']:+.4f}"
-        print(f"{r['rank']:>4} {_fmt(r[f'dev_{metric}']):>7} {delta:>8}  {r['source']:<16} {r['instruction']!r}")
-    line = (
-        f"spread (best - worst) {_fmt(s['spread'])}: best {_fmt(s['best'])}, worst {_fmt(s['worst'])}; "
-        f"{s['beat_initial']} of {s['others']} other candidates beat the initial instruction ({_fmt(s['initial'])})"
+        print(f"{r['rank']:>4} {score_text(r[f'dev_{metric}']):>7} {delta:>8}  {r['source']:<16} {r['instruction']!r}")
+    best, worst, initial = (score_text(s[k]) for k in ("best", "worst", "initial"))
+    print(
+        f"spread (best - worst) {score_text(s['spread'])}: best {best}, worst {worst}; "
+        f"{s['beat_initial']} of {s['others']} other candidates beat the initial instruction ({initial})"
     )
-    print(line)
     out = Path(cfg.paths.run_dir)
     out.mkdir(parents=True, exist_ok=True)
     (out / "probe.json").write_text(json.dumps(result, indent=2))
@@ -167,23 +167,16 @@ def _report(cfg: DictConfig, task: Task, result: dict) -> None:
 
 def _log_to_mlflow(cfg: DictConfig, task: Task, result: dict) -> str:
     """An MLflow run `probe-<task>`: the config as params, the table as `probe.json`, the summary as metrics."""
-    from mlflow import MlflowClient
     from mlflow.utils.mlflow_tags import MLFLOW_RUN_NAME
 
-    from prewrite.loggers import mlflow_experiment
-    from prewrite.train import log_config_to_mlflow
-
-    client = MlflowClient(cfg.logger.tracking_uri)
-    tags = {MLFLOW_RUN_NAME: f"probe-{task.name}", "prewrite.method": "probe"}
-    run_id = client.create_run(mlflow_experiment(client, cfg.logger), tags=tags).info.run_id
-    log_config_to_mlflow(client, run_id, cfg)
+    client, run_id = runs.create_run(cfg, {MLFLOW_RUN_NAME: f"probe-{task.name}", "prewrite.method": "probe"})
     s, metric = result["summary"], task.metric
     for key in ("initial", "best", "worst", "spread"):
         if s[key] is not None:
             client.log_metric(run_id, f"probe/dev_{metric}_{key}", s[key])
     for key in ("beat_initial", "candidates", "dev_rows", "task_llm_requests"):
         client.log_metric(run_id, f"probe/{key}", s[key])
-    client.log_table(run_id, _columns(result["rows"]), "probe.json")
+    client.log_table(run_id, columns(result["rows"]), "probe.json")
     client.set_terminated(run_id, "FINISHED")
     print(f"MLflow run {run_id}")
     return run_id

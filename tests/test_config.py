@@ -8,7 +8,7 @@ import pytest
 from hydra.errors import MissingConfigException
 from omegaconf import OmegaConf
 
-from prewrite import train as train_mod
+from prewrite import runs
 from tests.conftest import CONF, ROOT
 
 # sweep and experiment options are global packages: sweeps composed in tests/test_sweep.py, experiments below;
@@ -94,13 +94,13 @@ def test_evaluate_and_rewrite_configs_compose(compose_config, name):
 
 def test_relaunch_in_a_run_folder_must_repeat_its_settings(compose_train, tmp_path):
     run_dir = tmp_path / "run"
-    train_mod.check_same_settings(run_dir, compose_train("algorithm.beta=0.1"))
-    recorded = json.loads((run_dir / train_mod.SETTINGS_FILE).read_text())
+    runs.check_same_settings(run_dir, compose_train("algorithm.beta=0.1"))
+    recorded = json.loads((run_dir / runs.SETTINGS_FILE).read_text())
     assert recorded["algorithm.beta"] == "0.1" and not any(k.startswith("paths.") for k in recorded)
     # where outputs go and the progress bar may change; the method and the task may not
     same = compose_train("algorithm.beta=0.1", "trainer.enable_progress_bar=false", f"paths.outputs_dir={tmp_path}")
-    train_mod.check_same_settings(run_dir, same)
+    runs.check_same_settings(run_dir, same)
     with pytest.raises(ValueError, match=r"algorithm\.beta: '0\.1' -> '0\.2'.*settings\.json"):
-        train_mod.check_same_settings(run_dir, compose_train("algorithm.beta=0.2"))
+        runs.check_same_settings(run_dir, compose_train("algorithm.beta=0.2"))
     with pytest.raises(ValueError, match=r"task\.name: 'sst2' -> 'cb'"):
-        train_mod.check_same_settings(run_dir, compose_train("algorithm.beta=0.1", "task=cb"))
+        runs.check_same_settings(run_dir, compose_train("algorithm.beta=0.1", "task=cb"))

@@ -17,9 +17,9 @@ from mlflow import MlflowClient
 from prewrite import faults, fsio
 from prewrite.backends.openai import OpenAIBackend
 from prewrite.callbacks import LastCheckpoint, RewritesTable, check_finite
+from prewrite.runs import check_same_settings
 from prewrite.tasks.io import read_jsonl, read_rows
 from prewrite.tasks.task import load_task
-from prewrite.train import check_same_settings
 from tests.conftest import ROOT
 from tests.fault_server import FaultServer
 
@@ -169,7 +169,8 @@ def test_stop_signals_are_recorded_until_a_safe_point(monkeypatch):
 def test_a_stopped_comparison_marks_its_mlflow_run_killed_and_stops_between_candidates(
     compose_config, tmp_path, monkeypatch
 ):
-    from prewrite import compare, search
+    from prewrite import compare
+    from prewrite.selection import DevSelection
 
     cfg = compose_config("compare", "seeds=[0,1]", f"paths.outputs_dir={tmp_path}")
     monkeypatch.setattr(compare, "build_backend", lambda *a: None)  # the stop comes before any scoring
@@ -191,7 +192,7 @@ def test_a_stopped_comparison_marks_its_mlflow_run_killed_and_stops_between_cand
     assert run.info.status == "KILLED" and run.data.tags["prewrite.method"] == "compare"
     assert signal.getsignal(signal.SIGTERM) is not faults._handle
 
-    selection = search.DevSelection(scorer=None, dev_rows=[{}], metric="accuracy")  # stopped before scoring
+    selection = DevSelection(scorer=None, dev_rows=[{}], metric="accuracy")  # stopped before scoring
     with pytest.raises(faults.StopRequested):
         selection.score(["Classify the sentiment."])
     monkeypatch.setattr(faults, "_received", None)
@@ -203,7 +204,7 @@ def test_a_stopped_comparison_marks_its_mlflow_run_killed_and_stops_between_cand
 @pytest.mark.integration
 def test_nonfinite_loss_skips_the_update_and_stops_after_n_in_a_row(compose_train, tmp_path, monkeypatch):
     import prewrite.module
-    from prewrite.train import train
+    from prewrite.training import train
 
     real_loss = prewrite.module.grpo_loss
     nan_steps: set[int] = {2}

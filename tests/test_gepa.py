@@ -8,9 +8,10 @@ import json
 import pytest
 from omegaconf import OmegaConf
 
+from prewrite import baselines, gepa_search, search
 from prewrite import compare as compare_mod
-from prewrite import gepa_search, search
 from prewrite.rewards import RewriteScorer
+from prewrite.selection import DevSelection
 from prewrite.tasks import load_task
 
 
@@ -57,7 +58,7 @@ def task():
 
 def selection(task, backend, budget, dev=10, metric="accuracy"):
     scorer = RewriteScorer(task, backend, [metric], [1.0])
-    return search.DevSelection(scorer, task.eval_rows("dev", dev, seed=0), metric, budget)
+    return DevSelection(scorer, task.eval_rows("dev", dev, seed=0), metric, budget)
 
 
 @pytest.mark.parametrize("metric", ["accuracy", "f1"])  # f1 is macro-F1 here: defined over the whole sample only
@@ -118,10 +119,10 @@ def test_a_budget_below_one_dev_pass_and_bad_options_are_refused(task, compose_c
         gepa_search.gepa_search(scripted_reflection(), selection(task, CountingSayer(), 9), [], "x", seed=0)
     cfg = compose_config("compare", "gepa.reflection_lm=bogus")
     with pytest.raises(ValueError, match="gepa.reflection_lm must be 'rewriter' or 'backend'"):
-        search.gepa_reflection_lm(cfg, rewriter=None)
+        baselines.gepa_reflection_lm(cfg, rewriter=None)
     cfg = compose_config("compare", "gepa.reflection_lm=backend")
     with pytest.raises(ValueError, match="gepa.reflection_backend"):
-        search.gepa_reflection_lm(cfg, rewriter=None)
+        baselines.gepa_reflection_lm(cfg, rewriter=None)
     with pytest.raises(ValueError, match="methods: unknown search method 'bogus'"):
         compare_mod.reported_methods(compose_config("compare", "methods=[ape,bogus]"))
 

@@ -17,7 +17,7 @@ from omegaconf import OmegaConf
 
 from prewrite import prompt_registry
 from prewrite.prompt_registry import Chosen
-from prewrite.train import run_description
+from prewrite.training import run_description
 
 ROWS = [{"input": "a fine film", "output": "positive"}, {"input": "dull", "output": "negative"}]
 BACKEND = {"model_name_or_path": "embedded:smollm2-135m-instruct"}

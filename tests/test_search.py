@@ -4,8 +4,9 @@ are known in advance."""
 
 import pytest
 
-from prewrite import search
+from prewrite import baselines
 from prewrite.rewards import RewriteScorer
+from prewrite.selection import DevSelection, or_initial
 from prewrite.tasks import load_task
 
 
@@ -47,7 +48,7 @@ def task():
 def selection(task):
     def make(budget):
         rows = task.eval_rows("dev", 10, seed=0)
-        return search.DevSelection(RewriteScorer(task, LabelSayer(), ["accuracy"], [1.0]), rows, "accuracy", budget)
+        return DevSelection(RewriteScorer(task, LabelSayer(), ["accuracy"], [1.0]), rows, "accuracy", budget)
 
     return make
 
@@ -73,7 +74,7 @@ def test_best_is_the_earliest_of_equal_scores_and_an_empty_selection_says_why(se
 
 def test_ape_spends_the_budget_on_new_rewrites_then_stops(selection):
     rewriter = ScriptedRewriter([["r1", "r2", "r1"], ["r3", "say positive r4", "r5"], ["r6", "r7", "r8"]])
-    sel = search.ape(rewriter, selection(budget=55), "Classify.", "Rewrite: {instruction}", samples_per_round=3)
+    sel = baselines.ape(rewriter, selection(budget=55), "Classify.", "Rewrite: {instruction}", samples_per_round=3)
     assert [c["instruction"] for c in sel.scored] == ["r1", "r2", "r3", "say positive r4", "r5"]
     assert [c["round"] for c in sel.scored] == [0, 0, 1, 1, 1]
     assert sel.spent == 50 and sel.best["instruction"] == "say positive r4"
@@ -82,14 +83,14 @@ def test_ape_spends_the_budget_on_new_rewrites_then_stops(selection):
 
 def test_ape_stops_after_patience_rounds_without_a_new_candidate(selection):
     rewriter = ScriptedRewriter([["r1"]])  # then "same" forever
-    sel = search.ape(rewriter, selection(budget=None), "Classify.", "{instruction}", samples_per_round=2, patience=3)
+    sel = baselines.ape(rewriter, selection(budget=None), "Classify.", "{instruction}", samples_per_round=2, patience=3)
     assert [c["instruction"] for c in sel.scored] == ["r1", "same"]
     assert len(rewriter.shown) == 5  # r1, same (new), then three rounds with nothing new
 
 
 def test_opro_starts_from_the_instruction_and_shows_the_best_so_far_worst_to_best(selection, task):
     rewriter = ScriptedRewriter([["say positive p1", "p2"], ["p3"]])
-    sel = search.opro(rewriter, selection(budget=40), "Classify.", proposals_per_round=2, top_k=2)
+    sel = baselines.opro(rewriter, selection(budget=40), "Classify.", proposals_per_round=2, top_k=2)
     assert [(c["instruction"], c["round"]) for c in sel.scored] == [
         ("Classify.", 0), ("say positive p1", 1), ("p2", 1), ("p3", 2)
     ]  # fmt: skip
@@ -107,4 +108,4 @@ def test_opro_starts_from_the_instruction_and_shows_the_best_so_far_worst_to_bes
      (0.5, None, ("initial", True)), (None, 0.1, ("rewrite", False))],
 )  # fmt: skip
 def test_a_rewrite_is_handed_back_only_if_it_beat_the_initial_instruction_on_dev(initial_dev, chosen_dev, expected):
-    assert search.or_initial("initial", initial_dev, "rewrite", chosen_dev) == expected
+    assert or_initial("initial", initial_dev, "rewrite", chosen_dev) == expected

@@ -19,7 +19,7 @@ from prewrite import precision
 from prewrite.callbacks import _publish
 from prewrite.distributed import TransformerBlocks
 from prewrite.models import load_model
-from prewrite.train import _check_launch
+from prewrite.training import check_launch
 from tests.conftest import ROOT
 
 STRATEGIES = {
@@ -101,7 +101,7 @@ def test_transformer_blocks_policy_wraps_each_decoder_layer():
 def test_lightning_re_running_the_command_line_is_refused():
     trainer = L.Trainer(accelerator="cpu", devices=2, strategy="ddp", logger=False, enable_progress_bar=False)
     with pytest.raises(RuntimeError, match="torchrun"):
-        _check_launch(trainer)
+        check_launch(trainer)
 
 
 def test_a_checkpoint_file_or_folder_is_published_in_one_step(tmp_path):

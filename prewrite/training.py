@@ -1,0 +1,237 @@
+"""Training a prompt rewriter, as `python -m prewrite.train` and `prewrite.compare` run it.
+
+Stages (`stages=S`) are an outer loop: each stage builds a fresh module and Trainer from the base
+rewriter weights (so optimizer and scheduler start anew too) and rewrites the best rewrite of the
+stage before it. A run re-launched in the same folder (`hydra.run.dir=<run folder>`) skips finished
+stages and resumes the unfinished one from its last checkpoint, in the same MLflow run.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+from pathlib import Path
+
+import lightning as L
+import numpy as np
+from hydra.utils import instantiate
+from lightning.pytorch.callbacks import EarlyStopping
+from lightning.pytorch.utilities import rank_zero_only
+from mlflow.utils.mlflow_tags import MLFLOW_PARENT_RUN_ID, MLFLOW_RUN_NAME, MLFLOW_RUN_NOTE
+from mlflow.utils.validation import MAX_TAG_VAL_LENGTH
+from omegaconf import DictConfig
+
+from prewrite import config_check, distributed, faults, fsio, precision, prompt_registry, runs, selection, sweep
+from prewrite.backends import build_backend
+from prewrite.callbacks import (
+    LastCheckpoint,
+    RewardDevPlot,
+    RewritesTable,
+    StopOnSignal,
+    SystemMetrics,
+    TimeEstimate,
+)
+from prewrite.module import PRewriteModule
+from prewrite.report import score_text
+from prewrite.rewards import RewriteScorer
+from prewrite.tasks import Task, load_task
+
+log = logging.getLogger(__name__)
+
+
+def check_launch(trainer: L.Trainer) -> None:
+    """Several processes come from torchrun or SLURM, never from Lightning re-running the command
+    line for each extra rank: that re-run cannot reproduce a Hydra multirun, and its processes would
+    resolve their own run folders."""
+    processes = trainer.num_devices * trainer.num_nodes
+    if processes > 1 and not trainer.strategy.cluster_environment.creates_processes_externally:
+        raise RuntimeError(
+            f"{processes} processes (hardware.devices x hardware.num_nodes): launch them with torchrun"
+            " (torchrun --nproc_per_node=<devices> -m prewrite.train ...) or SLURM, see README, Scaling"
+        )
+
+
+def plan(cfg: DictConfig, task: Task, instruction: str, resumed: bool) -> str:
+    """What a training is about to do, printed before it starts (its duration follows after the first step)."""
+    algo = cfg.algorithm
+    chosen = "; ".join(f"{k}={v}" for k, v in (cfg.get("precision_auto") or {}).items())
+    return (
+        f"{'Resuming' if resumed else 'Training'} the rewriter {cfg.rewriter.model_name_or_path} with "
+        f"{algo.name.upper()} on {task.name} ({task.kind}, reward {list(cfg.reward.reward_funcs)}) from "
+        f"{instruction!r}: {cfg.steps} steps of {algo.num_generations} rewrites x {cfg.examples_per_step} train "
+        f"examples, the greedy rewrite scored on {len(task.eval_rows('dev', cfg.dev_examples, cfg.seed))} dev rows "
+        f"every {cfg.eval_every} steps; precision {cfg.hardware.precision}" + (f" ({chosen})" if chosen else "")
+    )
+
+
+def fit_stage(
+    cfg: DictConfig,
+    task: Task,
+    scorer: RewriteScorer,
+    dev_rows: list[dict],
+    instruction: str,
+    run_dir: Path,
+    seed: int,
+    tags: dict[str, str],
+) -> dict:
+    """One training (one stage) in `run_dir`; returns its best dev evaluation {step, score, rewrite}."""
+    if (run_dir / runs.RESULT_FILE).exists():  # finished before a resume
+        return json.loads((run_dir / runs.RESULT_FILE).read_text())
+    faults.raise_if_requested()  # asked to stop before this stage began: nothing of it to save
+    run_dir.mkdir(parents=True, exist_ok=True)
+    ckpt = runs.checkpoint_to_resume(cfg, run_dir)
+    L.seed_everything(seed, workers=True)  # the same on every rank: what the module initialises must agree
+    export_dir = run_dir / "rewriter"
+    module = PRewriteModule.from_config(
+        cfg, task, scorer, dev_rows, seed=seed, instruction=instruction, export_dir=str(export_dir)
+    )
+    logger = False
+    callbacks: list[L.Callback] = [RewritesTable(str(run_dir)), RewardDevPlot(str(run_dir)), StopOnSignal()]
+    callbacks.append(TimeEstimate(cfg.steps, cfg.eval_every))
+    # One MLflow run per training: only rank zero has a logger (the others would also open the store,
+    # racing to create it); rank_zero_only.rank comes from the launcher's environment (RANK, SLURM_PROCID).
+    if cfg.logger.get("_target_") and rank_zero_only.rank == 0:
+        run_id_file = (ckpt.parent.parent if ckpt else run_dir) / runs.RUN_ID_FILE
+        resumed_id = run_id_file.read_text().strip() if ckpt and run_id_file.exists() else None
+        tags = dict(tags)
+        run_name = tags.pop(MLFLOW_RUN_NAME, cfg.logger.run_name)  # as a tag Lightning would overwrite it
+        logger = instantiate(cfg.logger, run_id=resumed_id, run_name=run_name, tags=tags or None)
+        if resumed_id is None and hasattr(logger, "run_id"):
+            fsio.atomic_write_text(run_dir / runs.RUN_ID_FILE, logger.run_id)
+            runs.log_config_to_mlflow(logger.experiment, logger.run_id, cfg)
+        if cfg.system_metrics_interval_s:
+            callbacks.append(SystemMetrics(cfg.system_metrics_interval_s))
+    if cfg.save_checkpoints:
+        callbacks.append(LastCheckpoint(str(run_dir / "checkpoints")))
+    if cfg.early_stopping_patience is not None:
+        callbacks.append(EarlyStopping(cfg.optimized_metric, patience=cfg.early_stopping_patience, mode="max"))
+    callbacks += [instantiate(c) for c in cfg.callbacks]
+    hardware = instantiate(cfg.hardware, _convert_="all")  # the strategy: a name or a configured object
+    trainer = L.Trainer(**cfg.trainer, **hardware, logger=logger, callbacks=callbacks, default_root_dir=str(run_dir))
+    check_launch(trainer)
+    if trainer.world_size > 1:  # each rank its own sampling stream, or every rank would roll out the same rewrites
+        L.seed_everything(distributed.rank_seed(seed, trainer.global_rank), workers=True)
+    if trainer.is_global_zero:
+        print(plan(cfg, task, instruction, resumed=ckpt is not None), flush=True)
+    trainer.fit(module, ckpt_path=str(ckpt) if ckpt else None)
+
+    best = module.best or {"score": float("nan"), "step": None, "rewrite": None}
+    # The initial instruction competes too: a user is never handed a rewrite that did worse on dev.
+    initial_dev = next(r for r in module.rewrite_rows if r["split"] == "initial")[module.monitor]
+    best["initial_score"] = initial_dev
+    best["selected"], best["selected_is_initial"] = selection.or_initial(
+        instruction, initial_dev, best["rewrite"], best["score"]
+    )
+    if trainer.is_global_zero:
+        if logger:
+            # the run's objective (what train() returns), one number a sweep's runs compare on
+            objective = sweep.objective_metric(cfg.optimized_metric)
+            logger.experiment.log_metric(logger.run_id, objective, best["score"], step=best["step"] or 0)
+            selected = "initial" if best["selected_is_initial"] else "rewrite"
+            logger.experiment.set_tag(logger.run_id, "prewrite.selected", selected)
+            chosen_dev = initial_dev if best["selected_is_initial"] else best["score"]
+            logger.experiment.log_metric(logger.run_id, f"dev/selected/{module.monitor}", chosen_dev)
+            if best["rewrite"] is not None:
+                logger.experiment.set_tag(logger.run_id, "prewrite.best_rewrite", best["rewrite"][:MAX_TAG_VAL_LENGTH])
+            note = run_description(cfg, task.name, module.monitor, len(dev_rows), instruction, best)
+            logger.experiment.set_tag(logger.run_id, MLFLOW_RUN_NOTE, note)
+            if cfg.register_prompts:
+                _register_prompts(cfg, task, module.monitor, dev_rows, instruction, best, logger.run_id)
+        if logger and cfg.log_rewriter_to_mlflow and export_dir.exists():
+            logger.experiment.log_artifacts(logger.run_id, str(export_dir), "rewriter")
+        fsio.atomic_write_text(run_dir / runs.RESULT_FILE, json.dumps(best))
+        print(f"\nBest {cfg.optimized_metric}: {best['score']:.4f} at step {best['step']}: {best['rewrite']!r}")
+        if best["selected_is_initial"]:
+            print(
+                f"No rewrite beat the initial instruction on dev ({cfg.optimized_metric} {initial_dev:.4f}): "
+                f"keep {instruction!r}. (MLflow tag prewrite.selected=initial)"
+            )
+        else:
+            print(f"It beats the initial instruction on dev ({initial_dev:.4f}).")
+        print(f"Rewriter (best on dev): {os.path.relpath(export_dir)}")
+        if logger:
+            print(f"MLflow run {logger.run_id} in experiment {logger._experiment_name!r}")
+    return best
+
+
+def run_description(cfg: DictConfig, task_name: str, metric: str, n_dev: int, instruction: str, best: dict) -> str:
+    """The run's description in the MLflow UI (markdown): the initial instruction against the best
+    rewrite on dev, and which one the run hands the user."""
+
+    def quoted(text: str) -> str:  # both instructions must fit one tag value
+        text = text if len(text) <= 3000 else text[:3000] + " [...]"
+        return "\n".join(f"> {line}" for line in text.splitlines() or [""])
+
+    lines = [
+        f"**{task_name}**, {cfg.algorithm.name.upper()}, seed {cfg.seed}, {cfg.steps} steps; "
+        f"dev {metric} on {n_dev} rows.",
+        "",
+        f"Initial instruction: dev {metric} **{score_text(best['initial_score'])}**",
+        "",
+        quoted(instruction),
+    ]
+    if best["rewrite"] is not None:
+        kept = "the initial instruction (no rewrite beat it on dev)" if best["selected_is_initial"] else "the rewrite"
+        header = f"Best rewrite (step {best['step']}): dev {metric} **{score_text(best['score'])}**"
+        lines += ["", header, "", quoted(best["rewrite"]), "", f"Selected: {kept}."]
+    if cfg.register_prompts:
+        uri = f"prompts:/{prompt_registry.prompt_name(task_name)}@{prompt_registry.ALIAS}"
+        lines += ["", f"Registered in the Prompt Registry; the best on dev across runs: `{uri}`."]
+    return "\n".join(lines)
+
+
+def _register_prompts(cfg, task: Task, metric: str, dev_rows: list[dict], instruction: str, best: dict, run_id: str):
+    """The initial instruction (stage 0's) and the best rewrite on dev as versions of the task's prompt."""
+    where = f"training run {run_id}"
+    chosen = []
+    if instruction == task.instruction:  # a later stage starts from the previous stage's best, registered then
+        origin = f"initial instruction, scored on dev by {where}"
+        chosen.append(prompt_registry.Chosen(instruction, "initial", run_id, origin, best["initial_score"], cfg.seed))
+    if best["rewrite"] is not None:
+        origin = f"best-on-dev greedy rewrite of {where}, step {best['step']}"
+        chosen.append(prompt_registry.Chosen(best["rewrite"], "train_best", run_id, origin, best["score"], cfg.seed))
+    if chosen:
+        scored = prompt_registry.scored_on(metric, dev_rows, cfg.task_backend)
+        prompt_registry.register(cfg.logger.tracking_uri, task.name, chosen, scored)
+
+
+def train(cfg: DictConfig, tags: dict[str, str] | None = None, backend=None) -> float:
+    """Runs the training (all its stages) and returns the best value of `cfg.optimized_metric` on
+    dev of the last stage. `tags` go on its MLflow run (the parent run of its stages). `backend`: a
+    task-LLM backend already built from `cfg.task_backend` (prewrite.compare reuses one engine)."""
+    with faults.stop_on_signals():
+        return _train(cfg, tags or {}, backend)
+
+
+def _train(cfg: DictConfig, tags: dict[str, str], backend) -> float:
+    config_check.check_training(cfg)
+    run_dir = Path(cfg.paths.run_dir)
+    precision.resolve_config(cfg)  # before the settings check: a run's settings are what it computed with
+    runs.check_same_settings(run_dir, cfg)
+    task = load_task(cfg.task)
+    backend = backend or build_backend(cfg.task_backend, cfg.get("cache"), task)
+    scorer = RewriteScorer(task, backend, cfg.reward.reward_funcs, cfg.reward.reward_weights, report=[cfg.task.metric])
+    # A fixed seeded dev subset, the same at every evaluation and stage, so dev curves are comparable.
+    dev_rows = task.eval_rows("dev", cfg.dev_examples, cfg.seed)
+    if cfg.stages == 1:
+        best = fit_stage(cfg, task, scorer, dev_rows, task.instruction, run_dir, cfg.seed, tags)
+    else:
+        client, parent = runs.parent_run(cfg, run_dir, tags | {MLFLOW_RUN_NAME: cfg.logger.run_name})
+        instruction = task.instruction
+        with faults.ends_mlflow_run(client, parent):
+            for stage in range(cfg.stages):
+                tags = {"prewrite.stage": str(stage)}
+                if parent:
+                    tags |= {MLFLOW_PARENT_RUN_ID: parent, MLFLOW_RUN_NAME: f"{cfg.logger.run_name}-stage{stage}"}
+                # each stage its own seed stream, so a resumed stage replays exactly
+                seed = int(np.random.SeedSequence([cfg.seed, stage]).generate_state(1)[0])
+                best = fit_stage(cfg, task, scorer, dev_rows, instruction, run_dir / f"stage{stage}", seed, tags)
+                instruction = best["rewrite"] or instruction  # the next stage rewrites this stage's best
+        if parent:
+            client.log_metric(parent, cfg.optimized_metric, best["score"])
+            client.log_metric(parent, sweep.objective_metric(cfg.optimized_metric), best["score"])
+            client.set_terminated(parent, "FINISHED")
+    if cfg.logger.get("_target_") and rank_zero_only.rank == 0:
+        print(f"Open the UI: make ui   (or: mlflow ui --backend-store-uri {cfg.logger.tracking_uri})")
+    return best["score"]
