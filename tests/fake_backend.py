@@ -3,33 +3,31 @@
 Only light imports here: spawned worker processes import this module.
 """
 
+from prewrite.backends.base import TaskBackend
 from prewrite.backends.cache import CachedBackend, ResponseCache
 
 
-class FakeBackend:
+class FakeBackend(TaskBackend):
     """Stands in for a model where the model is not the point: answers are a function of the request,
     and every request it receives is recorded."""
 
     def __init__(self, model="fake", **sampling):
+        super().__init__()
         self.model, self.sampling = model, sampling
         self.received: list[list] = []
-        self.num_calls = 0
 
     def cache_identity(self):
         return {"model": self.model, **self.sampling}
 
     def generate(self, prompts):
         self.received.append(list(prompts))
-        self.num_calls += len(prompts)
+        self.usage.add(calls=len(prompts))
         return [f"{self.model}:{p}" for p in prompts]
 
     def loglikelihood(self, prompts, continuations):
         self.received.append(list(zip(prompts, continuations, strict=True)))
-        self.num_calls += len(prompts)
+        self.usage.add(calls=len(prompts))
         return [-float(len(p) + len(c)) if c else None for p, c in zip(prompts, continuations, strict=True)]
-
-    def usage_snapshot(self):
-        return {"calls": float(self.num_calls)}
 
 
 class PromptSpy:

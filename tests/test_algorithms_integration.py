@@ -11,7 +11,7 @@ from safetensors import safe_open
 
 from prewrite import models
 from prewrite.module import PRewriteModule
-from prewrite.rollout import hf as rollout_hf
+from prewrite.rollout import hf_rollout
 from prewrite.tasks import load_task
 from tests.conftest import ROOT
 
@@ -35,7 +35,7 @@ def test_lora_trains_only_the_adapter_and_its_reference_is_the_base_model(compos
     assert sum(p.numel() for g in opt.param_groups for p in g["params"]) == trainable
 
     torch.manual_seed(0)
-    rollout = rollout_hf.generate(module.policy, module.tokenizer, module.prompt_ids, 2, max_new_tokens=8)
+    rollout = hf_rollout.generate(module.policy, module.tokenizer, module.prompt_ids, 2, max_new_tokens=8)
     base = models.load_model(compose_train().rewriter.model_name_or_path).eval()
     with torch.no_grad():
         base_logps = module.logprobs(rollout, base)

@@ -7,7 +7,7 @@ import logging
 import pytest
 
 from prewrite import chat, models
-from prewrite.rollout import hf as rollout_hf
+from prewrite.rollout.base import rewriter_prompt
 
 
 @pytest.fixture(scope="module")
@@ -33,5 +33,5 @@ def test_a_model_without_a_chat_template_gets_the_plain_format_and_one_warning(t
     ]
     assert caplog.text.count("no-template-model has no chat template") == 1
     # the rewriter's prompt goes through the same function
-    prompt = rollout_hf.rewriter_prompt(plain, "Rewrite: {instruction}", "Say yes.")
+    prompt = rewriter_prompt(plain, "Rewrite: {instruction}", "Say yes.")
     assert prompt == tokenizer("Rewrite: Say yes.\n")["input_ids"]

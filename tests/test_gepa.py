@@ -10,24 +10,26 @@ from omegaconf import OmegaConf
 
 from prewrite import baselines, gepa_search, search
 from prewrite import compare as compare_mod
+from prewrite.backends.base import TaskBackend
 from prewrite.rewards import RewriteScorer
 from prewrite.selection import DevSelection
 from prewrite.tasks import load_task
 
 
-class CountingSayer:
+class CountingSayer(TaskBackend):
     """A task LLM that says "positive" when the instruction says so and otherwise something useless;
     it records every prompt it is asked."""
 
     def __init__(self):
+        super().__init__()
         self.prompts = []
 
     def generate(self, prompts):
         self.prompts += prompts
         return ["positive" if "say positive" in p else "hmm" for p in prompts]
 
-    def usage_snapshot(self):
-        return {}
+    def cache_identity(self):
+        return {"backend": "counting sayer"}
 
 
 class ParitySayer(CountingSayer):

@@ -10,23 +10,25 @@ import pytest
 from mlflow import MlflowClient
 
 from prewrite import probe as probe_mod
+from prewrite.backends.base import TaskBackend
 from tests.conftest import ROOT
 from tests.fake_backend import spy_on_backends
 
 
-class LabelSayer:
+class LabelSayer(TaskBackend):
     """A task LLM that says "positive" when the prompt asks it to, "negative" when told so, else
     nothing useful: accuracy is then the share of dev rows with that gold label, or 0."""
 
     def __init__(self, **_):
+        super().__init__()
         self.prompts: list[str] = []
 
     def generate(self, prompts):
         self.prompts += prompts
         return ["positive" if "say positive" in p else "negative" if "say negative" in p else "hmm" for p in prompts]
 
-    def usage_snapshot(self):
-        return {}
+    def cache_identity(self):
+        return {"backend": "label sayer"}
 
 
 class ScriptedRewriter:

@@ -14,10 +14,11 @@ pytest.importorskip("vllm", reason="vllm not installed: `make setup-vllm` instal
 
 import torch  # noqa: E402
 from mlflow import MlflowClient  # noqa: E402
+from prewrite.rollout.vllm_rollout import VLLMRollout  # noqa: E402
 
 from prewrite import models  # noqa: E402
-from prewrite.rollout import hf as rollout_hf  # noqa: E402
-from prewrite.rollout.vllm import VLLMRollout  # noqa: E402
+from prewrite.rollout.base import Rollout, rewriter_prompt  # noqa: E402
+from prewrite.rollout.hf_rollout import HFRollout  # noqa: E402
 from tests.conftest import ROOT  # noqa: E402
 
 pytestmark = [pytest.mark.integration, pytest.mark.timeout(600)]
@@ -35,7 +36,7 @@ def tokenizer():
 @pytest.fixture(scope="module")
 def prompt_ids(tokenizer):
     # prompts of different lengths, so left padding is exercised
-    return [rollout_hf.rewriter_prompt(tokenizer, META_PROMPT, t) for t in INSTRUCTIONS]
+    return [rewriter_prompt(tokenizer, META_PROMPT, t) for t in INSTRUCTIONS]
 
 
 @pytest.fixture(scope="module")
@@ -54,14 +55,14 @@ def greedy(generate, prompt_ids, max_new_tokens=24):
     return generate(prompt_ids, num_generations=1, max_new_tokens=max_new_tokens, do_sample=False)
 
 
-def assert_same_rollout(got: rollout_hf.Rollout, want: rollout_hf.Rollout) -> None:
+def assert_same_rollout(got: Rollout, want: Rollout) -> None:
     for field in ("prompt_ids", "prompt_mask", "completion_ids", "completion_mask", "truncated"):
         assert torch.equal(getattr(got, field), getattr(want, field)), field
     assert got.texts == want.texts
 
 
 def test_greedy_rollout_equals_hf_generate_field_by_field(engine, policy, tokenizer, prompt_ids):
-    want = greedy(rollout_hf.HFRollout(policy, tokenizer).generate, prompt_ids)
+    want = greedy(HFRollout(policy, tokenizer).generate, prompt_ids)
     assert_same_rollout(greedy(engine.generate, prompt_ids), want)
     # both branches of the conventions are exercised: a completion ending in EOS and a truncated one
     assert want.truncated.any() and not want.truncated.all()
@@ -92,7 +93,7 @@ def test_sampled_rollout_follows_the_conventions_and_is_seeded(engine, tokenizer
 
 def test_sync_makes_vllm_greedy_equal_the_updated_policy(engine, policy, tokenizer, prompt_ids):
     updated = copy.deepcopy(policy)
-    hf_before = greedy(rollout_hf.HFRollout(updated, tokenizer).generate, prompt_ids)
+    hf_before = greedy(HFRollout(updated, tokenizer).generate, prompt_ids)
     # One real optimizer step, large enough to change greedy rewrites: the log-likelihood of a fixed
     # rewrite after the first prompt.
     target = tokenizer("Decide if the review is positive or negative.<|im_end|>", add_special_tokens=False)
@@ -104,7 +105,7 @@ def test_sync_makes_vllm_greedy_equal_the_updated_policy(engine, policy, tokeniz
     updated(input_ids=ids, labels=labels).loss.backward()
     opt.step()
     updated.eval()
-    hf_after = greedy(rollout_hf.HFRollout(updated, tokenizer).generate, prompt_ids)
+    hf_after = greedy(HFRollout(updated, tokenizer).generate, prompt_ids)
     assert not torch.equal(hf_after.completion_ids, hf_before.completion_ids)
 
     try:
@@ -138,7 +139,7 @@ def test_two_training_steps_with_rollout_vllm(tmp_path):
     assert proc.returncode == 0, proc.stderr[-4000:]
     client = MlflowClient(f"sqlite:///{tmp_path}/mlflow.db")
     run = client.search_runs([client.get_experiment_by_name("prewrite-sst2").experiment_id])[0]
-    assert run.data.params["rollout._target_"] == "prewrite.rollout.vllm.VLLMRollout"
+    assert run.data.params["rollout._target_"] == "prewrite.rollout.vllm_rollout.VLLMRollout"
 
     def history(key):
         return [(m.step, m.value) for m in client.get_metric_history(run.info.run_id, key)]

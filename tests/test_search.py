@@ -5,22 +5,21 @@ are known in advance."""
 import pytest
 
 from prewrite import baselines
+from prewrite.backends.base import TaskBackend
 from prewrite.rewards import RewriteScorer
 from prewrite.selection import DevSelection, or_initial
 from prewrite.tasks import load_task
 
 
-class LabelSayer:
+class LabelSayer(TaskBackend):
     """A task LLM that answers "positive" when the instruction says so, else nothing useful: an
     instruction's accuracy is then the share of positive rows, or 0."""
-
-    num_calls = 0
 
     def generate(self, prompts):
         return ["positive" if "say positive" in p else "hmm" for p in prompts]
 
-    def usage_snapshot(self):
-        return {}
+    def cache_identity(self):
+        return {"backend": "label sayer"}
 
 
 class ScriptedRewriter:

@@ -1,11 +1,13 @@
-"""Task-LLM backends: answer a list of user messages with a frozen model."""
+"""Task-LLM backends: answer a list of user messages with a frozen model (the contract: base.TaskBackend)."""
 
 from __future__ import annotations
 
 from collections.abc import Mapping
 
+from prewrite.backends.base import TaskBackend
 
-def build_backend(backend_cfg, cache_cfg: Mapping | None = None, task=None):
+
+def build_backend(backend_cfg, cache_cfg: Mapping | None = None, task=None) -> TaskBackend:
     """The configured backend (`task_backend`), wrapped in the response cache when `cache.enabled`.
 
     A backend configured with `constrained: true` answers a classification task by choosing among its

@@ -18,6 +18,8 @@ import time
 from collections.abc import Callable, Iterable, Sequence
 from pathlib import Path
 
+from prewrite.backends.base import TaskBackend
+
 log = logging.getLogger(__name__)
 
 # Bump when the key derivation or the stored value format changes: old entries then simply miss.
@@ -182,7 +184,7 @@ class ResponseCache:
         self._conn = None
 
 
-class CachedBackend:
+class CachedBackend(TaskBackend):
     """Wraps a backend with the response cache; the same `generate` / `loglikelihood` interface.
 
     Each call looks every request up, sends only the misses to the wrapped backend (an identical
@@ -214,6 +216,9 @@ class CachedBackend:
         if name == "inner":  # not set yet: during unpickling, avoid infinite recursion
             raise AttributeError(name)
         return getattr(self.inner, name)
+
+    def cache_identity(self) -> dict:
+        return self.inner.cache_identity()
 
     @property
     def num_calls(self) -> int:

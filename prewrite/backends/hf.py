@@ -13,7 +13,7 @@ import torch
 from transformers import DynamicCache
 
 from prewrite import chat, models, precision
-from prewrite.backends.usage import Usage
+from prewrite.backends.base import TaskBackend
 
 log = logging.getLogger(__name__)
 
@@ -88,7 +88,7 @@ def prefix_groups(seqs: list[list[int]], keep: int = 1) -> list[tuple[int, list[
     return out
 
 
-class HFBackend:
+class HFBackend(TaskBackend):
     """Answers user messages with the frozen task LLM.
 
     Prompts are deduplicated and sorted by length before batching, so a batch holds prompts of
@@ -117,6 +117,7 @@ class HFBackend:
                 "task_backend.constrained=true needs the label verbalizers of a classification task (choices), "
                 f"got {choices!r}; build the backend with build_backend(..., task=task) or set constrained=false"
             )
+        super().__init__(price_per_1m_prompt_tokens, price_per_1m_completion_tokens)
         self.model_name_or_path = model_name_or_path
         dtype = precision.resolve_dtype(dtype, device)
         self.tokenizer = models.load_tokenizer(model_name_or_path)
@@ -128,11 +129,6 @@ class HFBackend:
         self.constrained = constrained
         self.choices = list(choices) if constrained else None
         self._choice_ids = self._encode_choices(self.choices) if constrained else None
-        self.num_calls = 0  # prompts actually run through the model (after deduplication)
-        self.usage = Usage(price_per_1m_prompt_tokens, price_per_1m_completion_tokens)
-
-    def usage_snapshot(self) -> dict[str, float]:
-        return self.usage.snapshot()
 
     def cache_identity(self) -> dict:
         """Everything that decides an answer, for the response cache's key: the model (a fingerprint of
@@ -239,7 +235,6 @@ class HFBackend:
             texts = self.tokenizer.batch_decode(generated, skip_special_tokens=True)
             answers.update({unique[i]: t for i, t in zip(batch.idx, texts, strict=True)})
             self.usage.add(completion_tokens=self._count_generated(generated))
-        self.num_calls += len(unique)
         self.usage.add(calls=len(unique), prompt_tokens=sum(len(e) for e in encoded))
         return [answers[p] for p in prompts]
 
@@ -269,7 +264,6 @@ class HFBackend:
                 n = len(ids)
                 scores.append(sum(row[-n + j, tok].item() for j, tok in enumerate(ids)))
             answers[prompt] = self.choices[max(range(len(scores)), key=scores.__getitem__)]
-        self.num_calls += len(unique)
         self.usage.add(calls=len(unique), prompt_tokens=sum(len(e) for e in encoded))
         return [answers[p] for p in prompts]
 
@@ -305,7 +299,6 @@ class HFBackend:
                 # logps[:, j] predicts the token at position width - k + 1 + j; the target is the last n
                 tok = batch.input_ids[row, -n:]
                 result[pairs[i]] = logps[row, -n:].gather(-1, tok.unsqueeze(-1)).mean().item()
-        self.num_calls += len(pairs)
         # A scoring pass reads every token and generates none.
         read = sum(len(c) + len(t) for c, t in zip(contexts, targets, strict=True))
         self.usage.add(calls=len(pairs), prompt_tokens=read)

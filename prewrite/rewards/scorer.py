@@ -12,6 +12,7 @@ from dataclasses import dataclass, field
 
 from hydra.utils import get_method, instantiate
 
+from prewrite.backends.base import TaskBackend
 from prewrite.rewards import metrics
 from prewrite.tasks import Task
 
@@ -75,7 +76,7 @@ class RewriteScorer:
     def __init__(
         self,
         task: Task,
-        backend,
+        backend: TaskBackend,
         reward_funcs: Sequence[str],
         reward_weights: Sequence[float] | None,
         report: Sequence[str] = (),

@@ -1,17 +1,18 @@
 """Rewriter generation: sample rewrites of an instruction from the policy.
 
-A rollout engine has `generate(prompt_ids, num_generations, max_new_tokens, temperature, top_p,
-do_sample) -> hf.Rollout` and `sync(policy)`, called after every update so that the next rollout
-samples from the new weights: `hf.HFRollout` (transformers generate on the policy itself) and
-`vllm.VLLMRollout` (an in-process vLLM engine holding its own copy of the weights).
+The contract is `base.RolloutEngine` (`generate` -> `base.Rollout`, and `sync` after every update);
+the engines: `hf_rollout.HFRollout` (transformers generate on the policy itself) and
+`vllm_rollout.VLLMRollout` (an in-process vLLM engine holding its own copy of the weights).
 """
 
 from __future__ import annotations
 
 from collections.abc import Mapping
 
+from prewrite.rollout.base import RolloutEngine
 
-def build_rollout(rollout_cfg: Mapping, policy, tokenizer):
+
+def build_rollout(rollout_cfg: Mapping, policy, tokenizer) -> RolloutEngine:
     """The configured engine (`rollout`, a `_target_` mapping) for `policy` and its tokenizer."""
     from hydra.utils import instantiate
 

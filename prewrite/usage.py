@@ -1,4 +1,4 @@
-"""Token and call accounting for a task-LLM backend, with an optional dollar estimate."""
+"""Token and call accounting for a model role (the task LLM, the rewriter), with an optional dollar estimate."""
 
 from __future__ import annotations
 

@@ -1,8 +1,13 @@
-"""Rollouts with transformers `generate` on the policy itself (the CPU default), and the Rollout
-conventions every rollout engine follows."""
+"""The contract every rollout engine keeps, and the Rollout it returns.
+
+An engine samples completions of the rewriter's prompts from the current policy (`generate`) and is
+told after every update to sample from the new weights (`sync`). Every engine builds its Rollout with
+`to_rollout`, so the update cannot tell which engine sampled.
+"""
 
 from __future__ import annotations
 
+from abc import ABC, abstractmethod
 from dataclasses import dataclass
 
 import torch
@@ -30,34 +35,8 @@ class Rollout:
 
 
 def rewriter_prompt(tokenizer: PreTrainedTokenizerBase, meta_prompt: str, instruction: str) -> list[int]:
+    """The rewriter's prompt ids: the meta prompt around the instruction, as one user message."""
     return chat.encode(tokenizer, meta_prompt.format(instruction=instruction))
-
-
-@torch.no_grad()
-def generate(
-    model: PreTrainedModel,
-    tokenizer: PreTrainedTokenizerBase,
-    prompt_ids: list[list[int]],
-    num_generations: int,
-    max_new_tokens: int,
-    temperature: float = 1.0,
-    top_p: float = 1.0,
-    do_sample: bool = True,
-) -> Rollout:
-    """`num_generations` completions per prompt, grouped contiguously (as group_advantages expects)."""
-    device = next(model.parameters()).device
-    batch = tokenizer.pad({"input_ids": prompt_ids}, return_tensors="pt").to(device)
-    sampling = {"temperature": temperature, "top_p": top_p, "top_k": None} if do_sample else {}
-    out = model.generate(
-        **batch,
-        do_sample=do_sample,
-        num_return_sequences=num_generations,
-        max_new_tokens=max_new_tokens,
-        pad_token_id=tokenizer.pad_token_id,
-        **sampling,
-    )
-    prompt_len = batch["input_ids"].shape[1]
-    return to_rollout(tokenizer, batch, out[:, prompt_len:], num_generations)
 
 
 def to_rollout(
@@ -87,12 +66,11 @@ def to_rollout(
     )
 
 
-class HFRollout:
-    """Rollouts sampled from the policy module itself: its weights are always the current ones."""
+class RolloutEngine(ABC):
+    """Samples rewrites from the policy (conf/rollout: `_target_` a subclass, built with the policy and
+    its tokenizer)."""
 
-    def __init__(self, policy: PreTrainedModel, tokenizer: PreTrainedTokenizerBase):
-        self.policy, self.tokenizer = policy, tokenizer
-
+    @abstractmethod
     def generate(
         self,
         prompt_ids: list[list[int]],
@@ -102,10 +80,8 @@ class HFRollout:
         top_p: float = 1.0,
         do_sample: bool = True,
     ) -> Rollout:
-        return generate(
-            self.policy, self.tokenizer, prompt_ids, num_generations, max_new_tokens, temperature, top_p, do_sample
-        )
+        """`num_generations` completions per prompt, grouped contiguously (as group_advantages expects)."""
 
+    @abstractmethod
     def sync(self, policy: PreTrainedModel) -> None:
-        # Nothing to copy; keeping the reference follows a policy the caller has replaced (e.g. wrapped).
-        self.policy = policy
+        """Called after every update (and after a resume): the next rollout samples from `policy`'s weights."""

@@ -3,7 +3,7 @@ policy that trains and in the engine that samples, and `sync` copies the first i
 every update.
 
 The engine returns token ids only; prompts are padded, and completions masked and decoded, by the
-same code as the hf rollout (`hf.to_rollout`), so the update cannot tell which engine sampled.
+same code as the hf rollout (`base.to_rollout`), so the update cannot tell which engine sampled.
 """
 
 from __future__ import annotations
@@ -16,13 +16,12 @@ import torch
 from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
 from prewrite import models, precision
-from prewrite.backends.vllm import import_vllm
-from prewrite.rollout.hf import Rollout, to_rollout
+from prewrite.rollout.base import Rollout, RolloutEngine, to_rollout
 
 SEED_MAX = 2**31 - 1
 
 
-class VLLMRollout:
+class VLLMRollout(RolloutEngine):
     """A vLLM engine in this process, so `sync` can reach its model. It starts from the folder the
     policy was loaded from (`policy.name_or_path`): sync first if the policy has changed since."""
 
@@ -42,7 +41,7 @@ class VLLMRollout:
         # Read by vLLM when the engine is built: the engine core then runs in this process, where the
         # policy's tensors can be handed to it without serialization.
         os.environ["VLLM_ENABLE_V1_MULTIPROCESSING"] = "0"
-        vllm = import_vllm("rollout")
+        vllm = models.import_vllm("rollout")
         from vllm.platforms import current_platform
 
         if sleep_mode and not current_platform.is_sleep_mode_available():

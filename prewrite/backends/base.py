@@ -1,0 +1,40 @@
+"""The contract every task-LLM backend keeps: what the scorer, the response cache and the run's usage
+metrics call. A backend configured by `_target_` (conf/task_backend) subclasses `TaskBackend`."""
+
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+
+from prewrite.usage import Usage
+
+
+class TaskBackend(ABC):
+    """The frozen task LLM: answers user messages (`generate`) and, where it can, scores a given reply
+    (`loglikelihood`). `usage` counts what it ran: calls are prompts answered by the model after
+    deduplication (a cache hit or a repeat inside one call costs none)."""
+
+    def __init__(
+        self, price_per_1m_prompt_tokens: float | None = None, price_per_1m_completion_tokens: float | None = None
+    ):
+        self.usage = Usage(price_per_1m_prompt_tokens, price_per_1m_completion_tokens)
+
+    @abstractmethod
+    def generate(self, prompts: list[str]) -> list[str]:
+        """One answer per user message, in order (greedy, or constrained to a task's labels)."""
+
+    def loglikelihood(self, prompts: list[str], continuations: list[str]) -> list[float | None]:
+        """Mean log-probability per token of each continuation as the reply to its prompt (None for an
+        empty continuation). The `perplexity` and label rewards need it."""
+        raise NotImplementedError(f"{type(self).__name__} cannot score log-likelihoods; use task_backend=hf for it")
+
+    @abstractmethod
+    def cache_identity(self) -> dict:
+        """Everything that decides an answer (model, revision, dtype, decoding), for the response cache's key."""
+
+    @property
+    def num_calls(self) -> int:
+        return self.usage.calls
+
+    def usage_snapshot(self) -> dict[str, float]:
+        """Run totals for the metrics `train/usage/task_llm/*`: calls, tokens, cost where priced."""
+        return self.usage.snapshot()
