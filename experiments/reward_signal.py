@@ -26,8 +26,7 @@ import lightning as L
 import torch
 from hydra import compose, initialize_config_dir
 
-from prewrite import precision
-from prewrite import rewriter as rewriter_lib
+from prewrite import precision, rewriter_model
 from prewrite.backends import build_backend
 from prewrite.rewards import RewriteScorer
 from prewrite.tasks import load_task
@@ -95,7 +94,7 @@ def main() -> None:
     task = load_task(cfg.task)
     backend = build_backend(cfg.task_backend, cfg.cache, task)
     scorer = RewriteScorer(task, backend, REWARDS, [1.0] * len(REWARDS))
-    rewriter = rewriter_lib.load_untrained(cfg.rewriter.model_name_or_path)
+    rewriter = rewriter_model.load_untrained(cfg.rewriter.model_name_or_path)
     group = rewriter.rewrite(
         task.instruction, cfg.meta_prompt, cfg.algorithm.num_generations, cfg.algorithm.temperature,
         cfg.algorithm.max_completion_length,

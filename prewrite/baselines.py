@@ -25,7 +25,7 @@ from omegaconf import DictConfig, OmegaConf
 from prewrite import gepa_search
 from prewrite.backends import build_backend
 from prewrite.report import columns
-from prewrite.rewriter import Rewriter
+from prewrite.rewriter_model import Rewriter
 from prewrite.selection import DevSelection, rank_score
 
 METHODS = ("ape", "opro", "gepa")

@@ -30,8 +30,7 @@ from mlflow import MlflowClient
 from mlflow.utils.mlflow_tags import MLFLOW_PARENT_RUN_ID, MLFLOW_RUN_NAME
 from omegaconf import DictConfig, OmegaConf
 
-from prewrite import baselines, config_check, faults, plots, precision, prompt_registry, runs
-from prewrite import rewriter as rewriter_lib
+from prewrite import baselines, config_check, faults, plots, precision, prompt_registry, rewriter_model, runs
 from prewrite.backends import build_backend
 from prewrite.rewards import RewriteScorer
 from prewrite.selection import DevSelection, best_so_far, or_initial, prewrite_i_and_s
@@ -106,13 +105,13 @@ def run_seed(cfg, seed: int, task: Task, backend, folder: Path, client, parent) 
     dev_rows = task.eval_rows("dev", cfg.dev_examples, seed)  # the rows training evaluated on
     initial = task.instruction
     L.seed_everything(seed)
-    trained = rewriter_lib.load(str(folder / "rl"), dtype=cfg.dtype)
+    trained = rewriter_model.load(str(folder / "rl"), dtype=cfg.dtype)
     selection = DevSelection(scorer, dev_rows, metric)
     prewrite_i, prewrite_s = prewrite_i_and_s(trained, initial, seed_cfg, selection)
     budget = rl_spent + selection.spent
     del trained
 
-    untrained = rewriter_lib.load_untrained(cfg.rewriter.model_name_or_path, cfg.dtype)
+    untrained = rewriter_model.load_untrained(cfg.rewriter.model_name_or_path, cfg.dtype)
     searched, usage, wall = {}, {}, {}
     for method in cfg.methods:
         L.seed_everything(seed)

@@ -18,8 +18,7 @@ from hydra.utils import instantiate
 from lightning.pytorch.loggers import MLFlowLogger
 from omegaconf import DictConfig
 
-from prewrite import plots, precision, prompt_registry, runs
-from prewrite import rewriter as rewriter_lib
+from prewrite import plots, precision, prompt_registry, rewriter_model, runs
 from prewrite.backends import build_backend
 from prewrite.report import columns, score_text
 from prewrite.rewards import RewriteScorer, Scores
@@ -36,7 +35,7 @@ def evaluate(cfg: DictConfig) -> dict[str, float]:
     task = load_task(cfg.task)
     metric = task.metric
     scorer = RewriteScorer(task, build_backend(cfg.task_backend, cfg.cache, task), [metric], [1.0])
-    rw = rewriter_lib.load(cfg.rewriter_path, cfg.paths.mlflow_tracking_uri, cfg.dtype)
+    rw = rewriter_model.load(cfg.rewriter_path, cfg.paths.mlflow_tracking_uri, cfg.dtype)
     if rw.info.get("task") not in (None, task.name):
         log.warning("The rewriter was trained on task %r; evaluating it on %r", rw.info["task"], task.name)
     initial = task.instruction

@@ -20,8 +20,7 @@ import hydra
 import lightning as L
 from omegaconf import DictConfig, ListConfig
 
-from prewrite import precision, runs
-from prewrite import rewriter as rewriter_lib
+from prewrite import precision, rewriter_model, runs
 from prewrite.backends import build_backend
 from prewrite.report import columns, score_text
 from prewrite.rewards import RewriteScorer
@@ -95,7 +94,7 @@ def probe(cfg: DictConfig) -> dict:
     for text, source in [(task.instruction, INITIAL)] + [(t, USER) for t in user]:
         sources.setdefault(text, []).append(source)
     if cfg.num_samples:
-        rw = rewriter_lib.load_untrained(cfg.rewriter.model_name_or_path, cfg.dtype)
+        rw = rewriter_model.load_untrained(cfg.rewriter.model_name_or_path, cfg.dtype)
         samples = rw.rewrite(
             task.instruction, cfg.meta_prompt, cfg.num_samples, cfg.sample_temperature, cfg.max_new_tokens
         )

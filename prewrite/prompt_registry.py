@@ -23,6 +23,8 @@ from mlflow import MlflowClient
 from mlflow.exceptions import MlflowException
 from mlflow.tracking._tracking_service.utils import _use_tracking_uri
 
+from prewrite.report import score_text
+
 log = logging.getLogger(__name__)
 
 ALIAS = "best"
@@ -114,9 +116,11 @@ def _by_text(chosen: list[Chosen]) -> dict[str, list[Chosen]]:
 def _register_one(name: str, text: str, group: list[Chosen], scored: dict[str, str], test_rows: int | None) -> int:
     first = group[0]
     metric = scored["dev_metric"]
-    message = f"{'; '.join(c.origin for c in group)}. dev {metric} {_fmt(first.dev_score)} on {scored['dev_rows']}"
+    message = (
+        f"{'; '.join(c.origin for c in group)}. dev {metric} {score_text(first.dev_score)} on {scored['dev_rows']}"
+    )
     if first.test_score is not None:
-        message += f"; test {metric} {_fmt(first.test_score)} on {test_rows} rows"
+        message += f"; test {metric} {score_text(first.test_score)} on {test_rows} rows"
     try:
         version = mlflow.genai.register_prompt(name, text, commit_message=message)
     except MlflowException as e:
@@ -160,7 +164,3 @@ def _move_alias(name: str, version: int, dev_score: float, scored: dict[str, str
         if dev_score <= float(held.tags["dev_score"]):
             return
     mlflow.genai.set_prompt_alias(name, ALIAS, version)
-
-
-def _fmt(x: float | None) -> str:
-    return "n/a" if x is None else f"{x:.4f}"

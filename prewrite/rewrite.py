@@ -6,13 +6,13 @@ import hydra
 import lightning as L
 from omegaconf import DictConfig
 
-from prewrite import rewriter as rewriter_lib
+from prewrite import rewriter_model
 
 
 @hydra.main(version_base="1.3", config_path="../conf", config_name="rewrite")
 def main(cfg: DictConfig) -> list[str]:
     L.seed_everything(cfg.seed, verbose=False)
-    rw = rewriter_lib.load(cfg.rewriter_path, cfg.paths.mlflow_tracking_uri, cfg.dtype)
+    rw = rewriter_model.load(cfg.rewriter_path, cfg.paths.mlflow_tracking_uri, cfg.dtype)
     instruction = cfg.instruction or rw.info.get("instruction")
     meta_prompt = cfg.meta_prompt or rw.info.get("meta_prompt")
     if not instruction or not meta_prompt:

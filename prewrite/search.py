@@ -16,8 +16,7 @@ import lightning as L
 from mlflow.utils.mlflow_tags import MLFLOW_RUN_NAME
 from omegaconf import DictConfig
 
-from prewrite import precision, runs
-from prewrite import rewriter as rewriter_lib
+from prewrite import precision, rewriter_model, runs
 from prewrite.backends import build_backend
 from prewrite.baselines import METHODS, log_search_run, run
 from prewrite.rewards import RewriteScorer
@@ -38,7 +37,7 @@ def search(cfg: DictConfig) -> dict:
     metric = task.metric
     scorer = RewriteScorer(task, build_backend(cfg.task_backend, cfg.cache, task), [metric], [1.0])
     dev_rows = task.eval_rows("dev", cfg.dev_examples, cfg.seed)
-    rewriter = rewriter_lib.load_untrained(cfg.rewriter.model_name_or_path, cfg.dtype)
+    rewriter = rewriter_model.load_untrained(cfg.rewriter.model_name_or_path, cfg.dtype)
     selection = DevSelection(scorer, dev_rows, metric, cfg.budget)
     selection, usage = run(cfg.method, cfg, rewriter, selection, task, cfg.seed)
     best = selection.best

@@ -12,7 +12,7 @@ from omegaconf import DictConfig
 
 from prewrite import faults
 from prewrite.rewards import RewriteScorer
-from prewrite.rewriter import Rewriter
+from prewrite.rewriter_model import Rewriter
 
 
 @dataclass

@@ -45,7 +45,7 @@ def scripted(monkeypatch):
     """The task LLM and the untrained rewriter replaced by scripts; returns (task LLM, rewriter, loads)."""
     llm, rewriter, loads = LabelSayer(), ScriptedRewriter(["say negative now", "Classify the sentiment.", "x"]), []
     monkeypatch.setattr(probe_mod, "build_backend", lambda *a: llm)
-    monkeypatch.setattr(probe_mod.rewriter_lib, "load_untrained", lambda *a: loads.append(a) or rewriter)
+    monkeypatch.setattr(probe_mod.rewriter_model, "load_untrained", lambda *a: loads.append(a) or rewriter)
     return llm, rewriter, loads
 
 

@@ -14,11 +14,11 @@ pytest.importorskip("vllm", reason="vllm not installed: `make setup-vllm` instal
 
 import torch  # noqa: E402
 from mlflow import MlflowClient  # noqa: E402
-from prewrite.rollout.vllm_rollout import VLLMRollout  # noqa: E402
 
 from prewrite import models  # noqa: E402
 from prewrite.rollout.base import Rollout, rewriter_prompt  # noqa: E402
 from prewrite.rollout.hf_rollout import HFRollout  # noqa: E402
+from prewrite.rollout.vllm_rollout import VLLMRollout  # noqa: E402
 from tests.conftest import ROOT  # noqa: E402
 
 pytestmark = [pytest.mark.integration, pytest.mark.timeout(600)]

@@ -1,4 +1,4 @@
-"""A trained rewriter: find it (a folder, a training run folder or an MLflow run id), load it, use it."""
+"""A rewriter model outside training: find it (a folder, a training run folder or an MLflow run id), load it, use it."""
 
 from __future__ import annotations
 
