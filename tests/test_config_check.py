@@ -51,12 +51,29 @@ def test_ppo_rules_apply_to_ppo(compose_train):
     check_training(compose_train("algorithm=ppo", "algorithm.num_generations=1"))  # a batch of one is fine for PPO
 
 
+CLI_CASES = {  # the rules a user meets first, each through the command line
+    "algorithm.num_generations=1": "algorithm.num_generations=1; expected an integer >= 2",
+    "steps=0": "steps=0; expected an integer >= 1",
+    "examples_per_step=0": "examples_per_step=0; expected an integer >= 1",
+    "algorithm.loss_type=dapoo": "algorithm.loss_type='dapoo'; expected one of grpo, dapo, dr_grpo, bnpo",
+    "algorithm.scale_rewards=std": "algorithm.scale_rewards='std'; expected one of group, batch, none",
+    "algorithm.name=grp0": "algorithm.name='grp0'; expected one of grpo, ppo",
+}
+
+
 def test_the_cli_refuses_in_one_line_before_any_model_loads(tmp_path):
-    proc = subprocess.run(
-        [sys.executable, "-m", "prewrite.train", "algorithm.loss_type=dapoo", f"paths.outputs_dir={tmp_path}"],
-        cwd=ROOT, capture_output=True, text=True, timeout=120,
-    )  # fmt: skip
-    assert proc.returncode == 1
-    last = proc.stderr.strip().splitlines()[-1]
-    assert last == "prewrite.train: algorithm.loss_type='dapoo'; expected one of grpo, dapo, dr_grpo, bnpo"
-    assert not (tmp_path / "mlflow.db").exists()  # nothing was started, not even the MLflow run
+    def launch(*args, out):
+        cmd = [sys.executable, "-m", "prewrite.train", f"paths.outputs_dir={out}", *args]
+        return subprocess.Popen(cmd, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+
+    # all at once: each is a fresh interpreter that spends its time importing
+    procs = {o: launch(o, out=tmp_path / str(i)) for i, o in enumerate(CLI_CASES)}
+    shown = launch("algorithm.loss_type=dapoo", "--cfg", "job", out=tmp_path / "cfg")
+    for override, proc in procs.items():
+        _, stderr = proc.communicate(timeout=300)
+        assert proc.returncode == 1, override
+        assert "Traceback" not in stderr, override
+        assert stderr.strip().splitlines()[-1] == f"prewrite.train: {CLI_CASES[override]}"
+        assert not (tmp_path / str(list(CLI_CASES).index(override)) / "mlflow.db").exists()  # nothing started
+    stdout, _ = shown.communicate(timeout=300)
+    assert shown.returncode == 0 and "loss_type: dapoo" in stdout  # printing the config still works
