@@ -179,7 +179,7 @@ class PRewriteModule(L.LightningModule):
         if algo["mask_truncated_completions"]:
             mask = mask * (~rollout.truncated).unsqueeze(1).to(mask.dtype)
         self.stop_point(before)  # the last one: the update changes the weights
-        self.skipped_steps = 0  # optimizer steps skipped in this update (optimizer_step)
+        self.skipped_steps = 0  # optimizer steps skipped in this update (step_optimizer)
         if torch.isinf(rewards).any():  # None is NaN here and means "no reward"; an infinite one is a bug
             stats, self.skipped_steps, why = {}, 1, "reward"
         else:
@@ -242,9 +242,10 @@ class PRewriteModule(L.LightningModule):
         with self.policy.disable_adapter():
             return self.logprobs(rollout)
 
-    def optimizer_step(self, loss: torch.Tensor) -> None:
-        """One optimizer step, skipped (and counted) when the loss or a gradient is not finite on some rank:
-        one such step would make every weight NaN."""
+    def step_optimizer(self, loss: torch.Tensor) -> None:
+        """One optimizer step of the algorithm's update (named apart from Lightning's `optimizer_step` hook),
+        skipped (and counted) when the loss or a gradient is not finite on some rank: one such step would
+        make every weight NaN."""
         opt = self.optimizers()
         opt.zero_grad()
         reduce = self.trainer.strategy.reduce_boolean_decision  # every rank skips together
@@ -314,7 +315,7 @@ class PRewriteModule(L.LightningModule):
                 max_completion_length=algo["max_completion_length"],
                 num_items_in_batch=num_items,
             )
-            self.optimizer_step(loss)
+            self.step_optimizer(loss)
         self.lr_schedulers().step()
         return {"loss": loss.detach(), **stats}
 
@@ -353,7 +354,7 @@ class PRewriteModule(L.LightningModule):
                     cliprange=algo["cliprange"],
                     cliprange_value=algo["cliprange_value"],
                 )
-                self.optimizer_step(policy_loss + algo["vf_coef"] * value_loss)
+                self.step_optimizer(policy_loss + algo["vf_coef"] * value_loss)
         self.lr_schedulers().step()
 
         sequence_kl = kl.sum(1).mean().item()  # KL(pi || ref) of a whole rewrite, as the controller sees it
