@@ -11,6 +11,8 @@ import json
 import logging
 import random
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -152,43 +154,45 @@ class PRewriteModule(L.LightningModule):
         self.stop_point(before)
         self.rollout_step = step + 1
         algo = self.algo
-        t0 = time.perf_counter()
+        timer = PhaseTimer()
 
-        self.policy.eval()
-        with distributed.generation_context(self.trainer, self.policy):
-            rollout = self.rollout_engine.generate(
-                self.prompt_ids,
-                num_generations=algo["num_generations"],
-                max_new_tokens=algo["max_completion_length"],
-                temperature=algo["temperature"],
-                top_p=algo["top_p"],
-            )
-        self.policy.train()
-        t1 = time.perf_counter()
-        self.stop_point(before)
+        with timer("rollout"):
+            self.policy.eval()
+            with distributed.generation_context(self.trainer, self.policy):
+                rollout = self.rollout_engine.generate(
+                    self.prompt_ids,
+                    num_generations=algo["num_generations"],
+                    max_new_tokens=algo["max_completion_length"],
+                    temperature=algo["temperature"],
+                    top_p=algo["top_p"],
+                )
+            self.policy.train()
 
-        rows = self.task.sample("train", self.examples_per_step, seed=[self.seed, step])
-        calls_before = self.scorer.backend.num_calls
-        scores = self.scorer(rollout.texts, rows)
-        t2 = time.perf_counter()
+        with timer("reward"):
+            self.stop_point(before)
+            rows = self.task.sample("train", self.examples_per_step, seed=[self.seed, step])
+            calls_before = self.scorer.backend.num_calls
+            scores = self.scorer(rollout.texts, rows)
 
-        rewards = torch.tensor([float("nan") if r is None else r for r in scores.rewards], device=self.device)
-        # every rank's rewards: `scale_rewards=batch` and the logged reward see the whole step
-        rewards = distributed.gather(self, rewards)
-        mask = rollout.completion_mask
-        if algo["mask_truncated_completions"]:
-            mask = mask * (~rollout.truncated).unsqueeze(1).to(mask.dtype)
-        self.stop_point(before)  # the last one: the update changes the weights
-        self.skipped_steps = 0  # optimizer steps skipped in this update (step_optimizer)
-        if torch.isinf(rewards).any():  # None is NaN here and means "no reward"; an infinite one is a bug
-            stats, self.skipped_steps, why = {}, 1, "reward"
-        else:
-            update = self.ppo_update if algo["name"] == "ppo" else self.grpo_update
-            stats, why = update(rollout, rewards, mask), "loss or gradient"
-        self.count_skipped(why)
-        t3 = time.perf_counter()
-        self.rollout_engine.sync(self.policy)  # the next rollout samples from the updated weights
-        t4 = time.perf_counter()
+        with timer("update"):
+            rewards = torch.tensor([float("nan") if r is None else r for r in scores.rewards], device=self.device)
+            # every rank's rewards: `scale_rewards=batch` and the logged reward see the whole step
+            rewards = distributed.gather(self, rewards)
+            mask = rollout.completion_mask
+            if algo["mask_truncated_completions"]:
+                mask = mask * (~rollout.truncated).unsqueeze(1).to(mask.dtype)
+            self.stop_point(before)  # the last one: the update changes the weights
+            self.skipped_steps = 0  # optimizer steps skipped in this update (step_optimizer)
+            if torch.isinf(rewards).any():  # None is NaN here and means "no reward"; an infinite one is a bug
+                stats, self.skipped_steps, why = {}, 1, "reward"
+            else:
+                update = self.ppo_update if algo["name"] == "ppo" else self.grpo_update
+                stats, why = update(rollout, rewards, mask), "loss or gradient"
+            self.count_skipped(why)
+
+        with timer("sync"):
+            self.rollout_engine.sync(self.policy)  # the next rollout samples from the updated weights
+        step_s = timer.elapsed()
 
         valid = rewards[~torch.isnan(rewards)]
         per_rank = {  # this rank's numbers, summed (SUMMED_OVER_RANKS) or averaged over ranks
@@ -198,11 +202,11 @@ class PRewriteModule(L.LightningModule):
             "train/truncated_fraction": rollout.truncated.float().mean(),
             "train/task_llm_calls": float(self.scorer.backend.num_calls - calls_before),
             "train/reward_se": _nanmean(scores.reward_se),  # averaged over ranks with the rest
-            "train/time/rollout_s": t1 - t0,
-            "train/time/reward_s": t2 - t1,
-            "train/time/update_s": t3 - t2,
-            "train/time/sync_s": t4 - t3,
-            "train/time/step_s": t4 - t0,
+            "train/time/rollout_s": timer.seconds["rollout"],
+            "train/time/reward_s": timer.seconds["reward"],
+            "train/time/update_s": timer.seconds["update"],
+            "train/time/sync_s": timer.seconds["sync"],
+            "train/time/step_s": step_s,
             **{f"train/{k}": v for k, v in stats.items()},
             **{f"train/{name}": _nanmean(vals) for name, vals in scores.metrics.items()},
         }
@@ -523,6 +527,26 @@ def _kl_weight(algorithm: dict) -> float:
     if algorithm["name"] == "ppo":
         return 1.0 if algorithm["adap_kl_ctrl"] else algorithm["kl_coef"]
     return algorithm["beta"]
+
+
+class PhaseTimer:
+    """Wall-clock seconds of the named phases of a training step: `with timer("rollout"): ...` records
+    timer.seconds["rollout"]; elapsed() is the time since the timer was made (the whole step)."""
+
+    def __init__(self) -> None:
+        self.start = time.perf_counter()
+        self.seconds: dict[str, float] = {}
+
+    @contextmanager
+    def __call__(self, phase: str) -> Iterator[None]:
+        start = time.perf_counter()
+        try:
+            yield
+        finally:
+            self.seconds[phase] = time.perf_counter() - start
+
+    def elapsed(self) -> float:
+        return time.perf_counter() - self.start
 
 
 def _rng_state() -> dict[str, Any]:
