@@ -1,7 +1,8 @@
-"""The LightningModule: one training step = rollout -> task-LLM scoring -> GRPO update.
+"""The LightningModule: one training step = rollout -> task-LLM scoring -> GRPO or PPO update.
 
-Lightning owns the loop, devices, logging and checkpoints; the RL math lives in
-prewrite.algorithms and is called from here with explicit tensors (manual optimization).
+Lightning owns the loop, devices, logging and checkpoints; the algorithm (prewrite.algorithms.updates:
+GRPO or PPO, picked by the config's name) owns its losses, its state and its optimizer steps, which it takes
+through this module (manual optimization).
 """
 
 from __future__ import annotations
@@ -11,6 +12,8 @@ import json
 import logging
 import random
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -21,9 +24,8 @@ from omegaconf import OmegaConf
 from torch.utils.data import DataLoader
 
 from prewrite import distributed, faults, models
-from prewrite.algorithms import ppo
-from prewrite.algorithms.grpo import group_advantages, grpo_loss
-from prewrite.algorithms.logprobs import completion_logprobs, completion_logprobs_and_values
+from prewrite.algorithms.logprobs import completion_logprobs
+from prewrite.algorithms.updates import build_algorithm
 from prewrite.rewards import RewriteScorer
 from prewrite.rollout import build_rollout
 from prewrite.rollout.base import Rollout, rewriter_prompt
@@ -78,6 +80,7 @@ class PRewriteModule(L.LightningModule):
         self.automatic_optimization = False  # several policy epochs per rollout, as in TRL's num_iterations
         self.task, self.scorer = task, scorer
         self.algo = algorithm
+        self.algorithm = build_algorithm(algorithm)  # GRPO or PPO: its update and its state (PPO's KL coefficient)
         self.steps, self.examples_per_step, self.seed = steps, examples_per_step, seed
         self.tokenizer = models.load_tokenizer(rewriter["model_name_or_path"])
         policy = models.load_model(rewriter["model_name_or_path"], rewriter["dtype"])
@@ -87,7 +90,7 @@ class PRewriteModule(L.LightningModule):
         # The frozen reference policy: with LoRA the base weights under the adapter (no copy); else a copy
         # rebuilt from the base weights, kept out of the state dict (and checkpoints); none when no KL is used.
         ref = None
-        if _kl_weight(algorithm) != 0 and not lora["enabled"]:
+        if self.algorithm.kl_weight != 0 and not lora["enabled"]:
             ref = copy.deepcopy(policy).eval().requires_grad_(False)
         object.__setattr__(self, "ref_policy", ref)
         self.policy = (models.add_lora(policy, lora) if lora["enabled"] else policy).train()
@@ -95,11 +98,11 @@ class PRewriteModule(L.LightningModule):
         self.rollout_engine = build_rollout(
             rollout or {"_target_": "prewrite.rollout.hf_rollout.HFRollout"}, self.policy, self.tokenizer
         )
-        if algorithm["name"] == "ppo":  # the critic: a linear value head on the policy's last hidden state
-            self.value_head = torch.nn.Linear(policy.config.hidden_size, 1)
-            torch.nn.init.zeros_(self.value_head.weight)  # V = 0 at the start: no random critic noise in GAE
-            torch.nn.init.zeros_(self.value_head.bias)
-            self.kl_coef = float(algorithm["kl_coef"])  # adapted during training when adap_kl_ctrl
+        # PPO's critic, if the algorithm has one: a submodule here, so that Lightning moves it with the policy,
+        # configure_optimizers trains it and checkpoints keep it (as `value_head.*`)
+        value_head = self.algorithm.value_head(policy.config.hidden_size)
+        if value_head is not None:
+            self.value_head = value_head
         # The instruction to rewrite: the task's initial one, or (multi-stage) the previous stage's best.
         self.instruction = task.instruction if instruction is None else instruction
         self.meta_prompt = meta_prompt
@@ -152,43 +155,45 @@ class PRewriteModule(L.LightningModule):
         self.stop_point(before)
         self.rollout_step = step + 1
         algo = self.algo
-        t0 = time.perf_counter()
+        timer = PhaseTimer()
 
-        self.policy.eval()
-        with distributed.generation_context(self.trainer, self.policy):
-            rollout = self.rollout_engine.generate(
-                self.prompt_ids,
-                num_generations=algo["num_generations"],
-                max_new_tokens=algo["max_completion_length"],
-                temperature=algo["temperature"],
-                top_p=algo["top_p"],
-            )
-        self.policy.train()
-        t1 = time.perf_counter()
-        self.stop_point(before)
+        with timer("rollout"):
+            self.policy.eval()
+            with distributed.generation_context(self.trainer, self.policy):
+                rollout = self.rollout_engine.generate(
+                    self.prompt_ids,
+                    num_generations=algo["num_generations"],
+                    max_new_tokens=algo["max_completion_length"],
+                    temperature=algo["temperature"],
+                    top_p=algo["top_p"],
+                )
+            self.policy.train()
 
-        rows = self.task.sample("train", self.examples_per_step, seed=[self.seed, step])
-        calls_before = self.scorer.backend.num_calls
-        scores = self.scorer(rollout.texts, rows)
-        t2 = time.perf_counter()
+        with timer("reward"):
+            self.stop_point(before)
+            rows = self.task.sample("train", self.examples_per_step, seed=[self.seed, step])
+            calls_before = self.scorer.backend.num_calls
+            scores = self.scorer(rollout.texts, rows)
 
-        rewards = torch.tensor([float("nan") if r is None else r for r in scores.rewards], device=self.device)
-        # every rank's rewards: `scale_rewards=batch` and the logged reward see the whole step
-        rewards = distributed.gather(self, rewards)
-        mask = rollout.completion_mask
-        if algo["mask_truncated_completions"]:
-            mask = mask * (~rollout.truncated).unsqueeze(1).to(mask.dtype)
-        self.stop_point(before)  # the last one: the update changes the weights
-        self.skipped_steps = 0  # optimizer steps skipped in this update (optimizer_step)
-        if torch.isinf(rewards).any():  # None is NaN here and means "no reward"; an infinite one is a bug
-            stats, self.skipped_steps, why = {}, 1, "reward"
-        else:
-            update = self.ppo_update if algo["name"] == "ppo" else self.grpo_update
-            stats, why = update(rollout, rewards, mask), "loss or gradient"
-        self.count_skipped(why)
-        t3 = time.perf_counter()
-        self.rollout_engine.sync(self.policy)  # the next rollout samples from the updated weights
-        t4 = time.perf_counter()
+        with timer("update"):
+            rewards = torch.tensor([float("nan") if r is None else r for r in scores.rewards], device=self.device)
+            # every rank's rewards: `scale_rewards=batch` and the logged reward see the whole step
+            rewards = distributed.gather(self, rewards)
+            mask = rollout.completion_mask
+            if algo["mask_truncated_completions"]:
+                mask = mask * (~rollout.truncated).unsqueeze(1).to(mask.dtype)
+            self.stop_point(before)  # the last one: the update changes the weights
+            self.skipped_steps = 0  # optimizer steps skipped in this update (step_optimizer)
+            if torch.isinf(rewards).any():  # None is NaN here and means "no reward"; an infinite one is a bug
+                stats, self.skipped_steps, why = {}, 1, "reward"
+            else:
+                stats, why = self.algorithm.update(self, rollout, rewards, mask), "loss or gradient"
+                self.lr_schedulers().step()  # once per rollout step, however many optimizer steps it took
+            self.count_skipped(why)
+
+        with timer("sync"):
+            self.rollout_engine.sync(self.policy)  # the next rollout samples from the updated weights
+        step_s = timer.elapsed()
 
         valid = rewards[~torch.isnan(rewards)]
         per_rank = {  # this rank's numbers, summed (SUMMED_OVER_RANKS) or averaged over ranks
@@ -198,11 +203,11 @@ class PRewriteModule(L.LightningModule):
             "train/truncated_fraction": rollout.truncated.float().mean(),
             "train/task_llm_calls": float(self.scorer.backend.num_calls - calls_before),
             "train/reward_se": _nanmean(scores.reward_se),  # averaged over ranks with the rest
-            "train/time/rollout_s": t1 - t0,
-            "train/time/reward_s": t2 - t1,
-            "train/time/update_s": t3 - t2,
-            "train/time/sync_s": t4 - t3,
-            "train/time/step_s": t4 - t0,
+            "train/time/rollout_s": timer.seconds["rollout"],
+            "train/time/reward_s": timer.seconds["reward"],
+            "train/time/update_s": timer.seconds["update"],
+            "train/time/sync_s": timer.seconds["sync"],
+            "train/time/step_s": step_s,
             **{f"train/{k}": v for k, v in stats.items()},
             **{f"train/{name}": _nanmean(vals) for name, vals in scores.metrics.items()},
         }
@@ -242,9 +247,10 @@ class PRewriteModule(L.LightningModule):
         with self.policy.disable_adapter():
             return self.logprobs(rollout)
 
-    def optimizer_step(self, loss: torch.Tensor) -> None:
-        """One optimizer step, skipped (and counted) when the loss or a gradient is not finite on some rank:
-        one such step would make every weight NaN."""
+    def step_optimizer(self, loss: torch.Tensor) -> None:
+        """One optimizer step of the algorithm's update (named apart from Lightning's `optimizer_step` hook),
+        skipped (and counted) when the loss or a gradient is not finite on some rank: one such step would
+        make every weight NaN."""
         opt = self.optimizers()
         opt.zero_grad()
         reduce = self.trainer.strategy.reduce_boolean_decision  # every rank skips together
@@ -286,90 +292,6 @@ class PRewriteModule(L.LightningModule):
             self.rollout_step = before[0]
             _set_rng_state(before[1])
         raise faults.StopRequested(signum)
-
-    def grpo_update(self, rollout: Rollout, rewards: torch.Tensor, mask: torch.Tensor) -> dict:
-        """`num_iterations` policy epochs on the group-relative advantages (prewrite.algorithms.grpo).
-        `rewards`: every rank's (distributed.gather); this rank updates on its own completions."""
-        algo = self.algo
-        advantages = group_advantages(rewards, algo["num_generations"], algo["scale_rewards"])
-        advantages = distributed.this_rank(self, advantages)
-        # dapo's token mean over every rank's completions, as TRL does (gradients are averaged over ranks)
-        num_items = self.trainer.strategy.reduce(mask.sum().to(torch.float32), reduce_op="mean")
-        ref_logps = self.ref_logprobs(rollout) if algo["beta"] != 0 else None
-        with torch.no_grad():  # with one policy epoch the sampling policy is the current one: ratio 1, as in TRL
-            old_logps = self.logprobs(rollout) if algo["num_iterations"] > 1 else None
-        for _ in range(algo["num_iterations"]):
-            logps = self.logprobs(rollout)
-            loss, stats = grpo_loss(
-                logps,
-                logps.detach() if old_logps is None else old_logps,
-                advantages,
-                mask,
-                loss_type=algo["loss_type"],
-                epsilon=algo["epsilon"],
-                epsilon_high=algo["epsilon_high"],
-                beta=algo["beta"],
-                use_bias_correction_kl=algo["use_bias_correction_kl"],
-                ref_logps=ref_logps,
-                max_completion_length=algo["max_completion_length"],
-                num_items_in_batch=num_items,
-            )
-            self.optimizer_step(loss)
-        self.lr_schedulers().step()
-        return {"loss": loss.detach(), **stats}
-
-    def ppo_update(self, rollout: Rollout, rewards: torch.Tensor, mask: torch.Tensor) -> dict:
-        """PPO as in the paper (prewrite.algorithms.ppo): KL-penalised per-token rewards, GAE over the value
-        head's estimates, then `num_ppo_epochs` passes of clipped policy + value losses over minibatches."""
-        algo, n = self.algo, rollout.completion_ids.size(1)
-        rewards = distributed.this_rank(self, rewards)  # PPO has no groups: each rank its own rollouts
-        # a rewrite whose reward could not be computed is left out of the update
-        mask = mask * (~torch.isnan(rewards)).unsqueeze(1).to(mask.dtype)
-        scores = torch.nan_to_num(rewards, nan=0.0)
-
-        def logprobs_and_values(idx):
-            ids, att = rollout.input_ids[idx], rollout.attention_mask[idx]
-            return completion_logprobs_and_values(self.policy, self.value_head, ids, att, n, algo["temperature"])
-
-        everyone = torch.arange(len(rewards), device=mask.device)
-        with torch.no_grad():
-            old_logps, old_values = logprobs_and_values(everyone)
-            ref_logps = self.ref_logprobs(rollout) if self.kl_coef != 0 or algo["adap_kl_ctrl"] else old_logps
-            token_rewards, kl = ppo.token_rewards(scores, old_logps, ref_logps, mask, self.kl_coef)
-            advantages, returns = ppo.gae(token_rewards, old_values, mask, algo["gamma"], algo["lam"])
-            advantages = ppo.masked_whiten(advantages, mask)
-
-        for _ in range(algo["num_ppo_epochs"]):
-            for idx in torch.randperm(len(rewards), device=mask.device).chunk(algo["num_mini_batches"]):
-                logps, values = logprobs_and_values(idx)
-                policy_loss, value_loss, stats = ppo.ppo_losses(
-                    logps,
-                    old_logps[idx],
-                    advantages[idx],
-                    values,
-                    old_values[idx],
-                    returns[idx],
-                    mask[idx],
-                    cliprange=algo["cliprange"],
-                    cliprange_value=algo["cliprange_value"],
-                )
-                self.optimizer_step(policy_loss + algo["vf_coef"] * value_loss)
-        self.lr_schedulers().step()
-
-        sequence_kl = kl.sum(1).mean().item()  # KL(pi || ref) of a whole rewrite, as the controller sees it
-        kl_coef = self.kl_coef
-        if algo["adap_kl_ctrl"]:
-            self.kl_coef = ppo.adaptive_kl_coef(kl_coef, sequence_kl, algo["target"], algo["horizon"], len(rewards))
-        return {
-            "loss": (policy_loss + algo["vf_coef"] * value_loss).detach(),
-            "policy_loss": policy_loss.detach(),
-            "value_loss": value_loss.detach(),
-            "kl": sequence_kl,
-            "kl_coef": kl_coef,
-            "value_mean": ppo.masked_mean(old_values, mask),
-            "returns_mean": ppo.masked_mean(returns, mask),
-            **stats,
-        }
 
     def log_to_loggers(self, metrics: dict[str, Any]) -> None:
         """Log at step = rollout steps done, so train and dev curves share one x-axis
@@ -463,7 +385,7 @@ class PRewriteModule(L.LightningModule):
             "best": self.best,
             "rewrite_rows": self.rewrite_rows,
             "rng": distributed.gather_objects(self, [_rng_state()]),  # one per rank
-            "kl_coef": getattr(self, "kl_coef", None),
+            **self.algorithm.state_dict(),  # PPO's kl_coef (None for GRPO)
             "skipped_updates": self.skipped_updates,
             "skipped_in_a_row": self.skipped_in_a_row,
         }
@@ -477,8 +399,7 @@ class PRewriteModule(L.LightningModule):
         )
         self.task_usage_before = state["usage"]["task_llm"]
         self._rng_to_restore = state["rng"]  # one per rank, applied at train start, after Lightning's own set-up
-        if state.get("kl_coef") is not None:
-            self.kl_coef = state["kl_coef"]
+        self.algorithm.load_state_dict(state)
         self.skipped_updates = state.get("skipped_updates", 0)
         self.skipped_in_a_row = state.get("skipped_in_a_row", [])
         self.resumed = True
@@ -517,11 +438,24 @@ def reward_signal(rewards: torch.Tensor, group_size: int, reward_se: float) -> d
     return {"train/reward_std_within_group": within, "train/reward_se": reward_se, "train/reward_snr": snr}
 
 
-def _kl_weight(algorithm: dict) -> float:
-    """The weight of the KL to the reference: GRPO's beta, PPO's kl_coef (adaptive counts as used)."""
-    if algorithm["name"] == "ppo":
-        return 1.0 if algorithm["adap_kl_ctrl"] else algorithm["kl_coef"]
-    return algorithm["beta"]
+class PhaseTimer:
+    """Wall-clock seconds of the named phases of a training step: `with timer("rollout"): ...` records
+    timer.seconds["rollout"]; elapsed() is the time since the timer was made (the whole step)."""
+
+    def __init__(self) -> None:
+        self.start = time.perf_counter()
+        self.seconds: dict[str, float] = {}
+
+    @contextmanager
+    def __call__(self, phase: str) -> Iterator[None]:
+        start = time.perf_counter()
+        try:
+            yield
+        finally:
+            self.seconds[phase] = time.perf_counter() - start
+
+    def elapsed(self) -> float:
+        return time.perf_counter() - self.start
 
 
 def _rng_state() -> dict[str, Any]:

@@ -52,6 +52,25 @@ def test_lora_trains_only_the_adapter_and_its_reference_is_the_base_model(compos
         torch.testing.assert_close(module.logprobs(rollout, plain), moved, atol=1e-4, rtol=0)
 
 
+def test_ppos_value_head_is_trained_and_checkpointed_with_the_module_and_its_kl_coefficient_resumes(compose_train):
+    module = _module(compose_train("algorithm=ppo"))
+    assert type(module.algorithm).__name__ == "PPO" and module.value_head is module.get_submodule("value_head")
+    module.trainer = L.Trainer(accelerator="cpu", logger=False)  # configure_optimizers reads the strategy
+    (opt,), _ = module.configure_optimizers()
+    optimised = {id(p) for g in opt.param_groups for p in g["params"]}
+    assert all(id(p) in optimised for p in module.value_head.parameters())
+    assert {"value_head.weight", "value_head.bias"} <= set(module.state_dict())
+    # the checkpoint's `prewrite` dict keeps PPO's coefficient under `kl_coef`, as before the algorithm objects
+    module.algorithm.kl_coef = 0.07
+    checkpoint = {}
+    module.on_save_checkpoint(checkpoint)
+    assert checkpoint["prewrite"]["kl_coef"] == 0.07
+    fresh = _module(compose_train("algorithm=ppo"))
+    assert fresh.algorithm.kl_coef == 0.05
+    fresh.on_load_checkpoint(checkpoint)
+    assert fresh.algorithm.kl_coef == 0.07
+
+
 def test_ppo_with_lora_runs_real_steps_and_adapts_its_kl_coefficient(tmp_path):
     cmd = [
         sys.executable, "-m", "prewrite.train", "algorithm=ppo", "rewriter.lora.enabled=true",

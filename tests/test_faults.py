@@ -203,10 +203,11 @@ def test_a_stopped_comparison_marks_its_mlflow_run_killed_and_stops_between_cand
 
 @pytest.mark.integration
 def test_nonfinite_loss_skips_the_update_and_stops_after_n_in_a_row(compose_train, tmp_path, monkeypatch):
+    import prewrite.algorithms.updates
     import prewrite.module
     from prewrite.training import train
 
-    real_loss = prewrite.module.grpo_loss
+    real_loss = prewrite.algorithms.updates.grpo_loss
     nan_steps: set[int] = {2}
 
     def loss_with_nan(*args, **kwargs):
@@ -221,7 +222,7 @@ def test_nonfinite_loss_skips_the_update_and_stops_after_n_in_a_row(compose_trai
         real_init(self, *a, **kw)
         current["module"] = self
 
-    monkeypatch.setattr(prewrite.module, "grpo_loss", loss_with_nan)
+    monkeypatch.setattr(prewrite.algorithms.updates, "grpo_loss", loss_with_nan)
     monkeypatch.setattr(prewrite.module.PRewriteModule, "__init__", remember)
     tiny = ["steps=3", "eval_every=3", "examples_per_step=2", "dev_examples=2", "algorithm.num_generations=2",
             "algorithm.max_completion_length=6", "save_checkpoints=false", "log_rewriter_to_mlflow=false",

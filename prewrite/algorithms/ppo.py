@@ -1,5 +1,6 @@
 """PPO as PRewrite trains it: a KL penalty to the reference in the per-token reward, GAE, and the
-clipped policy and value losses. Plain torch, no state: the module keeps the KL coefficient.
+clipped policy and value losses. Plain torch, no state: the PPO object (prewrite.algorithms.updates)
+keeps the KL coefficient.
 
 Shapes: [B, T] over completion tokens (position t = the t-th generated token), scores [B].
 Names follow TRL's PPOConfig (`kl_coef`, `cliprange`, `cliprange_value`, `vf_coef`, `gamma`, `lam`)

@@ -1,0 +1,53 @@
+"""What the training module asks of an RL algorithm (GRPO, PPO: prewrite.algorithms.updates).
+
+The module owns the models, the optimizer and the loop; an algorithm owns its hyperparameters, its own
+state (PPO's adaptive KL coefficient) and its update: the losses and how many optimizer steps a rollout
+gets. It reaches the models only through the few module methods listed under `update`.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any
+
+import torch
+
+if TYPE_CHECKING:
+    from prewrite.module import PRewriteModule
+    from prewrite.rollout.base import Rollout
+
+
+class Algorithm:
+    """Base class: subclasses set `name` and implement `kl_weight` and `update`."""
+
+    name: str
+
+    def __init__(self, cfg: dict[str, Any]):
+        self.cfg = cfg  # conf/algorithm/<name>.yaml, resolved
+
+    @property
+    def kl_weight(self) -> float:
+        """The weight of the KL to the frozen reference; 0 means no reference model is loaded."""
+        raise NotImplementedError
+
+    def value_head(self, hidden_size: int) -> torch.nn.Module | None:
+        """A critic to train beside the policy, or None. The module registers it as its `value_head`
+        submodule, so it is moved, optimised and checkpointed (`value_head.*` keys) with the policy."""
+        return None
+
+    def update(
+        self, module: PRewriteModule, rollout: Rollout, rewards: torch.Tensor, mask: torch.Tensor
+    ) -> dict[str, Any]:
+        """Train on one rollout; returns the statistics logged as `train/<key>`.
+
+        rewards: [B] over every rank's completions (NaN: no reward); mask: [B, T] over this rank's completion
+        tokens. Uses module.logprobs / ref_logprobs (and module.policy, module.value_head), and
+        module.step_optimizer(loss) for each optimizer step; the module steps the LR scheduler afterwards.
+        """
+        raise NotImplementedError
+
+    def state_dict(self) -> dict[str, Any]:
+        """What must survive a resume, as entries of the checkpoint's `prewrite` dict."""
+        return {}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        """Restore from the checkpoint's `prewrite` dict (which may predate this algorithm's entries)."""
