@@ -37,9 +37,9 @@ from hydra import compose, initialize_config_dir
 from lightning.pytorch.loggers import Logger
 from omegaconf import OmegaConf
 
-from prewrite import models, precision
+from prewrite import model_zoo, precision
 from prewrite.backends import build_backend
-from prewrite.module import PRewriteModule
+from prewrite.lightning_module import PRewriteModule
 from prewrite.rewards import RewriteScorer
 from prewrite.tasks import load_task
 
@@ -132,11 +132,11 @@ def run_trl(cfg, scorer: RewriteScorer, task, steps: int, out_dir: str, trl_args
     )
     path = cfg.rewriter.model_name_or_path
     trainer = GRPOTrainer(
-        model=models.load_model(path),
+        model=model_zoo.load_model(path),
         reward_funcs=task_reward,
         args=args,
         train_dataset=dataset,
-        processing_class=models.load_tokenizer(path),
+        processing_class=model_zoo.load_tokenizer(path),
         callbacks=[Timer()],
     )
     generate = trainer._generate_and_score_completions

@@ -41,7 +41,7 @@ from pathlib import Path
 import torch
 from omegaconf import OmegaConf
 
-from prewrite import models, precision
+from prewrite import model_zoo, precision
 from prewrite.backends.cache import CachedBackend, ResponseCache
 from prewrite.backends.hf import HFBackend
 from prewrite.backends.openai import OpenAIBackend
@@ -247,7 +247,7 @@ def print_table(summary: dict) -> None:
 def timed_server(tmp: Path, startup: dict[str, float]):
     """The vLLM OpenAI server for the openai method, its start-up time recorded."""
     start = time.perf_counter()
-    with serve(models.resolve(MODEL), "smollm2", tmp / "server.log", dtype="bfloat16") as url:
+    with serve(model_zoo.resolve(MODEL), "smollm2", tmp / "server.log", dtype="bfloat16") as url:
         startup["openai"] = time.perf_counter() - start
         yield url
 

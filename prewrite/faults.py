@@ -2,7 +2,7 @@
 
 SLURM and cloud preemption send SIGTERM (or SIGUSR1) and kill shortly after; Ctrl+C sends SIGINT.
 While `stop_on_signals()` is active, those signals only record that a stop was asked for. The
-training step checks at its safe points (prewrite.module: before the rollout, before scoring,
+training step checks at its safe points (prewrite.lightning_module: before the rollout, before scoring,
 before the update, and in a dev evaluation) and raises `StopRequested` there, after undoing the
 unfinished part of the step; `callbacks.StopOnSignal` then writes the checkpoint and marks the MLflow
 run KILLED, and the process exits with 128 + the signal's number. A second Ctrl+C interrupts at once.

@@ -27,7 +27,7 @@ def _finite(x: float | None) -> bool:
 
 
 def reward_and_dev(rows: list[dict], monitor: str) -> Figure:
-    """From the rewrites table (prewrite.module's rewrite_rows): top, every sampled rewrite's reward
+    """From the rewrites table (prewrite.lightning_module's rewrite_rows): top, every sampled rewrite's reward
     and their mean per step; bottom, the greedy rewrite's dev `monitor` per step, with the initial
     instruction's as a reference line."""
     rewards = defaultdict(list)

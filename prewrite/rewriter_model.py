@@ -8,7 +8,7 @@ from pathlib import Path
 
 from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
-from prewrite import chat, models
+from prewrite import chat, model_zoo
 from prewrite.rollout.hf_rollout import generate
 from prewrite.usage import Usage
 
@@ -67,13 +67,15 @@ def locate(spec: str, tracking_uri: str | None = None) -> Path:
 
 def load_untrained(model_name_or_path: str, dtype: str = "float32") -> Rewriter:
     """The rewriter before training (`rewriter.model_name_or_path`: embedded:<name>, a hub id or a folder)."""
-    model = models.load_model(model_name_or_path, dtype).eval()
-    return Rewriter(model, models.load_tokenizer(model_name_or_path), {}, Path(models.resolve(model_name_or_path)))
+    model = model_zoo.load_model(model_name_or_path, dtype).eval()
+    return Rewriter(
+        model, model_zoo.load_tokenizer(model_name_or_path), {}, Path(model_zoo.resolve(model_name_or_path))
+    )
 
 
 def load(spec: str, tracking_uri: str | None = None, dtype: str = "float32") -> Rewriter:
     path = locate(spec, tracking_uri)
     info_file = path / "prewrite.json"
     info = json.loads(info_file.read_text()) if info_file.exists() else {}
-    model = models.load_model(str(path), dtype).eval()
-    return Rewriter(model=model, tokenizer=models.load_tokenizer(str(path)), info=info, path=path)
+    model = model_zoo.load_model(str(path), dtype).eval()
+    return Rewriter(model=model, tokenizer=model_zoo.load_tokenizer(str(path)), info=info, path=path)

@@ -32,7 +32,7 @@ from prewrite.callbacks import (
     SystemMetrics,
     TimeEstimate,
 )
-from prewrite.module import PRewriteModule
+from prewrite.lightning_module import PRewriteModule
 from prewrite.report import score_text
 from prewrite.rewards import RewriteScorer
 from prewrite.tasks import Task, load_task

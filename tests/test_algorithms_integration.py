@@ -9,8 +9,8 @@ import torch
 from mlflow import MlflowClient
 from safetensors import safe_open
 
-from prewrite import models
-from prewrite.module import PRewriteModule
+from prewrite import model_zoo
+from prewrite.lightning_module import PRewriteModule
 from prewrite.rollout import hf_rollout
 from prewrite.tasks import load_task
 from tests.conftest import ROOT
@@ -36,7 +36,7 @@ def test_lora_trains_only_the_adapter_and_its_reference_is_the_base_model(compos
 
     torch.manual_seed(0)
     rollout = hf_rollout.generate(module.policy, module.tokenizer, module.prompt_ids, 2, max_new_tokens=8)
-    base = models.load_model(compose_train().rewriter.model_name_or_path).eval()
+    base = model_zoo.load_model(compose_train().rewriter.model_name_or_path).eval()
     with torch.no_grad():
         base_logps = module.logprobs(rollout, base)
         torch.testing.assert_close(module.ref_logprobs(rollout), base_logps)
@@ -47,7 +47,7 @@ def test_lora_trains_only_the_adapter_and_its_reference_is_the_base_model(compos
         assert (moved - base_logps).abs().max() > 1e-2
         torch.testing.assert_close(module.ref_logprobs(rollout), base_logps)  # the reference did not move
         # the export is a plain transformers model computing what the policy computes
-        plain = models.plain_model(module.policy)
+        plain = model_zoo.plain_model(module.policy)
         assert not any("lora" in n for n, _ in plain.named_parameters())
         torch.testing.assert_close(module.logprobs(rollout, plain), moved, atol=1e-4, rtol=0)
 

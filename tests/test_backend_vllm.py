@@ -8,7 +8,7 @@ pytest.importorskip("vllm", reason="vllm not installed: `make setup-vllm` instal
 
 from omegaconf import OmegaConf  # noqa: E402
 
-from prewrite import models  # noqa: E402
+from prewrite import model_zoo  # noqa: E402
 from prewrite.backends.hf import HFBackend  # noqa: E402
 from prewrite.backends.openai import OpenAIBackend  # noqa: E402
 from prewrite.backends.vllm import VLLMBackend  # noqa: E402
@@ -40,7 +40,7 @@ def hf_answers(prompts):
 @pytest.fixture(scope="module")
 def server_url(tmp_path_factory):
     log = tmp_path_factory.mktemp("vllm") / "server.log"
-    with serve(models.resolve(MODEL), "smollm2", log, dtype="float32") as url:
+    with serve(model_zoo.resolve(MODEL), "smollm2", log, dtype="float32") as url:
         yield url
 
 

@@ -14,7 +14,7 @@ def test_a_missing_vllm_says_how_to_install_it(monkeypatch):
 
 
 def test_a_missing_vllm_names_the_rollout_option_too(monkeypatch):
-    from prewrite.models import import_vllm
+    from prewrite.model_zoo import import_vllm
 
     monkeypatch.setitem(sys.modules, "vllm", None)
     with pytest.raises(ImportError, match=r"rollout=vllm needs the vllm package.*or use rollout=hf"):

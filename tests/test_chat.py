@@ -6,13 +6,13 @@ import logging
 
 import pytest
 
-from prewrite import chat, models
+from prewrite import chat, model_zoo
 from prewrite.rollout.base import rewriter_prompt
 
 
 @pytest.fixture(scope="module")
 def tokenizer():
-    return models.load_tokenizer("embedded:smollm2-135m-instruct")
+    return model_zoo.load_tokenizer("embedded:smollm2-135m-instruct")
 
 
 def test_a_chat_model_gets_one_user_turn_ready_for_the_reply(tokenizer):

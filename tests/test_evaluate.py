@@ -7,7 +7,7 @@ import pytest
 from mlflow import MlflowClient
 
 from prewrite import evaluate as evaluate_mod
-from prewrite import models
+from prewrite import model_zoo
 from tests.fake_backend import spy_on_backends
 
 pytestmark = pytest.mark.integration
@@ -15,7 +15,7 @@ pytestmark = pytest.mark.integration
 
 def test_prewrite_s_selects_on_dev_and_test_scores_only_the_three_reported(compose_config, monkeypatch, tmp_path):
     spies = spy_on_backends(monkeypatch, evaluate_mod)
-    base = models.resolve("embedded:smollm2-135m-instruct")  # an untrained rewriter is a rewriter too
+    base = model_zoo.resolve("embedded:smollm2-135m-instruct")  # an untrained rewriter is a rewriter too
     cfg = compose_config(
         "evaluate", f"rewriter_path={base}", "num_samples=4", "dev_examples=6", "test_examples=8",
         "max_new_tokens=24", f"paths.outputs_dir={tmp_path}",

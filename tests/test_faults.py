@@ -204,7 +204,7 @@ def test_a_stopped_comparison_marks_its_mlflow_run_killed_and_stops_between_cand
 @pytest.mark.integration
 def test_nonfinite_loss_skips_the_update_and_stops_after_n_in_a_row(compose_train, tmp_path, monkeypatch):
     import prewrite.algorithms.updates
-    import prewrite.module
+    import prewrite.lightning_module
     from prewrite.training import train
 
     real_loss = prewrite.algorithms.updates.grpo_loss
@@ -216,14 +216,14 @@ def test_nonfinite_loss_skips_the_update_and_stops_after_n_in_a_row(compose_trai
         return (loss * float("nan"), stats) if module.rollout_step in nan_steps else (loss, stats)
 
     current = {}
-    real_init = prewrite.module.PRewriteModule.__init__
+    real_init = prewrite.lightning_module.PRewriteModule.__init__
 
     def remember(self, *a, **kw):
         real_init(self, *a, **kw)
         current["module"] = self
 
     monkeypatch.setattr(prewrite.algorithms.updates, "grpo_loss", loss_with_nan)
-    monkeypatch.setattr(prewrite.module.PRewriteModule, "__init__", remember)
+    monkeypatch.setattr(prewrite.lightning_module.PRewriteModule, "__init__", remember)
     tiny = ["steps=3", "eval_every=3", "examples_per_step=2", "dev_examples=2", "algorithm.num_generations=2",
             "algorithm.max_completion_length=6", "save_checkpoints=false", "log_rewriter_to_mlflow=false",
             "trainer.enable_progress_bar=false", "system_metrics_interval_s=null", "max_skipped_updates_in_a_row=2",

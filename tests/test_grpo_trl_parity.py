@@ -10,7 +10,7 @@ ratio-one case.
 import pytest
 import torch
 
-from prewrite import models
+from prewrite import model_zoo
 from prewrite.algorithms.grpo import group_advantages, grpo_loss
 from prewrite.algorithms.logprobs import completion_logprobs
 
@@ -26,8 +26,8 @@ REWARDS = [1.0, 0.0, None, 0.5, 0.25, 0.75, 0.0, 1.0]
 
 @pytest.fixture(scope="module")
 def base():
-    path = models.resolve("embedded:smollm2-135m-instruct")
-    return path, models.load_tokenizer(path)
+    path = model_zoo.resolve("embedded:smollm2-135m-instruct")
+    return path, model_zoo.load_tokenizer(path)
 
 
 def _trl_trainer(base, tmp_path, **config):
@@ -47,7 +47,7 @@ def _trl_trainer(base, tmp_path, **config):
         **config,
     )
     trainer = trl.GRPOTrainer(
-        model=models.load_model(path),
+        model=model_zoo.load_model(path),
         reward_funcs=lambda completions, **_: REWARDS[: len(completions)],
         args=args,
         train_dataset=dataset,

@@ -1,13 +1,13 @@
-"""The training step's phase timer (prewrite.module.PhaseTimer)."""
+"""The training step's phase timer (prewrite.lightning_module.PhaseTimer)."""
 
 import pytest
 
-from prewrite.module import PhaseTimer
+from prewrite.lightning_module import PhaseTimer
 
 
 def test_phase_timer_records_each_phase_and_the_whole(monkeypatch):
     clock = iter([10.0, 10.5, 12.5, 13.0, 13.25, 14.0])
-    monkeypatch.setattr("prewrite.module.time.perf_counter", lambda: next(clock))
+    monkeypatch.setattr("prewrite.lightning_module.time.perf_counter", lambda: next(clock))
     timer = PhaseTimer()  # 10.0
     with timer("rollout"):  # 10.5 .. 12.5
         pass

@@ -6,7 +6,7 @@ import pytest
 import torch
 from omegaconf import OmegaConf
 
-from prewrite.module import reward_signal
+from prewrite.lightning_module import reward_signal
 from prewrite.rewards import RewriteScorer
 from prewrite.tasks import load_task
 from tests.conftest import CONF

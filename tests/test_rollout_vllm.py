@@ -15,7 +15,7 @@ pytest.importorskip("vllm", reason="vllm not installed: `make setup-vllm` instal
 import torch  # noqa: E402
 from mlflow import MlflowClient  # noqa: E402
 
-from prewrite import models  # noqa: E402
+from prewrite import model_zoo  # noqa: E402
 from prewrite.rollout.base import Rollout, rewriter_prompt  # noqa: E402
 from prewrite.rollout.hf_rollout import HFRollout  # noqa: E402
 from prewrite.rollout.vllm_rollout import VLLMRollout  # noqa: E402
@@ -30,7 +30,7 @@ INSTRUCTIONS = ["Classify the sentiment.", "Answer the question.", "Say yes or n
 
 @pytest.fixture(scope="module")
 def tokenizer():
-    return models.load_tokenizer(MODEL)
+    return model_zoo.load_tokenizer(MODEL)
 
 
 @pytest.fixture(scope="module")
@@ -41,7 +41,7 @@ def prompt_ids(tokenizer):
 
 @pytest.fixture(scope="module")
 def policy():
-    return models.load_model(MODEL, "float32").eval()
+    return model_zoo.load_model(MODEL, "float32").eval()
 
 
 @pytest.fixture(scope="module")

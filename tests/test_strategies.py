@@ -18,7 +18,7 @@ from transformers import AutoModelForCausalLM, LlamaConfig, LlamaForCausalLM
 from prewrite import precision
 from prewrite.callbacks import _publish
 from prewrite.distributed import TransformerBlocks
-from prewrite.models import load_model
+from prewrite.model_zoo import load_model
 from prewrite.training import check_launch
 from tests.conftest import ROOT
 

@@ -7,16 +7,17 @@ gets. It reaches the models only through the few module methods listed under `up
 
 from __future__ import annotations
 
+from abc import ABC, abstractmethod
 from typing import TYPE_CHECKING, Any
 
 import torch
 
 if TYPE_CHECKING:
-    from prewrite.module import PRewriteModule
+    from prewrite.lightning_module import PRewriteModule
     from prewrite.rollout.base import Rollout
 
 
-class Algorithm:
+class Algorithm(ABC):
     """Base class: subclasses set `name` and implement `kl_weight` and `update`."""
 
     name: str
@@ -25,15 +26,16 @@ class Algorithm:
         self.cfg = cfg  # conf/algorithm/<name>.yaml, resolved
 
     @property
+    @abstractmethod
     def kl_weight(self) -> float:
         """The weight of the KL to the frozen reference; 0 means no reference model is loaded."""
-        raise NotImplementedError
 
     def value_head(self, hidden_size: int) -> torch.nn.Module | None:
         """A critic to train beside the policy, or None. The module registers it as its `value_head`
         submodule, so it is moved, optimised and checkpointed (`value_head.*` keys) with the policy."""
         return None
 
+    @abstractmethod
     def update(
         self, module: PRewriteModule, rollout: Rollout, rewards: torch.Tensor, mask: torch.Tensor
     ) -> dict[str, Any]:
@@ -43,7 +45,6 @@ class Algorithm:
         tokens. Uses module.logprobs / ref_logprobs (and module.policy, module.value_head), and
         module.step_optimizer(loss) for each optimizer step; the module steps the LR scheduler afterwards.
         """
-        raise NotImplementedError
 
     def state_dict(self) -> dict[str, Any]:
         """What must survive a resume, as entries of the checkpoint's `prewrite` dict."""
@@ -51,3 +52,4 @@ class Algorithm:
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
         """Restore from the checkpoint's `prewrite` dict (which may predate this algorithm's entries)."""
+        return None  # nothing kept by default

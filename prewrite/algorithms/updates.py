@@ -16,7 +16,7 @@ from prewrite.algorithms.grpo import group_advantages, grpo_loss
 from prewrite.algorithms.logprobs import completion_logprobs_and_values
 
 if TYPE_CHECKING:
-    from prewrite.module import PRewriteModule
+    from prewrite.lightning_module import PRewriteModule
     from prewrite.rollout.base import Rollout
 
 

@@ -12,7 +12,7 @@ from pathlib import Path
 import torch
 from transformers import DynamicCache
 
-from prewrite import chat, models, precision
+from prewrite import chat, model_zoo, precision
 from prewrite.backends.base import TaskBackend
 
 log = logging.getLogger(__name__)
@@ -120,8 +120,8 @@ class HFBackend(TaskBackend):
         super().__init__(price_per_1m_prompt_tokens, price_per_1m_completion_tokens)
         self.model_name_or_path = model_name_or_path
         dtype = precision.resolve_dtype(dtype, device)
-        self.tokenizer = models.load_tokenizer(model_name_or_path)
-        self.model = models.load_model(model_name_or_path, dtype).to(device).eval().requires_grad_(False)
+        self.tokenizer = model_zoo.load_tokenizer(model_name_or_path)
+        self.model = model_zoo.load_model(model_name_or_path, dtype).to(device).eval().requires_grad_(False)
         self.dtype = dtype
         self.batch_size = batch_size
         self.max_new_tokens = max_new_tokens
@@ -136,7 +136,7 @@ class HFBackend(TaskBackend):
         different greedy tokens) and the generation settings. batch_size and device are left out on
         purpose: they only move floating-point rounding, and keying on them would stop answers cached
         by a GPU job from serving a CPU job."""
-        resolved = models.resolve(self.model_name_or_path)
+        resolved = model_zoo.resolve(self.model_name_or_path)
         if Path(resolved).is_dir():
             model = {"folder_fingerprint": folder_fingerprint(resolved)}
         else:

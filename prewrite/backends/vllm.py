@@ -12,7 +12,7 @@ import multiprocessing.util as mp_util
 import os
 from pathlib import Path
 
-from prewrite import chat, models, precision
+from prewrite import chat, model_zoo, precision
 from prewrite.backends.base import TaskBackend
 from prewrite.backends.hf import folder_fingerprint
 
@@ -40,11 +40,11 @@ class VLLMBackend(TaskBackend):
         # vLLM reads this when the engine is built: without multiprocessing the engine core runs in this
         # process (no worker processes to spawn, and a training process can reach its weights).
         os.environ["VLLM_ENABLE_V1_MULTIPROCESSING"] = "1" if multiprocessing else "0"
-        vllm = models.import_vllm("task_backend")
+        vllm = model_zoo.import_vllm("task_backend")
         super().__init__(price_per_1m_prompt_tokens, price_per_1m_completion_tokens)
         self.model_name_or_path = model_name_or_path
-        self.resolved = models.resolve(model_name_or_path)
-        self.tokenizer = models.load_tokenizer(model_name_or_path)
+        self.resolved = model_zoo.resolve(model_name_or_path)
+        self.tokenizer = model_zoo.load_tokenizer(model_name_or_path)
         self.dtype = dtype = precision.resolve_dtype(dtype, None)  # vLLM's own "auto" would mean the model's dtype
         self.max_new_tokens = max_new_tokens
         self.llm = vllm.LLM(

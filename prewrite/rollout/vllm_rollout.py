@@ -15,7 +15,7 @@ import numpy as np
 import torch
 from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
-from prewrite import models, precision
+from prewrite import model_zoo, precision
 from prewrite.rollout.base import Rollout, RolloutEngine, to_rollout
 
 SEED_MAX = 2**31 - 1
@@ -41,7 +41,7 @@ class VLLMRollout(RolloutEngine):
         # Read by vLLM when the engine is built: the engine core then runs in this process, where the
         # policy's tensors can be handed to it without serialization.
         os.environ["VLLM_ENABLE_V1_MULTIPROCESSING"] = "0"
-        vllm = models.import_vllm("rollout")
+        vllm = model_zoo.import_vllm("rollout")
         from vllm.platforms import current_platform
 
         if sleep_mode and not current_platform.is_sleep_mode_available():
@@ -119,7 +119,7 @@ class VLLMRollout(RolloutEngine):
         """Load the policy's current weights into the engine, in place, and drop the prefix cache,
         whose keys and values were computed with the old weights."""
         self.policy = policy
-        policy = models.plain_model(policy)  # a LoRA policy: its adapter merged, under the base model's names
+        policy = model_zoo.plain_model(policy)  # a LoRA policy: its adapter merged, under the base model's names
         self._wake(["weights"])
         # vLLM ties the output matrix to the embedding itself, so a tied lm_head is left out.
         tied = policy.config.tie_word_embeddings

@@ -23,7 +23,7 @@ import torch
 from omegaconf import OmegaConf
 from torch.utils.data import DataLoader
 
-from prewrite import distributed, faults, models
+from prewrite import distributed, faults, model_zoo
 from prewrite.algorithms.logprobs import completion_logprobs
 from prewrite.algorithms.updates import build_algorithm
 from prewrite.rewards import RewriteScorer
@@ -82,8 +82,8 @@ class PRewriteModule(L.LightningModule):
         self.algo = algorithm
         self.algorithm = build_algorithm(algorithm)  # GRPO or PPO: its update and its state (PPO's KL coefficient)
         self.steps, self.examples_per_step, self.seed = steps, examples_per_step, seed
-        self.tokenizer = models.load_tokenizer(rewriter["model_name_or_path"])
-        policy = models.load_model(rewriter["model_name_or_path"], rewriter["dtype"])
+        self.tokenizer = model_zoo.load_tokenizer(rewriter["model_name_or_path"])
+        policy = model_zoo.load_model(rewriter["model_name_or_path"], rewriter["dtype"])
         if rewriter["gradient_checkpointing"]:
             policy.gradient_checkpointing_enable()
         lora = rewriter["lora"]
@@ -93,7 +93,7 @@ class PRewriteModule(L.LightningModule):
         if self.algorithm.kl_weight != 0 and not lora["enabled"]:
             ref = copy.deepcopy(policy).eval().requires_grad_(False)
         object.__setattr__(self, "ref_policy", ref)
-        self.policy = (models.add_lora(policy, lora) if lora["enabled"] else policy).train()
+        self.policy = (model_zoo.add_lora(policy, lora) if lora["enabled"] else policy).train()
         # Samples the rewrites (conf/rollout; None = transformers generate on the policy itself).
         self.rollout_engine = build_rollout(
             rollout or {"_target_": "prewrite.rollout.hf_rollout.HFRollout"}, self.policy, self.tokenizer
@@ -371,7 +371,7 @@ class PRewriteModule(L.LightningModule):
         """A plain Hugging Face folder (policy + tokenizer) plus prewrite.json, which records what
         `prewrite.rewrite` and `prewrite.evaluate` need to use it the way it was trained.
         `state_dict`: the full weights of a sharded policy (distributed.full_state_dict)."""
-        models.plain_model(self.policy).save_pretrained(path, state_dict=state_dict)
+        model_zoo.plain_model(self.policy).save_pretrained(path, state_dict=state_dict)
         self.tokenizer.save_pretrained(path)
         info = {"task": self.task.name, "instruction": self.instruction, "meta_prompt": self.meta_prompt}
         info |= {"monitor": self.monitor, **(self.best or {})}
