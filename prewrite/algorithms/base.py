@@ -2,19 +2,33 @@
 
 The module owns the models, the optimizer and the loop; an algorithm owns its hyperparameters, its own
 state (PPO's adaptive KL coefficient) and its update: the losses and how many optimizer steps a rollout
-gets. It reaches the models only through the few module methods listed under `update`.
+gets. It reaches the models only through `Learner`, the few things of the module an update uses.
 """
 
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
-from typing import TYPE_CHECKING, Any
+from typing import Any, Protocol
 
+import lightning as L
 import torch
 
-if TYPE_CHECKING:
-    from prewrite.lightning_module import PRewriteModule
-    from prewrite.rollout.base import Rollout
+from prewrite.rollout.base import Rollout
+
+
+class Learner(Protocol):
+    """What an update uses of the training module (prewrite.lightning_module.PRewriteModule): the policy
+    (and, for PPO, its `value_head`), log-probs of a rollout under the policy and under the frozen
+    reference, one optimizer step, and the trainer (ranks, reductions)."""
+
+    policy: torch.nn.Module
+    trainer: L.Trainer
+
+    def logprobs(self, rollout: Rollout, model: torch.nn.Module | None = None) -> torch.Tensor: ...
+
+    def ref_logprobs(self, rollout: Rollout) -> torch.Tensor: ...
+
+    def step_optimizer(self, loss: torch.Tensor) -> None: ...
 
 
 class Algorithm(ABC):
@@ -36,9 +50,7 @@ class Algorithm(ABC):
         return None
 
     @abstractmethod
-    def update(
-        self, module: PRewriteModule, rollout: Rollout, rewards: torch.Tensor, mask: torch.Tensor
-    ) -> dict[str, Any]:
+    def update(self, module: Learner, rollout: Rollout, rewards: torch.Tensor, mask: torch.Tensor) -> dict[str, Any]:
         """Train on one rollout; returns the statistics logged as `train/<key>`.
 
         rewards: [B] over every rank's completions (NaN: no reward); mask: [B, T] over this rank's completion

@@ -5,19 +5,16 @@ here is what uses it on a rollout: which log-probs, how many epochs and optimize
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import torch
 
 from prewrite import distributed
 from prewrite.algorithms import ppo
-from prewrite.algorithms.base import Algorithm
+from prewrite.algorithms.base import Algorithm, Learner
 from prewrite.algorithms.grpo import group_advantages, grpo_loss
 from prewrite.algorithms.logprobs import completion_logprobs_and_values
-
-if TYPE_CHECKING:
-    from prewrite.lightning_module import PRewriteModule
-    from prewrite.rollout.base import Rollout
+from prewrite.rollout.base import Rollout
 
 
 class GRPO(Algorithm):
@@ -29,7 +26,7 @@ class GRPO(Algorithm):
     def kl_weight(self) -> float:
         return self.cfg["beta"]
 
-    def update(self, module: PRewriteModule, rollout: Rollout, rewards: torch.Tensor, mask: torch.Tensor) -> dict:
+    def update(self, module: Learner, rollout: Rollout, rewards: torch.Tensor, mask: torch.Tensor) -> dict:
         # `rewards` are every rank's: a group's statistics see all of it; this rank updates on its own completions
         cfg = self.cfg
         advantages = group_advantages(rewards, cfg["num_generations"], cfg["scale_rewards"])
@@ -85,7 +82,7 @@ class PPO(Algorithm):
         torch.nn.init.zeros_(head.bias)
         return head
 
-    def update(self, module: PRewriteModule, rollout: Rollout, rewards: torch.Tensor, mask: torch.Tensor) -> dict:
+    def update(self, module: Learner, rollout: Rollout, rewards: torch.Tensor, mask: torch.Tensor) -> dict:
         cfg, n = self.cfg, rollout.completion_ids.size(1)
         rewards = distributed.this_rank(module, rewards)  # PPO has no groups: each rank its own rollouts
         # a rewrite whose reward could not be computed is left out of the update
