@@ -24,7 +24,10 @@ def compose_with_hydra(*overrides: str):
         return compose(config_name="train", overrides=list(overrides), return_hydra_config=True)
 
 
-@pytest.mark.parametrize("name, sweeper", [("grid_reward_beta", "BasicSweeper"), ("optuna", "OptunaSweeper")])
+@pytest.mark.parametrize(
+    "name, sweeper",
+    [("grid_reward_beta", "BasicSweeper"), ("sst2_constrained_tune", "BasicSweeper"), ("optuna", "OptunaSweeper")],
+)
 def test_sweep_definitions_search_real_config_keys(name, sweeper):
     cfg = compose_with_hydra(f"sweep={name}")
     assert cfg.hydra.sweeper._target_.endswith(sweeper)
