@@ -13,8 +13,7 @@ from collections.abc import Callable
 from omegaconf import DictConfig
 
 from prewrite.algorithms.grpo import LOSS_TYPES, SCALE_REWARDS
-
-ALGORITHMS = ("grpo", "ppo")
+from prewrite.algorithms.updates import ALGORITHMS
 
 
 class ConfigError(ValueError):
