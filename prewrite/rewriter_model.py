@@ -9,7 +9,7 @@ from pathlib import Path
 from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
 from prewrite import chat, model_zoo
-from prewrite.rollout.hf_rollout import generate
+from prewrite.rollout.hf_rollout import HFRollout
 from prewrite.usage import Usage
 
 
@@ -30,9 +30,7 @@ class Rewriter:
     def complete(self, message: str, num: int = 1, temperature: float = 1.0, max_new_tokens: int = 48) -> list[str]:
         """The greedy reply (num=0) or `num` sampled replies to one user message (chat template)."""
         prompt = chat.encode(self.tokenizer, message)
-        out = generate(
-            self.model,
-            self.tokenizer,
+        out = HFRollout(self.model, self.tokenizer).generate(
             [prompt],
             num_generations=max(num, 1),
             max_new_tokens=max_new_tokens,

@@ -35,7 +35,7 @@ def test_lora_trains_only_the_adapter_and_its_reference_is_the_base_model(compos
     assert sum(p.numel() for g in opt.param_groups for p in g["params"]) == trainable
 
     torch.manual_seed(0)
-    rollout = hf_rollout.generate(module.policy, module.tokenizer, module.prompt_ids, 2, max_new_tokens=8)
+    rollout = hf_rollout.HFRollout(module.policy, module.tokenizer).generate(module.prompt_ids, 2, max_new_tokens=8)
     base = model_zoo.load_model(compose_train().rewriter.model_name_or_path).eval()
     with torch.no_grad():
         base_logps = module.logprobs(rollout, base)
