@@ -28,7 +28,7 @@ def sweep_runs(client):
 
 
 def test_grid_sweep_is_one_parent_with_a_tagged_child_per_job(grid_sweep):
-    proc, client, _ = grid_sweep
+    proc, client, outputs = grid_sweep
     # the failing job did not stop the sweep, but the multirun says it failed (exit 1) and where
     assert proc.returncode == 1, proc.stderr[-4000:]
     assert "1 job(s) of the multirun failed:" in proc.stderr
@@ -42,6 +42,8 @@ def test_grid_sweep_is_one_parent_with_a_tagged_child_per_job(grid_sweep):
         assert f"algorithm.loss_type={loss_type}" in children[job].data.tags[OVERRIDES].split()
         assert children[job].info.run_name == f"{job}-algorithm.loss_type={loss_type}"  # what sets it apart
         assert children[job].data.params["algorithm.loss_type"] == loss_type
+    # the sweep folder is resolved before any job starts (it once needed Hydra's job-time resolvers)
+    assert len(list((outputs / "multiruns").glob("*/[012]"))) == 3
 
 
 def test_failed_job_is_recorded_with_its_error_and_the_others_finish(grid_sweep):
