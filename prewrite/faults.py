@@ -6,6 +6,7 @@ training step checks at its safe points (prewrite.lightning_module: before the r
 before the update, and in a dev evaluation) and raises `StopRequested` there, after undoing the
 unfinished part of the step; `callbacks.StopOnSignal` then writes the checkpoint and marks the MLflow
 run KILLED, and the process exits with 128 + the signal's number. A second Ctrl+C interrupts at once.
+A task model that stays unreachable past its patience stops the run the same way (`TaskModelDown`).
 """
 
 from __future__ import annotations
@@ -27,16 +28,17 @@ class StopRequested(Exception):
     """Raised at a safe point after a stop signal; the run can be resumed from its checkpoint."""
 
     def __init__(self, signum: int):
-        self.signum = signum
-        super().__init__(f"stopped by {signal.Signals(signum).name}")
+        self.exit_code = 128 + signum  # the shell's convention for "ended by signal N"
+        super().__init__(f"Stopped by {signal.Signals(signum).name}")
 
-    @property
-    def signal_name(self) -> str:
-        return signal.Signals(self.signum).name
 
-    @property
-    def exit_code(self) -> int:
-        return 128 + self.signum  # the shell's convention for "ended by signal N"
+class TaskModelDown(StopRequested):
+    """The task model stayed unreachable past task_backend.outage_patience_s: stop as on a signal (the
+    checkpoint, MLflow KILLED), to be resumed once it answers again."""
+
+    def __init__(self, cause: Exception):
+        Exception.__init__(self, f"Stopped: the task model is unavailable: {cause}")
+        self.exit_code = 75  # EX_TEMPFAIL (sysexits.h): try again later
 
 
 class NonFiniteError(RuntimeError):
@@ -83,7 +85,7 @@ def stop_on_signals():
 
 def exit_for_resume(e: StopRequested, run_dir: str) -> NoReturn:
     """The end of an entry point stopped by a signal: how to resume, and the shell's exit status."""
-    print(f"\nStopped by {e.signal_name}; resume with the same command and hydra.run.dir={run_dir}", file=sys.stderr)
+    print(f"\n{e}; resume with the same command and hydra.run.dir={run_dir}", file=sys.stderr)
     sys.exit(e.exit_code)
 
 
@@ -105,7 +107,8 @@ def ends_mlflow_run(client, run_id: str | None):
         raise
 
 
-def agreed_stop(trainer) -> int | None:
-    """The stop signal if any rank received one (a collective: call it on every rank), else None."""
-    stop = trainer.strategy.reduce_boolean_decision(_received is not None, all=False)
+def agreed_stop(trainer, local: bool = False) -> int | None:
+    """The stop signal if any rank received one or has another reason (`local`) to stop (a collective:
+    call it on every rank), else None."""
+    stop = trainer.strategy.reduce_boolean_decision(_received is not None or local, all=False)
     return (_received or signal.SIGTERM) if stop else None

@@ -26,6 +26,7 @@ from torch.utils.data import DataLoader
 from prewrite import distributed, faults, model_zoo
 from prewrite.algorithms.logprobs import completion_logprobs
 from prewrite.algorithms.updates import build_algorithm
+from prewrite.backends.base import TaskModelUnavailable
 from prewrite.rewards import RewriteScorer
 from prewrite.rollout import build_rollout
 from prewrite.rollout.base import Rollout, rewriter_prompt
@@ -173,7 +174,11 @@ class PRewriteModule(L.LightningModule):
             self.stop_point(before)
             rows = self.task.sample("train", self.examples_per_step, seed=[self.seed, step])
             calls_before = self.scorer.backend.num_calls
-            scores = self.scorer(rollout.texts, rows)
+            try:
+                scores, outage = self.scorer(rollout.texts, rows), None
+            except TaskModelUnavailable as e:
+                outage = e
+            self.stop_point(before, outage)
 
         with timer("update"):
             rewards = torch.tensor([float("nan") if r is None else r for r in scores.rewards], device=self.device)
@@ -282,16 +287,17 @@ class PRewriteModule(L.LightningModule):
                 "reward functions."
             )
 
-    def stop_point(self, before: tuple[int, dict] | None = None) -> None:
-        """A safe point: if a stop signal came (on any rank), put back what `before` (step, RNG state) says
-        this unfinished step has changed and raise StopRequested (callbacks.StopOnSignal saves the checkpoint)."""
-        signum = faults.agreed_stop(self.trainer)
+    def stop_point(self, before: tuple[int, dict] | None = None, outage: TaskModelUnavailable | None = None) -> None:
+        """A safe point: if a stop signal came or the task model is down (on any rank), put back what
+        `before` (step, RNG state) says this unfinished step has changed and raise StopRequested
+        (callbacks.StopOnSignal saves the checkpoint)."""
+        signum = faults.agreed_stop(self.trainer, local=outage is not None)
         if signum is None:
             return
         if before is not None:
             self.rollout_step = before[0]
             _set_rng_state(before[1])
-        raise faults.StopRequested(signum)
+        raise faults.TaskModelDown(outage) if outage else faults.StopRequested(signum)
 
     def log_to_loggers(self, metrics: dict[str, Any]) -> None:
         """Log at step = rollout steps done, so train and dev curves share one x-axis
@@ -347,12 +353,20 @@ class PRewriteModule(L.LightningModule):
         scores = self.scorer([instruction], self.dev_rows)
         return {"reward": _nan(scores.rewards[0])} | {name: _nan(vals[0]) for name, vals in scores.metrics.items()}
 
+    def _score_or_outage(self, instruction: str) -> dict[str, float] | TaskModelUnavailable:
+        try:
+            return self.score_on_dev(instruction)
+        except TaskModelUnavailable as e:  # returned, so rank zero's broadcast still reaches the others
+            return e
+
     def evaluate_dev(self) -> dict[str, float]:
         """Score the greedy rewrite (PRewrite-I) on the fixed dev rows and log it; when it beats every
         earlier evaluation on `monitor`, keep it as the best and export the rewriter."""
         rewrite = self.greedy_rewrite()  # on every rank: a sharded policy generates together
         # scored once, on rank zero: every rank then agrees on the best, the export and early stopping
-        rewrite, scores = distributed.on_rank_zero(self.trainer, lambda: (rewrite, self.score_on_dev(rewrite)))
+        rewrite, scores = distributed.on_rank_zero(self.trainer, lambda: (rewrite, self._score_or_outage(rewrite)))
+        if isinstance(scores, TaskModelUnavailable):
+            raise scores  # on every rank
         requests = self.task_usage()["requests"]  # spent so far, this evaluation included: x of a budget curve
         self.log_to_loggers({f"dev/{k}": v for k, v in scores.items()} | {"dev/task_llm_requests": requests})
         row = {"step": self.rollout_step, "split": "dev", "rewrite": rewrite, "task_llm_requests": requests}
@@ -421,7 +435,10 @@ class PRewriteModule(L.LightningModule):
     def validation_step(self, batch: Any, batch_idx: int) -> None:
         # a stop here leaves Lightning's validation unfinished; a resume runs it again
         self.stop_point()
-        scores = self.evaluate_dev()
+        try:
+            scores = self.evaluate_dev()
+        except TaskModelUnavailable as e:
+            raise faults.TaskModelDown(e) from None
         # for Lightning callbacks (early stopping); the loggers got them from evaluate_dev
         self.log_dict({f"dev/{k}": v for k, v in scores.items()}, batch_size=1, logger=False, sync_dist=True)
 

@@ -8,6 +8,8 @@ import time
 
 import pytest
 
+from prewrite.backends.base import FailedAnswer, TaskModelUnavailable
+from prewrite.backends.cache import CachedBackend, ResponseCache
 from prewrite.backends.openai import OpenAIBackend, TaskBackendError
 from tests.fault_server import FaultServer
 
@@ -43,6 +45,7 @@ def test_answers_come_back_in_order_deduplicated_and_accounted():
         "completion_tokens": 6.0,
         "cost_usd": pytest.approx((6 * 2.0 + 6 * 10.0) / 1e6),
         "retries": 0.0,
+        "failed_prompts": 0.0,
     }
 
 
@@ -91,6 +94,38 @@ def test_the_last_retry_fails_with_endpoint_status_and_body():
     message = str(info.value)
     assert f"POST {server.base_url}/chat/completions failed after 3 attempts" in message
     assert "HTTP 500: model worker crashed" in message
+
+
+def test_an_outage_is_waited_out_up_to_the_patience_then_named_with_the_answers_that_arrived(tmp_path, caplog):
+    with FaultServer(script=["ok"], default="500") as server:  # the server goes down after one answer
+        b = backend(server, max_concurrency=1, outage_patience_s=0.5, backoff_max_s=0.1)
+        cached = CachedBackend(b, ResponseCache(tmp_path / "cache.sqlite"))
+        start = time.monotonic()
+        with pytest.raises(TaskModelUnavailable) as info:
+            cached.generate(["first", "second", "first"])
+        waited = time.monotonic() - start
+        assert 0.5 <= waited < 3 and b.retries >= 3  # retried through the patience, not beyond it
+        message = str(info.value)
+        assert f"POST {server.base_url}/chat/completions failed after" in message
+        assert "HTTP 500: model worker crashed" in message and "outage_patience_s=0.5" in message
+        assert info.value.answered == {0: "echo: first", 2: "echo: first"}  # by position, the repeat too
+        assert "for up to" in caplog.text  # what it waits for is logged
+
+        server.default = "ok"  # back up: the answer that arrived before the outage is not asked again
+        asked = len(server.requests)
+        assert cached.generate(["first", "second"]) == ["echo: first", "echo: second"]
+        assert [r.body["messages"][0]["content"] for r in server.requests[asked:]] == ["second"]
+
+
+def test_a_prompt_refused_on_its_own_scores_empty_is_counted_and_never_cached(tmp_path):
+    with FaultServer(script=["ok", "400", "ok"]) as server:  # e.g. the middle prompt is too long
+        b = backend(server, max_concurrency=1)
+        cached = CachedBackend(b, ResponseCache(tmp_path / "cache.sqlite"))
+        answers = cached.generate(["a", "too long", "c"])
+        assert answers == ["echo: a", "", "echo: c"] and isinstance(answers[1], FailedAnswer)
+        assert b.usage_snapshot()["failed_prompts"] == 1.0
+        assert cached.generate(["a", "too long"]) == ["echo: a", "echo: too long"]  # asked again, answered now
+    assert len(server.requests) == 4
 
 
 def test_a_hanging_server_times_out_each_attempt():

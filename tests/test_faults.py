@@ -242,6 +242,42 @@ def test_nonfinite_loss_skips_the_update_and_stops_after_n_in_a_row(compose_trai
         train(compose_train(*tiny, f"paths.run_dir={tmp_path}/second"))
 
 
+@pytest.mark.integration
+def test_a_task_model_outage_stops_with_a_checkpoint_and_a_relaunch_resumes(compose_train, tmp_path, monkeypatch):
+    from prewrite.training import train
+
+    real_save = LastCheckpoint.save
+    with FaultServer(lifetime_s=600) as server:
+
+        def save_then_go_down(self, *args):  # the server goes down right after the step-1 checkpoint
+            real_save(self, *args)
+            server.default = "500"
+
+        monkeypatch.setattr(LastCheckpoint, "save", save_then_go_down)
+        args = [
+            "steps=3", "eval_every=1", "examples_per_step=2", "dev_examples=2", "algorithm.num_generations=2",
+            "algorithm.max_completion_length=6", "log_rewriter_to_mlflow=false", "trainer.enable_progress_bar=false",
+            "system_metrics_interval_s=null", "task_backend=openai", f"task_backend.base_url={server.base_url}",
+            "task_backend.outage_patience_s=0.5", "task_backend.backoff_max_s=0.1",
+            f"paths.outputs_dir={tmp_path}", f"paths.run_dir={tmp_path}/run",
+        ]  # fmt: skip
+        with pytest.raises(faults.TaskModelDown) as info:
+            train(compose_train(*args))
+        assert info.value.exit_code == 75
+        assert f"{server.base_url}/chat/completions" in str(info.value) and "outage_patience_s=0.5" in str(info.value)
+        client = MlflowClient(f"sqlite:///{tmp_path}/mlflow.db")
+        (run,) = client.search_runs([client.get_experiment_by_name("prewrite-sst2").experiment_id])
+        assert run.info.status == "KILLED" and (tmp_path / "run" / "checkpoints" / "last.ckpt").exists()
+        assert [m.step for m in client.get_metric_history(run.info.run_id, "train/loss")] == [1]
+
+        monkeypatch.setattr(LastCheckpoint, "save", real_save)
+        server.default = "ok"  # back up: the same command resumes at step 2
+        train(compose_train(*args))
+    (run,) = client.search_runs([client.get_experiment_by_name("prewrite-sst2").experiment_id])
+    assert run.info.status == "FINISHED"
+    assert [m.step for m in client.get_metric_history(run.info.run_id, "train/loss")] == [1, 2, 3]
+
+
 def test_infinite_reward_skips_the_update_and_nonfinite_weights_are_never_checkpointed():
     layer = torch.nn.Linear(2, 2)
     check_finite(layer)

@@ -8,6 +8,30 @@ from abc import ABC, abstractmethod
 from prewrite.usage import Usage
 
 
+class TaskBackendError(RuntimeError):
+    """A request to the task LLM failed for good. `answered` holds the answers that did arrive in the
+    failed call, by position in its prompt list, so a cache keeps them."""
+
+    def __init__(self, message: str, answered: dict[int, str] | None = None):
+        super().__init__(message)
+        self.answered = answered or {}
+
+
+class TaskModelUnavailable(TaskBackendError):
+    """The task LLM stayed unreachable past the backend's patience: a training stops with a checkpoint
+    (prewrite.faults.TaskModelDown) and a re-launch resumes once it answers again."""
+
+
+class FailedAnswer(str):
+    """The answer to a prompt the task LLM refused on its own (e.g. too long for its context): an empty
+    string to the scorer, with the `reason`; counted, and never cached, so a later run asks again."""
+
+    def __new__(cls, reason: str) -> FailedAnswer:
+        answer = super().__new__(cls, "")
+        answer.reason = reason
+        return answer
+
+
 class TaskBackend(ABC):
     """The frozen task LLM: answers user messages (`generate`) and, where it can, scores a given reply
     (`loglikelihood`). `usage` counts what it ran: calls are prompts answered by the model after

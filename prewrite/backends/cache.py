@@ -18,7 +18,7 @@ import time
 from collections.abc import Callable, Iterable, Sequence
 from pathlib import Path
 
-from prewrite.backends.base import TaskBackend
+from prewrite.backends.base import FailedAnswer, TaskBackend, TaskBackendError
 
 log = logging.getLogger(__name__)
 
@@ -255,11 +255,19 @@ class CachedBackend(TaskBackend):
                 first_miss[k] = i
         if first_miss:
             idx = list(first_miss.values())
-            fresh = run(idx)
+            try:
+                fresh = run(idx)
+            except TaskBackendError as e:  # an outage: keep what arrived, so a re-launch need not ask again
+                missed = list(first_miss)
+                arrived = {missed[j]: a for j, a in e.answered.items()}
+                self.cache.put_many({k: a for k, a in arrived.items() if not isinstance(a, FailedAnswer)})
+                known = answers | arrived
+                e.answered = {i: known[k] for i, k in enumerate(keys) if k in known}  # by the caller's positions
+                raise
             if len(fresh) != len(idx):
                 raise RuntimeError(f"{type(self.inner).__name__} returned {len(fresh)} answers for {len(idx)} requests")
             new = dict(zip(first_miss, fresh, strict=True))
-            self.cache.put_many(new)
+            self.cache.put_many({k: a for k, a in new.items() if not isinstance(a, FailedAnswer)})  # asked again later
             answers.update(new)
             self.misses += len(idx)
         return [answers[k] for k in keys]

@@ -2,9 +2,13 @@
 
 Requests run concurrently on an asyncio client (at most `max_concurrency` in flight), each with its
 own timeout. Connection errors, timeouts, 429 and 5xx are retried with exponential backoff and
-jitter (a server's Retry-After is honoured); any other 4xx is a mistake in the request and fails at
-once. The API key comes from an environment variable and is kept out of configs, logs, reprs and
-error messages; it is sent only to the hosts it is meant for (`key_hosts`).
+jitter (a server's Retry-After is honoured) until `max_retries` or `outage_patience_s` runs out: an
+outage of a few minutes is waited out, a longer one raises TaskModelUnavailable with the answers that
+did arrive. A prompt the server refuses on its own (400, 413, 422: too long for the context, a content
+filter) gets a FailedAnswer, counted in `failed_prompts`; when it refuses every prompt of a call the
+request itself is wrong, and that fails at once, as do 401, 403, 404 and other 4xx.
+The API key comes from an environment variable and is kept out of configs, logs, reprs and error
+messages; it is sent only to the hosts it is meant for (`key_hosts`).
 """
 
 from __future__ import annotations
@@ -21,7 +25,7 @@ from urllib.parse import urlsplit
 
 import aiohttp
 
-from prewrite.backends.base import TaskBackend
+from prewrite.backends.base import FailedAnswer, TaskBackend, TaskBackendError, TaskModelUnavailable
 
 log = logging.getLogger(__name__)
 
@@ -46,8 +50,8 @@ def key_hosts(api_key_env: str | None, api_key_hosts: list[str] | None) -> set[s
     return {PROVIDER_HOSTS[api_key_env]} if api_key_env in PROVIDER_HOSTS else set()
 
 
-class TaskBackendError(RuntimeError):
-    """A request to the task-LLM server failed for good (after its retries, or at once for a 4xx)."""
+class _Refused(Exception):
+    """The server refused this one prompt (400, 413, 422); other prompts may still be answered."""
 
 
 class _Retryable(Exception):
@@ -83,7 +87,8 @@ class OpenAIBackend(TaskBackend):
         api_key_env: str | None = "OPENAI_API_KEY",
         max_concurrency: int = 16,
         timeout_s: float = 60.0,
-        max_retries: int = 5,
+        max_retries: int | None = None,
+        outage_patience_s: float = 600.0,
         backoff_base_s: float = 0.5,
         backoff_max_s: float = 30.0,
         max_new_tokens: int = 16,
@@ -94,8 +99,10 @@ class OpenAIBackend(TaskBackend):
     ):
         if max_concurrency < 1:
             raise ValueError(f"task_backend.max_concurrency must be >= 1, got {max_concurrency}")
-        if max_retries < 0:
-            raise ValueError(f"task_backend.max_retries must be >= 0, got {max_retries}")
+        if max_retries is not None and max_retries < 0:
+            raise ValueError(f"task_backend.max_retries must be >= 0 or null, got {max_retries}")
+        if outage_patience_s < 0:
+            raise ValueError(f"task_backend.outage_patience_s must be >= 0, got {outage_patience_s}")
         super().__init__(price_per_1m_prompt_tokens, price_per_1m_completion_tokens)
         self.model = model
         self.base_url = base_url.rstrip("/")
@@ -114,10 +121,13 @@ class OpenAIBackend(TaskBackend):
         self.max_concurrency = max_concurrency
         self.timeout_s = timeout_s
         self.max_retries = max_retries
+        self.outage_patience_s = outage_patience_s
         self.backoff_base_s = backoff_base_s
         self.backoff_max_s = backoff_max_s
         self.max_new_tokens = max_new_tokens
         self.retries = 0  # attempts that failed and were tried again
+        self.failed_prompts = 0  # prompts the server refused on their own (FailedAnswer)
+        self._last_wait_log = 0.0  # an outage is logged every few seconds, not once per prompt in flight
 
     def __repr__(self) -> str:
         key = f"${self.api_key_env} sent" if self._api_key else "no key"
@@ -135,7 +145,7 @@ class OpenAIBackend(TaskBackend):
         }
 
     def usage_snapshot(self) -> dict[str, float]:
-        return {**self.usage.snapshot(), "retries": float(self.retries)}
+        return {**self.usage.snapshot(), "retries": float(self.retries), "failed_prompts": float(self.failed_prompts)}
 
     def loglikelihood(self, prompts: list[str], continuations: list[str]) -> list[float | None]:
         raise NotImplementedError(
@@ -151,14 +161,28 @@ class OpenAIBackend(TaskBackend):
         if not unique:
             return []
         try:
-            asyncio.get_running_loop()
-        except RuntimeError:
-            answers = asyncio.run(self._generate_all(unique))
-        else:
-            with concurrent.futures.ThreadPoolExecutor(1) as pool:
-                answers = pool.submit(asyncio.run, self._generate_all(unique)).result()
+            answers = self._run(self._generate_all(unique))
+        except TaskBackendError as e:  # what arrived, by position in `prompts` (repeats included)
+            position = {p: i for i, p in enumerate(unique)}
+            e.answered = {i: e.answered[position[p]] for i, p in enumerate(prompts) if position[p] in e.answered}
+            raise
+        if all(isinstance(a, FailedAnswer) for a in answers):
+            raise TaskBackendError(f"{answers[0].reason} (every prompt of the call was refused: the request is wrong)")
+        for p, a in zip(unique, answers, strict=True):
+            if isinstance(a, FailedAnswer):
+                self.failed_prompts += 1
+                log.warning("The task model refused a prompt; it scores as an empty answer (%s): %.80s", a.reason, p)
         by_prompt = dict(zip(unique, answers, strict=True))
         return [by_prompt[p] for p in prompts]
+
+    @staticmethod
+    def _run(coroutine):
+        try:
+            asyncio.get_running_loop()
+        except RuntimeError:
+            return asyncio.run(coroutine)
+        with concurrent.futures.ThreadPoolExecutor(1) as pool:
+            return pool.submit(asyncio.run, coroutine).result()
 
     async def _generate_all(self, prompts: list[str]) -> list[str]:
         headers = {"Authorization": f"Bearer {self._api_key}"} if self._api_key else {}
@@ -168,11 +192,15 @@ class OpenAIBackend(TaskBackend):
             tasks = [asyncio.ensure_future(self._generate_one(session, limit, p)) for p in prompts]
             try:
                 return await asyncio.gather(*tasks)
-            except BaseException:
-                # One prompt failed for good: the step cannot be scored, so stop the others now.
+            except BaseException as e:
+                # One prompt failed for good: the step cannot be scored, so stop the others now, and
+                # hand back what did arrive (a cache keeps it: a re-launch need not ask again).
                 for t in tasks:
                     t.cancel()
                 await asyncio.gather(*tasks, return_exceptions=True)
+                if isinstance(e, TaskBackendError):
+                    e.answered = {i: t.result() for i, t in enumerate(tasks) if t.done() and not t.cancelled()
+                                  and t.exception() is None}  # fmt: skip
                 raise
 
     async def _generate_one(self, session: aiohttp.ClientSession, limit: asyncio.Semaphore, prompt: str) -> str:
@@ -183,24 +211,42 @@ class OpenAIBackend(TaskBackend):
             "max_tokens": self.max_new_tokens,
             "n": 1,
         }
-        attempts = self.max_retries + 1
-        for attempt in range(1, attempts + 1):
+        first_failure = None
+        attempt = 0
+        while True:
+            attempt += 1
             try:
                 async with limit:  # the slot is held only while a request is in flight, not while backing off
                     data = await self._post(session, body)
                 return self._read_answer(data)
+            except _Refused as e:
+                return FailedAnswer(str(e))
             except _Retryable as e:
-                if attempt == attempts:
-                    raise TaskBackendError(f"POST {self.url} failed after {attempts} attempts: {e.cause}") from None
+                now = time.monotonic()
+                first_failure = first_failure or now
+                left_s = self.outage_patience_s - (now - first_failure)
+                if self.max_retries is not None and attempt > self.max_retries:
+                    raise TaskBackendError(
+                        f"POST {self.url} failed after {attempt} attempts: {e.cause} "
+                        f"(task_backend.max_retries={self.max_retries})"
+                    ) from None
+                if left_s <= 0:
+                    raise TaskModelUnavailable(
+                        f"POST {self.url} failed after {attempt} attempts: {e.cause} (no answer for "
+                        f"{now - first_failure:.0f} s, task_backend.outage_patience_s={self.outage_patience_s:g})"
+                    ) from None
                 self.retries += 1
                 backoff = min(self.backoff_max_s, self.backoff_base_s * 2 ** (attempt - 1)) * random.uniform(0.5, 1.0)
                 # Retry-After is honoured, but capped at backoff_max_s so one hint cannot stall a run for hours.
                 delay = min(self.backoff_max_s, e.wait_s) if e.wait_s is not None else backoff
-                log.warning(
-                    "POST %s attempt %d/%d failed (%s); retrying in %.2f s", self.url, attempt, attempts, e.cause, delay
-                )
+                delay = min(delay, left_s)
+                if attempt == 1 or now - self._last_wait_log >= 10:
+                    self._last_wait_log = now
+                    log.warning(
+                        "POST %s attempt %d failed (%s); retrying in %.2f s, for up to %.0f s more "
+                        "(task_backend.outage_patience_s)", self.url, attempt, e.cause, delay, left_s,
+                    )  # fmt: skip
                 await asyncio.sleep(delay)
-        raise AssertionError("unreachable")
 
     async def _post(self, session: aiohttp.ClientSession, body: dict) -> dict:
         try:
@@ -218,6 +264,8 @@ class OpenAIBackend(TaskBackend):
                 cause = f"HTTP {response.status}: {self._excerpt(text)}"
                 if response.status == 429 or response.status >= 500:
                     raise _Retryable(cause, _retry_after_s(response.headers.get("Retry-After")))
+                if response.status in (400, 413, 422):  # this prompt (too long, filtered) or all: see generate
+                    raise _Refused(f"POST {self.url} failed: {cause}")
                 hint = (
                     f" (is ${self.api_key_env} set, and is this host in task_backend.api_key_hosts?)"
                     if response.status in (401, 403) and self.api_key_env
