@@ -65,6 +65,7 @@ SAMPLING_AND_OPTIMIZER = {
     "weight_decay": number(0),
     "warmup_steps": integer(0),
     "max_grad_norm": number(0, low_open=True, nullable=True),
+    "gradient_accumulation_steps": integer(1),
 }
 GRPO = {
     "num_generations": integer(2),  # a group of one has no spread: every advantage would be 0 (TRL refuses it too)
@@ -107,6 +108,13 @@ def check_training(cfg: DictConfig) -> None:
         raise ConfigError(f"algorithm.name={algo.get('name')!r}; expected {what}")
     _check(algo, SAMPLING_AND_OPTIMIZER, "algorithm.")
     _check(algo, GRPO if algo.name == "grpo" else PPO, "algorithm.")
+    strategy = cfg.get("hardware", {}).get("strategy")
+    strategy = strategy.get("_target_", "") if isinstance(strategy, DictConfig) else str(strategy)
+    if algo.gradient_accumulation_steps > 1 and "deepspeed" in strategy.lower():
+        raise ConfigError(
+            f"algorithm.gradient_accumulation_steps={algo.gradient_accumulation_steps} with {strategy}: DeepSpeed "
+            "accumulates by its own engine setting, which this update does not drive; use 1, or hardware=fsdp"
+        )
     if algo.name == "ppo" and algo.num_mini_batches > algo.num_generations:
         raise ConfigError(
             f"algorithm.num_mini_batches={algo.num_mini_batches} is more than algorithm.num_generations="

@@ -12,7 +12,7 @@ import json
 import logging
 import random
 import time
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
@@ -252,17 +252,20 @@ class PRewriteModule(L.LightningModule):
         with self.policy.disable_adapter():
             return self.logprobs(rollout)
 
-    def step_optimizer(self, loss: torch.Tensor) -> None:
-        """One optimizer step of the algorithm's update (named apart from Lightning's `optimizer_step` hook),
-        skipped (and counted) when the loss or a gradient is not finite on some rank: one such step would
-        make every weight NaN."""
+    def step_optimizer(self, losses: Iterable[torch.Tensor]) -> None:
+        """One optimizer step of the algorithm's update (named apart from Lightning's `optimizer_step` hook)
+        on the sum of `losses`, the micro-batches' weighted losses: each is backpropagated as it comes, so
+        one micro-batch's graph is freed before the next one's forward. Skipped (and counted) when a loss
+        or a gradient is not finite on some rank: one such step would make every weight NaN."""
         opt = self.optimizers()
         opt.zero_grad()
         reduce = self.trainer.strategy.reduce_boolean_decision  # every rank skips together
-        if not reduce(bool(torch.isfinite(loss.detach()).all()), all=True):
-            self.skipped_steps += 1
-            return
-        self.manual_backward(loss)
+        for loss in losses:
+            if not reduce(bool(torch.isfinite(loss.detach()).all()), all=True):
+                opt.zero_grad()
+                self.skipped_steps += 1
+                return
+            self.manual_backward(loss)
         grads = [p.grad for p in self.parameters() if p.grad is not None]  # none under DeepSpeed: it checks itself
         if not reduce(all(bool(torch.isfinite(g).all()) for g in grads), all=True):
             opt.zero_grad()

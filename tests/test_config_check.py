@@ -35,12 +35,23 @@ def test_every_shipped_experiment_passes(compose_train, experiment):
         ("algorithm.top_p=1.5", "algorithm.top_p=1.5; expected a number > 0 and <= 1"),
         ("algorithm.beta=-0.1", "algorithm.beta=-0.1; expected a number >= 0"),
         ("algorithm.learning_rate=fast", "algorithm.learning_rate='fast'; expected a number >= 0"),
+        (
+            "algorithm.gradient_accumulation_steps=0",
+            "algorithm.gradient_accumulation_steps=0; expected an integer >= 1",
+        ),
     ],
 )
 def test_a_value_that_cannot_work_is_named(compose_train, override, message):
     with pytest.raises(ConfigError) as e:
         check_training(compose_train(override))
     assert str(e.value) == message
+
+
+def test_gradient_accumulation_is_refused_under_deepspeed_and_allowed_elsewhere(compose_train):
+    with pytest.raises(ConfigError, match=r"gradient_accumulation_steps=2 with .*DeepSpeedStrategy: DeepSpeed"):
+        check_training(compose_train("hardware=deepspeed_zero2", "algorithm.gradient_accumulation_steps=2"))
+    check_training(compose_train("hardware=fsdp", "algorithm.gradient_accumulation_steps=2"))
+    check_training(compose_train("hardware=deepspeed_zero2"))
 
 
 def test_ppo_rules_apply_to_ppo(compose_train):

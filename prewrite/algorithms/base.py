@@ -8,6 +8,7 @@ gets. It reaches the models only through `Learner`, the few things of the module
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
+from collections.abc import Iterable
 from typing import Any, Protocol
 
 import lightning as L
@@ -28,7 +29,13 @@ class Learner(Protocol):
 
     def ref_logprobs(self, rollout: Rollout) -> torch.Tensor: ...
 
-    def step_optimizer(self, loss: torch.Tensor) -> None: ...
+    def step_optimizer(self, losses: Iterable[torch.Tensor]) -> None: ...
+
+
+def micro_batches(rows: int, cfg: dict[str, Any], device: torch.device) -> tuple[torch.Tensor, ...]:
+    """Row indices of the `gradient_accumulation_steps` micro-batches a batch of `rows` is split into
+    (one forward and backward each, one optimizer step for all: the memory of one micro-batch)."""
+    return torch.arange(rows, device=device).chunk(cfg["gradient_accumulation_steps"])
 
 
 class Algorithm(ABC):
@@ -55,7 +62,8 @@ class Algorithm(ABC):
 
         rewards: [B] over every rank's completions (NaN: no reward); mask: [B, T] over this rank's completion
         tokens. Uses module.logprobs / ref_logprobs (and module.policy, module.value_head), and
-        module.step_optimizer(loss) for each optimizer step; the module steps the LR scheduler afterwards.
+        module.step_optimizer(its micro-batches' losses) for each optimizer step; the module steps the LR
+        scheduler afterwards.
         """
 
     def state_dict(self) -> dict[str, Any]:

@@ -11,7 +11,7 @@ import torch
 
 from prewrite import distributed
 from prewrite.algorithms import ppo
-from prewrite.algorithms.base import Algorithm, Learner
+from prewrite.algorithms.base import Algorithm, Learner, micro_batches
 from prewrite.algorithms.grpo import group_advantages, grpo_loss
 from prewrite.algorithms.logprobs import completion_logprobs_and_values
 from prewrite.rollout.base import Rollout
@@ -33,27 +33,49 @@ class GRPO(Algorithm):
         advantages = distributed.this_rank(module, advantages)
         # dapo's token mean over every rank's completions, as TRL does (gradients are averaged over ranks)
         num_items = module.trainer.strategy.reduce(mask.sum().to(torch.float32), reduce_op="mean")
-        ref_logps = module.ref_logprobs(rollout) if cfg["beta"] != 0 else None
-        with torch.no_grad():  # with one policy epoch the sampling policy is the current one: ratio 1, as in TRL
-            old_logps = module.logprobs(rollout) if cfg["num_iterations"] > 1 else None
+        micro = micro_batches(len(advantages), cfg, mask.device)
+        ref_logps = torch.cat([module.ref_logprobs(rollout.rows(i)) for i in micro]) if cfg["beta"] != 0 else None
+        old_logps = None  # with one policy epoch the sampling policy is the current one: ratio 1, as in TRL
+        if cfg["num_iterations"] > 1:
+            with torch.no_grad():
+                old_logps = torch.cat([module.logprobs(rollout.rows(i)) for i in micro])
+        tokens = mask.sum().clamp(min=1.0)
+
+        def weight(i: torch.Tensor) -> torch.Tensor | float:
+            """A micro-batch's share of the whole batch's loss, so that the micro-batch losses add up to it."""
+            if cfg["loss_type"] in ("grpo", "dr_grpo"):  # means over sequences
+                return len(i) / len(advantages)
+            if cfg["loss_type"] == "bnpo":  # a mean over this batch's tokens
+                return mask[i].sum() / tokens
+            return 1.0  # dapo: already divided by the whole batch's tokens (num_items)
+
+        def losses(totals: dict[str, torch.Tensor]):
+            for i in micro:
+                logps = module.logprobs(rollout.rows(i))
+                loss, stats = grpo_loss(
+                    logps,
+                    logps.detach() if old_logps is None else old_logps[i],
+                    advantages[i],
+                    mask[i],
+                    loss_type=cfg["loss_type"],
+                    epsilon=cfg["epsilon"],
+                    epsilon_high=cfg["epsilon_high"],
+                    beta=cfg["beta"],
+                    use_bias_correction_kl=cfg["use_bias_correction_kl"],
+                    ref_logps=None if ref_logps is None else ref_logps[i],
+                    max_completion_length=cfg["max_completion_length"],
+                    num_items_in_batch=num_items,
+                )
+                loss = loss * weight(i)
+                share = mask[i].sum() / tokens  # the statistics are token means
+                for k, v in {"loss": loss.detach(), **stats}.items():
+                    totals[k] = totals.get(k, 0.0) + (v if k == "loss" else v * share)
+                yield loss
+
         for _ in range(cfg["num_iterations"]):
-            logps = module.logprobs(rollout)
-            loss, stats = grpo_loss(
-                logps,
-                logps.detach() if old_logps is None else old_logps,
-                advantages,
-                mask,
-                loss_type=cfg["loss_type"],
-                epsilon=cfg["epsilon"],
-                epsilon_high=cfg["epsilon_high"],
-                beta=cfg["beta"],
-                use_bias_correction_kl=cfg["use_bias_correction_kl"],
-                ref_logps=ref_logps,
-                max_completion_length=cfg["max_completion_length"],
-                num_items_in_batch=num_items,
-            )
-            module.step_optimizer(loss)
-        return {"loss": loss.detach(), **stats}
+            totals: dict[str, torch.Tensor] = {}
+            module.step_optimizer(losses(totals))
+        return totals
 
     def state_dict(self) -> dict[str, Any]:
         return {"kl_coef": None}  # no KL coefficient to adapt; the entry stays so checkpoints have one format
@@ -101,8 +123,9 @@ class PPO(Algorithm):
             advantages, returns = ppo.gae(token_rewards, old_values, mask, cfg["gamma"], cfg["lam"])
             advantages = ppo.masked_whiten(advantages, mask)
 
-        for _ in range(cfg["num_ppo_epochs"]):
-            for idx in torch.randperm(len(rewards), device=mask.device).chunk(cfg["num_mini_batches"]):
+        def losses(batch: torch.Tensor, totals: dict[str, torch.Tensor]):
+            tokens = mask[batch].sum().clamp(min=1.0)
+            for idx in batch.chunk(cfg["gradient_accumulation_steps"]):
                 logps, values = logprobs_and_values(idx)
                 policy_loss, value_loss, stats = ppo.ppo_losses(
                     logps,
@@ -115,21 +138,28 @@ class PPO(Algorithm):
                     cliprange=cfg["cliprange"],
                     cliprange_value=cfg["cliprange_value"],
                 )
-                module.step_optimizer(policy_loss + cfg["vf_coef"] * value_loss)
+                share = mask[idx].sum() / tokens  # the losses and statistics are token means over the minibatch
+                parts = {"loss": policy_loss + cfg["vf_coef"] * value_loss, "policy_loss": policy_loss,
+                         "value_loss": value_loss, **stats}  # fmt: skip
+                for k, v in parts.items():
+                    totals[k] = totals.get(k, 0.0) + v.detach() * share
+                yield parts["loss"] * share
+
+        for _ in range(cfg["num_ppo_epochs"]):
+            for batch in torch.randperm(len(rewards), device=mask.device).chunk(cfg["num_mini_batches"]):
+                totals: dict[str, torch.Tensor] = {}
+                module.step_optimizer(losses(batch, totals))
 
         sequence_kl = kl.sum(1).mean().item()  # KL(pi || ref) of a whole rewrite, as the controller sees it
         kl_coef = self.kl_coef  # the one this update used, logged
         if cfg["adap_kl_ctrl"]:
             self.kl_coef = ppo.adaptive_kl_coef(kl_coef, sequence_kl, cfg["target"], cfg["horizon"], len(rewards))
         return {
-            "loss": (policy_loss + cfg["vf_coef"] * value_loss).detach(),
-            "policy_loss": policy_loss.detach(),
-            "value_loss": value_loss.detach(),
+            **totals,  # the last minibatch's losses and statistics
             "kl": sequence_kl,
             "kl_coef": kl_coef,
             "value_mean": ppo.masked_mean(old_values, mask),
             "returns_mean": ppo.masked_mean(returns, mask),
-            **stats,
         }
 
     def state_dict(self) -> dict[str, Any]:

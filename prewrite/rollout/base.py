@@ -33,6 +33,13 @@ class Rollout:
     def attention_mask(self) -> torch.Tensor:
         return torch.cat([self.prompt_mask, self.completion_mask], dim=1)
 
+    def rows(self, idx: torch.Tensor) -> Rollout:
+        """The completions at `idx` (a micro-batch), padded as the whole rollout is."""
+        return Rollout(
+            self.prompt_ids[idx], self.prompt_mask[idx], self.completion_ids[idx], self.completion_mask[idx],
+            self.truncated[idx], [self.texts[i] for i in idx.tolist()],
+        )  # fmt: skip
+
 
 def rewriter_prompt(tokenizer: PreTrainedTokenizerBase, meta_prompt: str, instruction: str) -> list[int]:
     """The rewriter's prompt ids: the meta prompt around the instruction, as one user message."""
