@@ -30,6 +30,7 @@ class VLLMBackend(TaskBackend):
         gpu_memory_utilization: float = 0.3,
         max_model_len: int = 1024,
         enforce_eager: bool = True,
+        tensor_parallel_size: int = 1,
         multiprocessing: bool = False,
         seed: int = 0,
         price_per_1m_prompt_tokens: float | None = None,
@@ -53,6 +54,7 @@ class VLLMBackend(TaskBackend):
             gpu_memory_utilization=gpu_memory_utilization,
             max_model_len=max_model_len,
             enforce_eager=enforce_eager,
+            tensor_parallel_size=tensor_parallel_size,
             seed=seed,
         )
         # A process that ends through multiprocessing (a pool or launcher worker) joins its child processes

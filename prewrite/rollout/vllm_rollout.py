@@ -36,6 +36,7 @@ class VLLMRollout(RolloutEngine):
         enforce_eager: bool = True,
         enable_prefix_caching: bool = True,
         sleep_mode: bool = False,
+        tensor_parallel_size: int = 1,
         seed: int = 0,
     ):
         # Read by vLLM when the engine is built: the engine core then runs in this process, where the
@@ -51,6 +52,7 @@ class VLLMRollout(RolloutEngine):
             )
         self.policy, self.tokenizer = policy, tokenizer
         self.sleep_mode = sleep_mode
+        self.tensor_parallel_size = tensor_parallel_size
         self._asleep: set[str] = set()  # sleep-mode memory tags ("weights", "kv_cache") now released
         # vLLM seeds Python's, NumPy's and torch's global RNGs at start-up; put them back, so the
         # training's seeded streams do not depend on which rollout engine is configured.
@@ -65,6 +67,7 @@ class VLLMRollout(RolloutEngine):
                 enforce_eager=enforce_eager,
                 enable_prefix_caching=enable_prefix_caching,
                 enable_sleep_mode=sleep_mode,
+                tensor_parallel_size=tensor_parallel_size,
                 seed=seed,
             )
         random.setstate(py_state)
@@ -125,7 +128,10 @@ class VLLMRollout(RolloutEngine):
         tied = policy.config.tie_word_embeddings
         weights = ((name, t) for name, t in policy.state_dict().items() if not (tied and name == "lm_head.weight"))
         # In-process (see __init__), so the iterator reaches the worker as it is; names are the
-        # checkpoint's, which the model's own load_weights maps onto vLLM's fused layers.
+        # checkpoint's, which the model's own load_weights maps onto vLLM's fused layers (and, with
+        # tensor parallelism, shards: each worker process then gets the whole list, pickled).
+        if self.tensor_parallel_size > 1:
+            weights = list(weights)
         self.llm.collective_rpc("reload_weights", kwargs={"weights_iterator": weights, "is_checkpoint_format": True})
         self.llm.reset_prefix_cache()
 
