@@ -160,19 +160,21 @@ class SystemMetrics(L.Callback):
 
 
 class LastCheckpoint(L.Callback):
-    """Saves `last.ckpt` after every dev evaluation (model, optimizer, scheduler, loops and the
-    module's own state), written aside, fsynced and then put in place in one step so a kill or a full
-    disk never leaves half a checkpoint, then lets the loggers send the metrics it now covers
-    (prewrite.loggers). Those metrics are also stored in the checkpoint: a kill after the checkpoint is
-    in place but before they reach MLflow loses nothing, a resume sends the ones MLflow lacks.
+    """Saves `last.ckpt` after every dev evaluation, and every `every_n_steps` rollout steps between them
+    (model, optimizer, scheduler, loops and the module's own state), written aside, fsynced and then put
+    in place in one step so a kill or a full disk never leaves half a checkpoint, then lets the loggers
+    send the metrics it now covers (prewrite.loggers). Those metrics are also stored in the checkpoint: a
+    kill after the checkpoint is in place but before they reach MLflow loses nothing, a resume sends the
+    ones MLflow lacks.
     Weights that are not finite are never saved. A save that fails (a full disk) leaves the previous
     checkpoint in place and the run goes on; the metrics wait for the next save.
 
     A checkpoint is a file, or under DeepSpeed (and FSDP's sharded state dicts) a folder that every
     rank writes its shards into; the folder is then `last.ckpt.<time>` behind a `last.ckpt` symlink."""
 
-    def __init__(self, dirpath: str):
+    def __init__(self, dirpath: str, every_n_steps: int | None = None):
         self.path = Path(dirpath) / "last.ckpt"
+        self.every_n_steps = every_n_steps
 
     def setup(self, trainer: L.Trainer, module: L.LightningModule, stage: str) -> None:
         # every rank writes its shards here (DeepSpeed) and looks here for a checkpoint to resume from
@@ -182,6 +184,12 @@ class LastCheckpoint(L.Callback):
         if trainer.sanity_checking:
             return
         self.save(trainer, module)
+
+    def on_train_batch_end(self, trainer: L.Trainer, module: L.LightningModule, *args) -> None:
+        # one training batch is one rollout step; a step followed by a dev evaluation is saved after it
+        steps = trainer.fit_loop.epoch_loop.batch_progress.total.processed
+        if self.every_n_steps and steps % self.every_n_steps == 0 and steps % trainer.val_check_batch != 0:
+            self.save(trainer, module)
 
     def save(self, trainer: L.Trainer, module: L.LightningModule) -> None:
         check_finite(module)

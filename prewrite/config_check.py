@@ -53,6 +53,7 @@ LOOP = {
     "examples_per_step": integer(1),
     "dev_examples": integer(1, nullable=True),
     "eval_every": integer(1),
+    "save_every": integer(1, nullable=True),
     "stages": integer(1),
     "early_stopping_patience": integer(1, nullable=True),
     "max_skipped_updates_in_a_row": integer(1),

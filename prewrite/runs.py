@@ -30,6 +30,7 @@ SETTINGS_FILE = "settings.json"  # in a run folder: the settings a re-launch in 
 RELAUNCH_MAY_CHANGE = (
     "paths", "logger", "ckpt_path", "cache", "system_metrics_interval_s", "trainer.enable_progress_bar",
     "seeds", "results_dir", "multirun_fails_on_job_error", "max_skipped_updates_in_a_row", "register_prompts",
+    "save_every",
 )  # fmt: skip
 
 

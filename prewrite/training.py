@@ -103,7 +103,7 @@ def fit_stage(
         if cfg.system_metrics_interval_s:
             callbacks.append(SystemMetrics(cfg.system_metrics_interval_s))
     if cfg.save_checkpoints:
-        callbacks.append(LastCheckpoint(str(run_dir / "checkpoints")))
+        callbacks.append(LastCheckpoint(str(run_dir / "checkpoints"), every_n_steps=cfg.save_every))
     if cfg.early_stopping_patience is not None:
         callbacks.append(EarlyStopping(cfg.optimized_metric, patience=cfg.early_stopping_patience, mode="max"))
     callbacks += [instantiate(c) for c in cfg.callbacks]

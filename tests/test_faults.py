@@ -130,7 +130,8 @@ def test_sigterm_mid_step_checkpoints_marks_killed_and_resumes_exactly(tmp_path,
     remove_checkpoints(run_dir)
 
 
-# Kills the process right after the first checkpoint is in place, before its metrics reach MLflow.
+# Kills the process right after the first checkpoint is in place, before its metrics reach MLflow. With
+# save_every=1 that checkpoint is step 1's, saved between dev evaluations: the resume starts from it.
 KILL_IN_WINDOW = """
 import os, signal
 from prewrite.loggers import CheckpointedMLFlowLogger
@@ -142,12 +143,16 @@ CheckpointedMLFlowLogger.flush = lambda self: os.kill(os.getpid(), signal.SIGKIL
 def test_kill_between_checkpoint_and_metrics_loses_no_metrics(tmp_path, clean):
     run_dir = tmp_path / "run"
     proc = subprocess.run(
-        command(tmp_path, run_dir, prelude=KILL_IN_WINDOW), cwd=ROOT, capture_output=True, timeout=900
+        command(tmp_path, run_dir, "save_every=1", prelude=KILL_IN_WINDOW), cwd=ROOT, capture_output=True, timeout=900
     )
     assert proc.returncode == -signal.SIGKILL
     runs, partial = histories(tmp_path)
-    assert partial["train/loss"] == []  # killed inside the window: the step 1-2 metrics never reached MLflow
-    proc = subprocess.run(command(tmp_path, run_dir), cwd=ROOT, capture_output=True, text=True, timeout=900)
+    assert partial["train/loss"] == []  # killed inside the window: the step-1 metrics never reached MLflow
+    checkpoint = torch.load(run_dir / "checkpoints" / "last.ckpt", weights_only=False, mmap=True)
+    assert checkpoint["prewrite"]["rollout_step"] == 1  # saved by save_every, before any dev evaluation
+    proc = subprocess.run(
+        command(tmp_path, run_dir, "save_every=1"), cwd=ROOT, capture_output=True, text=True, timeout=900
+    )
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert_same_as_clean(tmp_path, clean)
     remove_checkpoints(run_dir)
