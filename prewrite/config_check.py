@@ -60,6 +60,7 @@ LOOP = {
 }
 SAMPLING_AND_OPTIMIZER = {
     "max_completion_length": integer(1),
+    "max_prompt_length": integer(1, nullable=True),
     "temperature": number(0, low_open=True),
     "top_p": number(0, 1, low_open=True),
     "learning_rate": number(0),  # 0 = a frozen policy (a baseline, a test of early stopping)

@@ -107,7 +107,10 @@ class PRewriteModule(L.LightningModule):
         # The instruction to rewrite: the task's initial one, or (multi-stage) the previous stage's best.
         self.instruction = task.instruction if instruction is None else instruction
         self.meta_prompt = meta_prompt
-        self.prompt_ids = [rewriter_prompt(self.tokenizer, meta_prompt, self.instruction)]
+        prompt_ids, self.prompt_tokens_cut = rewriter_prompt(
+            self.tokenizer, meta_prompt, self.instruction, algorithm["max_prompt_length"]
+        )
+        self.prompt_ids = [prompt_ids]
         self.dev_rows = dev_rows  # scored at every dev evaluation
         self.rewrite_rows: list[dict[str, Any]] = []  # the rewrites table (see callbacks.RewritesTable)
         self.rollout_step = 0  # rollout steps done; Lightning's global_step counts optimizer steps
@@ -204,6 +207,7 @@ class PRewriteModule(L.LightningModule):
         per_rank = {  # this rank's numbers, summed (SUMMED_OVER_RANKS) or averaged over ranks
             "train/metric_none": float(scores.none_values),  # per-example metric values left out
             "train/empty_rewrites": float(sum(not t for t in rollout.texts)),
+            "train/prompt_tokens_cut": float(self.prompt_tokens_cut),  # by algorithm.max_prompt_length
             "train/completion_length": rollout.completion_mask.sum(1).float().mean(),
             "train/truncated_fraction": rollout.truncated.float().mean(),
             "train/task_llm_calls": float(self.scorer.backend.num_calls - calls_before),

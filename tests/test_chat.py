@@ -33,5 +33,14 @@ def test_a_model_without_a_chat_template_gets_the_plain_format_and_one_warning(t
     ]
     assert caplog.text.count("no-template-model has no chat template") == 1
     # the rewriter's prompt goes through the same function
-    prompt = rewriter_prompt(plain, "Rewrite: {instruction}", "Say yes.")
-    assert prompt == tokenizer("Rewrite: Say yes.\n")["input_ids"]
+    prompt, cut = rewriter_prompt(plain, "Rewrite: {instruction}", "Say yes.")
+    assert prompt == tokenizer("Rewrite: Say yes.\n")["input_ids"] and cut == 0
+
+
+def test_max_prompt_length_cuts_the_rewriters_prompt_from_the_left_and_says_so(tokenizer, caplog):
+    whole, cut = rewriter_prompt(tokenizer, "Rewrite: {instruction}", "Say yes.")
+    assert cut == 0 and rewriter_prompt(tokenizer, "Rewrite: {instruction}", "Say yes.", len(whole)) == (whole, 0)
+    with caplog.at_level(logging.WARNING, logger="prewrite.rollout.base"):
+        kept, cut = rewriter_prompt(tokenizer, "Rewrite: {instruction}", "Say yes.", 5)
+    assert kept == whole[-5:] and cut == len(whole) - 5  # the end, where the rewrite starts, is kept
+    assert f"algorithm.max_prompt_length=5 keeps its last 5 ({cut} cut" in caplog.text

@@ -36,7 +36,7 @@ def tokenizer():
 @pytest.fixture(scope="module")
 def prompt_ids(tokenizer):
     # prompts of different lengths, so left padding is exercised
-    return [rewriter_prompt(tokenizer, META_PROMPT, t) for t in INSTRUCTIONS]
+    return [rewriter_prompt(tokenizer, META_PROMPT, t)[0] for t in INSTRUCTIONS]
 
 
 @pytest.fixture(scope="module")

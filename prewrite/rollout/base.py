@@ -7,6 +7,7 @@ told after every update to sample from the new weights (`sync`). Every engine bu
 
 from __future__ import annotations
 
+import logging
 from abc import ABC, abstractmethod
 from dataclasses import dataclass
 
@@ -14,6 +15,8 @@ import torch
 from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
 from prewrite import chat
+
+log = logging.getLogger(__name__)
 
 
 @dataclass
@@ -41,9 +44,19 @@ class Rollout:
         )  # fmt: skip
 
 
-def rewriter_prompt(tokenizer: PreTrainedTokenizerBase, meta_prompt: str, instruction: str) -> list[int]:
-    """The rewriter's prompt ids: the meta prompt around the instruction, as one user message."""
-    return chat.encode(tokenizer, meta_prompt.format(instruction=instruction))
+def rewriter_prompt(
+    tokenizer: PreTrainedTokenizerBase, meta_prompt: str, instruction: str, max_length: int | None = None
+) -> tuple[list[int], int]:
+    """The rewriter's prompt ids (the meta prompt around the instruction, as one user message), cut from
+    the left to `max_length` tokens as TRL's `max_prompt_length` cuts, and how many tokens were cut."""
+    ids = chat.encode(tokenizer, meta_prompt.format(instruction=instruction))
+    cut = max(0, len(ids) - max_length) if max_length else 0
+    if cut:
+        log.warning(
+            "The rewriter's prompt is %d tokens: algorithm.max_prompt_length=%d keeps its last %d (%d cut from the "
+            "start)", len(ids), max_length, max_length, cut,
+        )  # fmt: skip
+    return ids[cut:], cut
 
 
 def to_rollout(
