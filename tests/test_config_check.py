@@ -88,3 +88,22 @@ def test_the_cli_refuses_in_one_line_before_any_model_loads(tmp_path):
         assert not (tmp_path / str(list(CLI_CASES).index(override)) / "mlflow.db").exists()  # nothing started
     stdout, _ = shown.communicate(timeout=300)
     assert shown.returncode == 0 and "loss_type: dapoo" in stdout  # printing the config still works
+
+
+def test_rescore_refuses_a_bad_choice_before_any_model_loads(tmp_path):
+    from prewrite.rescore import choose
+
+    rows = [
+        {"step": 0, "split": "initial", "rewrite": "I", "dev_score": 0.5},
+        {"step": 0, "split": "dev", "rewrite": "A", "dev_score": 0.4},
+        {"step": 1, "split": "train", "rewrite": "B", "dev_score": None},
+        {"step": 1, "split": "train", "rewrite": "A", "dev_score": None},
+        {"step": 2, "split": "dev", "rewrite": "C", "dev_score": 0.7},
+    ]
+    assert [r["rewrite"] for r in choose(rows, "all", 5, None)] == ["A", "B", "C"]
+    assert [r["rewrite"] for r in choose(rows, "top_k", 1, None)] == ["C"]
+    assert [r["rewrite"] for r in choose(rows, "steps", 5, [1])] == ["B", "A"]
+    with pytest.raises(ValueError, match=r"which='best'; expected one of all, top_k, steps"):
+        choose(rows, "best", 5, None)
+    with pytest.raises(ValueError, match=r"which=steps needs steps="):
+        choose(rows, "steps", 5, None)

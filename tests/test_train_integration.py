@@ -154,3 +154,35 @@ def test_early_stopping_ends_a_run_that_stops_improving(tmp_path):
     assert [s for s, _ in history(client, r.info.run_id, "train/loss")] == [1, 2]
     info = json.loads(next((tmp_path / "runs" / "sst2").iterdir()).joinpath("rewriter", "prewrite.json").read_text())
     assert info["step"] == 0  # the untrained rewriter was never beaten
+
+
+def test_rescore_scores_a_runs_logged_rewrites_from_its_folder_or_its_mlflow_run_id(run, compose_config, tmp_path):
+    from prewrite.rescore import SOURCE_RUN_TAG, rescore
+
+    _, _, outputs = run
+    run_dir = next((outputs / "runs" / "sst2").iterdir())
+    run_id = (run_dir / "mlflow_run_id").read_text().strip()
+    store = f"sqlite:///{tmp_path}/rescores.db"  # the training's store stays as the tests above read it
+    tables = [
+        rescore(compose_config("rescore", f"run={spec}", "which=all", "examples=4", "dev_examples=4",
+                               f"paths.outputs_dir={outputs}", f"logger.tracking_uri={store}"))
+        for spec in (str(run_dir), run_id)
+    ]  # fmt: skip
+    assert tables[0] == tables[1]
+    logged = [json.loads(line) for line in (run_dir / "rewrites.jsonl").read_text().splitlines()]
+    distinct = list(dict.fromkeys(r["rewrite"] for r in logged if r["split"] != "initial"))
+    assert [r["split"] for r in tables[0]][0] == "initial" and [r["rewrite"] for r in tables[0][1:]] == distinct
+    for row in tables[0]:
+        assert 0.0 <= row["dev_accuracy"] <= 1.0
+        if row["split"] != "train":  # the same 4 seeded dev rows and task model as the training: the same score
+            assert row["dev_accuracy"] == row["logged_dev_score"]
+
+    client = MlflowClient(store)
+    rescored = client.search_runs([client.get_experiment_by_name("prewrite-sst2").experiment_id])
+    assert len(rescored) == 2 and {r.data.tags[SOURCE_RUN_TAG] for r in rescored} == {run_id}
+    assert "rescored.json" in {a.path for a in client.list_artifacts(rescored[0].info.run_id)}
+
+    top = rescore(compose_config("rescore", f"run={run_dir}", "which=top_k", "top_k=1", "include_initial=false",
+                                 "examples=4", f"paths.outputs_dir={outputs}", "logger=none"))  # fmt: skip
+    best_logged = max(r["dev_score"] for r in logged if r["split"] == "dev")
+    assert len(top) == 1 and top[0]["logged_dev_score"] == best_logged
