@@ -128,8 +128,9 @@ def test_mixed_task_kinds_name_the_line(tmp_path):
     rows = qa_rows(10)
     rows[3]["task"] = "math"
     path = write_jsonl(tmp_path / "rows.jsonl", rows)
-    with pytest.raises(ValueError, match=rf"{path}: line 4: task 'math' differs from 'qa'"):
+    with pytest.raises(ValueError, match=rf"{path}: line 4: task 'math' differs from 'qa'") as e:
         load_task(user_cfg(path, dev_size=1, test_size=1))
+    assert "split it into one file per (task, instruction)" in str(e.value)  # and how to train on each
 
 
 def test_unknown_kind_in_the_rows_names_the_valid_kinds(tmp_path):

@@ -396,7 +396,10 @@ def _load_user_rows(cfg: dict) -> Task:
                 elif value != first[0]:
                     raise ValueError(
                         f"{origin[split]}: {where}: {what} {value!r} differs from {first[0]!r} "
-                        f"({first[1]}: {first[2]}); every row must have the same {what}{hint}"
+                        f"({first[1]}: {first[2]}); every row must have the same {what}{hint}. A file that "
+                        "mixes tasks or instructions is several tasks: split it into one file per (task, "
+                        "instruction) and train on each, e.g. python -m prewrite.train -m task=jsonl "
+                        "task.path=part1.jsonl,part2.jsonl"
                     )
         return first[0]
 
