@@ -32,6 +32,7 @@ from omegaconf import DictConfig, OmegaConf
 
 from prewrite import baselines, config_check, faults, plots, precision, prompt_registry, rewriter_model, runs
 from prewrite.backends import build_backend
+from prewrite.report import columns, examples_table
 from prewrite.rewards import RewriteScorer
 from prewrite.selection import DevSelection, best_so_far, or_initial, prewrite_i_and_s
 from prewrite.tasks import Task, load_task
@@ -134,7 +135,8 @@ def run_seed(cfg, seed: int, task: Task, backend, folder: Path, client, parent) 
         "prewrite_s_or_initial": safe,
     } | {method: sel.best["instruction"] for method, sel in searched.items()}
     test_rows = task.eval_rows("test", cfg.test_examples, seed)
-    test = dict(zip(chosen, scorer(list(chosen.values()), test_rows).metrics[metric], strict=True))
+    on_test = scorer(list(chosen.values()), test_rows)
+    test = dict(zip(chosen, on_test.metrics[metric], strict=True))
     rl_curve = [(int(r["task_llm_requests"]), r[metric]) for r in rl_evals]
     rl_curve += selection.curve(offset=rl_spent)
     curves = {"rl": best_so_far(rl_curve)} | {m: sel.curve() for m, sel in searched.items()}
@@ -165,6 +167,9 @@ def run_seed(cfg, seed: int, task: Task, backend, folder: Path, client, parent) 
             result["run_ids"][method] = _log_search_run(client, parent, cfg, method, seed, result)
         if cfg.register_prompts:
             _register_prompts(cfg, task, dev_rows, len(test_rows), result, parent)
+        # every method's answer and score on each test row, side by side (the parent run's Artifacts tab)
+        examples = examples_table(task, list(chosen), on_test, test_rows)
+        client.log_table(parent, columns(examples), f"test_examples_seed{seed}.json")
     folder.mkdir(parents=True, exist_ok=True)
     done.write_text(json.dumps(result, indent=2))
     return result

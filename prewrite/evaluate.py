@@ -20,11 +20,10 @@ from omegaconf import DictConfig
 
 from prewrite import plots, precision, prompt_registry, rewriter_model, runs
 from prewrite.backends import build_backend
-from prewrite.report import columns, score_text
-from prewrite.rewards import RewriteScorer, Scores
-from prewrite.rewards.scorer import gold_text
+from prewrite.report import columns, examples_table, score_text
+from prewrite.rewards import RewriteScorer
 from prewrite.selection import DevSelection, or_initial, prewrite_i_and_s
-from prewrite.tasks import Task, load_task
+from prewrite.tasks import load_task
 
 log = logging.getLogger(__name__)
 
@@ -71,25 +70,6 @@ def evaluate(cfg: DictConfig) -> dict[str, float]:
     if run_id and cfg.register_prompts:
         _register_prompts(cfg, task, dev_rows, len(test_rows), table, run_id)
     return results
-
-
-def examples_table(task: Task, methods: list[str], scores: Scores, rows: list[dict]) -> list[dict]:
-    """One row per test example: its input and gold answer, then each method's answer and score side by
-    side, so a row shows where a rewrite gains or loses against the initial instruction. A metric defined
-    only over a whole sample (macro-F1) has no per-example score: null."""
-    per_example = scores.per_example.get(task.metric)
-    table = []
-    for j, row in enumerate(rows):
-        fields = task.input_fields
-        text = str(row[fields[0]]) if len(fields) == 1 else "\n".join(f"{f}: {row[f]}" for f in fields)
-        gold = task.gold(row)
-        gold = " | ".join(map(str, gold)) if isinstance(gold, list | tuple) else gold_text(task, gold)
-        entry = {"input": text, "gold": gold}
-        for i, method in enumerate(methods):
-            entry[f"{method}_answer"] = scores.answers[i][j]
-            entry[f"{method}_{task.metric}"] = per_example[i][j] if per_example else None
-        table.append(entry)
-    return table
 
 
 def _register_prompts(cfg, task, dev_rows: list[dict], n_test: int, table: list[dict], run_id: str) -> None:

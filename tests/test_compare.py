@@ -69,7 +69,14 @@ def test_equal_budget_dev_only_selection_mlflow_and_resume(compose_config, monke
     for name, method in (("rl-seed0", "rl"), ("ape-seed0", "ape"), ("gepa-seed0", "gepa")):
         curve = [(m.step, m.value) for m in client.get_metric_history(runs[name].info.run_id, "curve/dev_accuracy")]
         assert curve == [tuple(p) for p in result["curves"][method]]
-    assert {a.path for a in client.list_artifacts(parent.info.run_id)} >= {"results.json", "results.md", "plots"}
+    artifacts = {a.path for a in client.list_artifacts(parent.info.run_id)}
+    assert artifacts >= {"results.json", "results.md", "plots", "test_examples_seed0.json"}
+    table = json.load(open(client.download_artifacts(parent.info.run_id, "test_examples_seed0.json", str(tmp_path))))
+    examples = [dict(zip(table["columns"], row, strict=True)) for row in table["data"]]
+    assert len(examples) == result["test_rows"]  # one row per test example, every method's answer and score
+    for method, score in result["test"].items():
+        assert sum(e[f"{method}_accuracy"] for e in examples) / len(examples) == pytest.approx(score)
+        assert all(isinstance(e[f"{method}_answer"], str) for e in examples)
     gepa_run = runs["gepa-seed0"].info.run_id
     assert {a.path for a in client.list_artifacts(gepa_run)} >= {"candidates.json", "instruction.txt"}
     assert runs["gepa-seed0"].data.metrics["usage/rewriter/calls"] == result["rewriter_usage"]["gepa"]["calls"]

@@ -1,7 +1,7 @@
 """The MLflow UI, in headless Chromium, on a store with two finished training runs: the run comparison
 shows their metrics and their rewrites tables, a run's rewrites table renders as a table, the prompt
-page lists the versions the runs registered and diffs two, and a run's overview shows its description,
-best rewrite and registered prompts.
+page lists the versions the runs registered and diffs two, a run's overview shows its description,
+best rewrite and registered prompts, and an evaluation's per-example table shows each test row's answers.
 
 Needs Debian's `chromium` (`.ci/run` installs it) and the playwright package (a dev dependency);
 playwright's own browser download is not used.
@@ -245,3 +245,28 @@ def test_a_runs_overview_shows_its_description_best_rewrite_and_prompts(server, 
     for number in mine:  # listed once the run's prompt links have loaded
         playwright.expect(page.get_by_text(f"prewrite-sst2 (v{number})")).to_have_count(1, timeout=30_000)
     page.screenshot(path=str(tmp_path / "run_overview.png"))
+
+
+def test_an_evaluations_test_examples_show_each_rows_answers_side_by_side(
+    server, page, tmp_path, compose_config, grid_sweep
+):
+    from prewrite.evaluate import evaluate
+
+    url, client = server
+    exp, _ = finished_runs(client)
+    outputs = grid_sweep[2]
+    job = next((outputs / "multiruns").glob("*/0"))  # a training of the sweep, its rewriter exported there
+    overrides = ["num_samples=2", "dev_examples=2", "test_examples=3", "max_new_tokens=8", "register_prompts=false"]
+    evaluate(compose_config("evaluate", f"rewriter_path={job}", f"paths.outputs_dir={outputs}", *overrides))
+    (run,) = client.search_runs([exp], "attributes.run_name = 'eval-sst2'")
+    table = json.load(open(client.download_artifacts(run.info.run_id, "test_examples.json", str(tmp_path))))
+
+    page.goto(f"{url}/#/experiments/{exp}/runs/{run.info.run_id}/artifacts/test_examples.json")
+    page.get_by_role("columnheader", name="prewrite_i_answer").wait_for(timeout=60_000)
+    assert page.get_by_role("columnheader").all_inner_texts() == table["columns"]
+    assert table["columns"][:4] == ["input", "gold", "initial_answer", "initial_accuracy"]
+    cells = [row.get_by_role("cell").all_inner_texts() for row in page.get_by_role("row").all()[1:]]
+    assert len(cells) == 3  # one row per test example
+    for shown_row, row in zip(cells, table["data"], strict=True):
+        assert [shown(c) for c in shown_row[:3]] == [shown(str(v)) for v in row[:3]]  # input, gold, an answer
+    page.screenshot(path=str(tmp_path / "test_examples.png"))
