@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 
-from omegaconf import DictConfig
+from omegaconf import DictConfig, OmegaConf
 
 from prewrite.algorithms.grpo import LOSS_TYPES, SCALE_REWARDS
 from prewrite.algorithms.updates import ALGORITHMS
@@ -110,12 +110,20 @@ def check_training(cfg: DictConfig) -> None:
         raise ConfigError(f"algorithm.name={algo.get('name')!r}; expected {what}")
     _check(algo, SAMPLING_AND_OPTIMIZER, "algorithm.")
     _check(algo, GRPO if algo.name == "grpo" else PPO, "algorithm.")
-    strategy = cfg.get("hardware", {}).get("strategy")
-    strategy = strategy.get("_target_", "") if isinstance(strategy, DictConfig) else str(strategy)
+    strategy_cfg = cfg.get("hardware", {}).get("strategy")
+    strategy = strategy_cfg.get("_target_", "") if isinstance(strategy_cfg, DictConfig) else str(strategy_cfg)
     if algo.gradient_accumulation_steps > 1 and "deepspeed" in strategy.lower():
         raise ConfigError(
             f"algorithm.gradient_accumulation_steps={algo.gradient_accumulation_steps} with {strategy}: DeepSpeed "
             "accumulates by its own engine setting, which this update does not drive; use 1, or hardware=fsdp"
+        )
+    sharded = isinstance(strategy_cfg, DictConfig)
+    zero3 = sharded and OmegaConf.select(strategy_cfg, "config.zero_optimization.stage") == 3
+    if "vllm" in str(cfg.get("rollout", {}).get("_target_", "")).lower() and ("FSDP" in strategy or zero3):
+        raise ConfigError(
+            f"rollout=vllm with {strategy}{' (ZeRO stage 3)' if zero3 else ''}: each rank's policy holds only its "
+            "shard of the weights, and the sync after every update hands vLLM the rank's whole state dict; use "
+            "rollout=hf (which generates from the gathered weights), or hardware=ddp or deepspeed_zero2 with vLLM"
         )
     if algo.name == "ppo" and algo.num_mini_batches > algo.num_generations:
         raise ConfigError(

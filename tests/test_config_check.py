@@ -54,6 +54,18 @@ def test_gradient_accumulation_is_refused_under_deepspeed_and_allowed_elsewhere(
     check_training(compose_train("hardware=deepspeed_zero2"))
 
 
+@pytest.mark.parametrize("hardware", ["fsdp", "deepspeed_zero3", "deepspeed_zero3_offload"])
+def test_vllm_rollouts_are_refused_where_each_rank_holds_a_shard_of_the_policy(compose_train, hardware):
+    with pytest.raises(ConfigError, match=r"rollout=vllm with .*use rollout=hf"):
+        check_training(compose_train(f"hardware={hardware}", "rollout=vllm"))
+    check_training(compose_train(f"hardware={hardware}"))  # rollout=hf generates from the gathered weights
+
+
+@pytest.mark.parametrize("hardware", ["ddp", "deepspeed_zero2"])
+def test_vllm_rollouts_are_allowed_where_each_rank_holds_the_whole_policy(compose_train, hardware):
+    check_training(compose_train(f"hardware={hardware}", "rollout=vllm"))
+
+
 def test_ppo_rules_apply_to_ppo(compose_train):
     with pytest.raises(ConfigError, match=r"algorithm.lam=1.5; expected a number >= 0 and <= 1"):
         check_training(compose_train("algorithm=ppo", "algorithm.lam=1.5"))
