@@ -267,6 +267,7 @@ class StopOnSignal(L.Callback):
         progress = trainer.fit_loop.epoch_loop.batch_progress
         for counts in (progress.current, progress.total):
             counts.ready = counts.started = counts.processed = counts.completed
+        progress.is_last_batch = False  # a stop in the last step: else a resume would take the epoch as done
         for callback in trainer.callbacks:
             if isinstance(callback, LastCheckpoint):
                 callback.save(trainer, module)
