@@ -117,8 +117,7 @@ def check_training(cfg: DictConfig) -> None:
             f"algorithm.gradient_accumulation_steps={algo.gradient_accumulation_steps} with {strategy}: DeepSpeed "
             "accumulates by its own engine setting, which this update does not drive; use 1, or hardware=fsdp"
         )
-    sharded = isinstance(strategy_cfg, DictConfig)
-    zero3 = sharded and OmegaConf.select(strategy_cfg, "config.zero_optimization.stage") == 3
+    zero3 = OmegaConf.select(cfg, "hardware.strategy.config.zero_optimization.stage") == 3
     if "vllm" in str(cfg.get("rollout", {}).get("_target_", "")).lower() and ("FSDP" in strategy or zero3):
         raise ConfigError(
             f"rollout=vllm with {strategy}{' (ZeRO stage 3)' if zero3 else ''}: each rank's policy holds only its "

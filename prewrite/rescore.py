@@ -16,9 +16,8 @@ from pathlib import Path
 
 import hydra
 import lightning as L
-from hydra.utils import instantiate
-from lightning.pytorch.loggers import MLFlowLogger
 from mlflow import MlflowClient
+from mlflow.utils.mlflow_tags import MLFLOW_RUN_NAME
 from omegaconf import DictConfig
 
 from prewrite import precision, runs
@@ -112,17 +111,16 @@ def _report(cfg, task_name: str, metric: str, n_rows: int, table: list[dict], so
     out.mkdir(parents=True, exist_ok=True)
     (out / "rescore.json").write_text(json.dumps(table, indent=2))
     print(f"Written to {os.path.relpath(out / 'rescore.json')}")
-    logger = instantiate(cfg.logger, run_name=f"rescore-{task_name}") if cfg.logger.get("_target_") else None
-    if isinstance(logger, MLFlowLogger):
-        runs.log_config_to_mlflow(logger.experiment, logger.run_id, cfg)
-        if source_run:
-            logger.experiment.set_tag(logger.run_id, SOURCE_RUN_TAG, source_run)
-        logger.experiment.log_table(logger.run_id, columns(table), "rescored.json")
-        best = max((r[key] for r in table if r["split"] != "initial" and r[key] is not None), default=None)
-        if best is not None:
-            logger.log_metrics({f"{cfg.split}/best_rescored/{metric}": best})
-        logger.finalize("success")
-        print(f"MLflow run {logger.run_id}")
+    if not cfg.logger.get("_target_"):
+        return
+    tags = {MLFLOW_RUN_NAME: f"rescore-{task_name}", "prewrite.method": "rescore"}
+    client, run_id = runs.create_run(cfg, tags | ({SOURCE_RUN_TAG: source_run} if source_run else {}))
+    client.log_table(run_id, columns(table), "rescored.json")
+    best = max((r[key] for r in table if r["split"] != "initial" and r[key] is not None), default=None)
+    if best is not None:
+        client.log_metric(run_id, f"{cfg.split}/best_rescored/{metric}", best)
+    client.set_terminated(run_id, "FINISHED")
+    print(f"MLflow run {run_id}")
 
 
 @hydra.main(version_base="1.3", config_path="../conf", config_name="rescore")
