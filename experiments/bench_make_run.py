@@ -5,7 +5,8 @@ already converted once), each run into a fresh outputs folder (no response cache
 MKL_ENABLE_INSTRUCTIONS): on a CPU with AMX or AVX512 this is what a user of an AVX2-only CPU runs,
 and precision `auto` then picks fp32 as it would there. Reported per run: wall time, the precision
 chosen, the median step time and its parts (from MLflow), the best dev score against the initial
-instruction's, and which one the run selected.
+instruction's, and which one the run selected. Repetition r trains with seed r, so the dev results of
+the repetitions are three seeds.
 
     python experiments/bench_make_run.py --repeats 1 --avx2 --out experiments/bench_make_run_avx2.json
     python experiments/bench_make_run.py --repeats 1 --out experiments/bench_make_run_native.json
@@ -28,23 +29,36 @@ from mlflow import MlflowClient
 ROOT = Path(__file__).resolve().parents[1]
 AVX2 = {"ONEDNN_MAX_CPU_ISA": "AVX2", "ATEN_CPU_CAPABILITY": "avx2", "MKL_ENABLE_INSTRUCTIONS": "AVX2"}
 PARTS = ("step", "rollout", "reward", "update")
+CAPABILITY = (
+    "import torch; print(torch.backends.cpu.get_cpu_capability(), torch.ops.mkldnn._is_mkldnn_bf16_supported())"
+)
 
 
-def one_run(env: dict[str, str], args: str) -> dict:
+def capability_line(env: dict[str, str]) -> str:
+    """What torch sees in the runs' environment: the CPU capability and whether oneDNN computes bf16."""
+    proc = subprocess.run(
+        [str(ROOT / ".venv/bin/python"), "-c", CAPABILITY], env=os.environ | env, capture_output=True, text=True
+    )
+    capability, bf16 = proc.stdout.split()
+    return f"get_cpu_capability()={capability}, _is_mkldnn_bf16_supported()={bf16}"
+
+
+def one_run(env: dict[str, str], args: str, seed: int) -> dict:
     with tempfile.TemporaryDirectory(prefix="bench_make_run-") as out:
         start = time.perf_counter()
         proc = subprocess.run(
-            ["make", "run", f"ARGS=paths.outputs_dir={out} {args}"],
+            ["make", "run", f"ARGS=paths.outputs_dir={out} seed={seed} {args}"],
             cwd=ROOT, env=os.environ | env, capture_output=True, text=True,
         )  # fmt: skip
         wall = time.perf_counter() - start
         if proc.returncode:
             raise RuntimeError(proc.stderr[-3000:])
         client = MlflowClient(f"sqlite:///{out}/mlflow.db")
-        run = client.search_runs([client.get_experiment_by_name("prewrite-sst2").experiment_id])[0]
+        (run,) = client.search_runs([e.experiment_id for e in client.search_experiments()])
         history = {p: [m.value for m in client.get_metric_history(run.info.run_id, f"train/time/{p}_s")] for p in PARTS}
         metrics = run.data.metrics
         return {
+            "seed": seed,
             "wall_s": wall,
             "precision": run.data.params.get("hardware.precision"),
             "precision_reason": run.data.params.get("precision_auto.hardware.precision"),
@@ -66,10 +80,12 @@ def main() -> None:
     env = AVX2 if args.avx2 else {}
     runs = []
     for rep in range(args.repeats):
-        runs.append(one_run(env, args.args))
+        runs.append(one_run(env, args.args, seed=rep))
         print(f"run {rep}: " + json.dumps(runs[-1]), flush=True)
     summary = {"wall_s_median": statistics.median(r["wall_s"] for r in runs), "runs": runs}
-    summary["machine"] = {"platform": platform.platform(), "env": env, "cpus": os.cpu_count()}
+    summary["machine"] = {
+        "platform": platform.platform(), "env": env, "cpus": os.cpu_count(), "capability": capability_line(env),
+    }  # fmt: skip
     print(json.dumps({k: v for k, v in summary.items() if k != "runs"}, indent=1))
     if args.out:
         Path(args.out).write_text(json.dumps(summary, indent=1))

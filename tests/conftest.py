@@ -38,6 +38,15 @@ def compose_train(compose_config):
     return lambda *overrides: compose_config("train", *overrides)
 
 
+# Kills a training process (every rank) right after its first checkpoint is in place, before that
+# checkpoint's metrics reach MLflow: run before `prewrite.train` (python -c, or a script under torchrun).
+KILL_IN_WINDOW = """
+import os, signal
+from prewrite.loggers import CheckpointedMLFlowLogger
+CheckpointedMLFlowLogger.flush = lambda self: os.kill(os.getpid(), signal.SIGKILL)
+"""
+
+
 # A real training at its smallest: two GRPO steps of two rewrites, dev scored at every step.
 TINY_TRAINING = [
     "steps=2", "eval_every=1", "examples_per_step=2", "dev_examples=4",

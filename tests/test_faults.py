@@ -20,7 +20,7 @@ from prewrite.callbacks import LastCheckpoint, RewritesTable, check_finite
 from prewrite.runs import check_same_settings
 from prewrite.tasks.io import read_jsonl, read_rows
 from prewrite.tasks.task import load_task
-from tests.conftest import ROOT
+from tests.conftest import KILL_IN_WINDOW, ROOT
 from tests.fault_server import FaultServer
 
 ARGS = [
@@ -67,38 +67,6 @@ def assert_same_as_clean(outputs, expected):
 
 
 @pytest.mark.integration
-def test_sigkill_after_a_checkpoint_resumes_with_identical_metrics_and_one_mlflow_run(tmp_path, clean):
-    run_dir = tmp_path / "run"
-    victim = subprocess.Popen(
-        command(tmp_path, run_dir), cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
-    )
-    try:
-        # dev/accuracy at step 2 reaches MLflow only once the step-2 checkpoint is written
-        deadline = time.time() + 600
-        while time.time() < deadline:
-            if (tmp_path / "mlflow.db").exists() and (run_dir / "checkpoints" / "last.ckpt").exists():
-                if any(step == 2 for step, _ in histories(tmp_path)[1]["dev/accuracy"]):
-                    break
-            time.sleep(0.5)
-        else:
-            pytest.fail("no checkpoint at step 2 within 10 minutes")
-        os.kill(victim.pid, signal.SIGKILL)
-        victim.wait(timeout=60)
-    finally:
-        if victim.poll() is None:
-            victim.kill()
-    runs, partial = histories(tmp_path)
-    assert runs[0].info.status == "RUNNING"  # killed: never finalized
-    assert max(s for s, _ in partial["train/loss"]) == 2  # metrics after the checkpoint were held back
-
-    proc = subprocess.run(command(tmp_path, run_dir), cwd=ROOT, capture_output=True, text=True, timeout=900)
-    assert proc.returncode == 0, proc.stderr[-3000:]
-    assert_same_as_clean(tmp_path, clean)
-    rows = [json.loads(line) for line in (run_dir / "rewrites.jsonl").read_text().splitlines()]
-    assert sorted(r["step"] for r in rows if r["split"] == "train") == [s for s in range(1, 6) for _ in range(3)]
-
-
-@pytest.mark.integration
 def test_sigterm_mid_step_checkpoints_marks_killed_and_resumes_exactly(tmp_path, clean):
     run_dir = tmp_path / "run"
     victim = subprocess.Popen(command(tmp_path, run_dir), cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
@@ -130,17 +98,9 @@ def test_sigterm_mid_step_checkpoints_marks_killed_and_resumes_exactly(tmp_path,
     remove_checkpoints(run_dir)
 
 
-# Kills the process right after the first checkpoint is in place, before its metrics reach MLflow. With
-# save_every=1 that checkpoint is step 1's, saved between dev evaluations: the resume starts from it.
-KILL_IN_WINDOW = """
-import os, signal
-from prewrite.loggers import CheckpointedMLFlowLogger
-CheckpointedMLFlowLogger.flush = lambda self: os.kill(os.getpid(), signal.SIGKILL)
-"""
-
-
+# With save_every=1 the first checkpoint is step 1's, saved between dev evaluations: the resume starts from it.
 @pytest.mark.integration
-def test_kill_between_checkpoint_and_metrics_loses_no_metrics(tmp_path, clean):
+def test_a_kill_after_a_checkpoint_before_its_metrics_resumes_with_identical_metrics(tmp_path, clean):
     run_dir = tmp_path / "run"
     proc = subprocess.run(
         command(tmp_path, run_dir, "save_every=1", prelude=KILL_IN_WINDOW), cwd=ROOT, capture_output=True, timeout=900
@@ -150,11 +110,14 @@ def test_kill_between_checkpoint_and_metrics_loses_no_metrics(tmp_path, clean):
     assert partial["train/loss"] == []  # killed inside the window: the step-1 metrics never reached MLflow
     checkpoint = torch.load(run_dir / "checkpoints" / "last.ckpt", weights_only=False, mmap=True)
     assert checkpoint["prewrite"]["rollout_step"] == 1  # saved by save_every, before any dev evaluation
+    assert runs[0].info.status == "RUNNING"  # killed: never finalized
     proc = subprocess.run(
         command(tmp_path, run_dir, "save_every=1"), cwd=ROOT, capture_output=True, text=True, timeout=900
     )
     assert proc.returncode == 0, proc.stderr[-3000:]
-    assert_same_as_clean(tmp_path, clean)
+    assert_same_as_clean(tmp_path, clean)  # one MLflow run, every step once
+    rows = [json.loads(line) for line in (run_dir / "rewrites.jsonl").read_text().splitlines()]
+    assert sorted(r["step"] for r in rows if r["split"] == "train") == [s for s in range(1, 6) for _ in range(3)]
     remove_checkpoints(run_dir)
 
 

@@ -1,5 +1,6 @@
 """Lightning strategies: every hardware option builds its strategy; real multi-process runs on this
-CPU through torchrun (gloo): DDP end to end, DeepSpeed ZeRO-3 one step; FSDP is skipped (see there)."""
+CPU through torchrun (gloo): DDP and DeepSpeed ZeRO-3 end to end and resumed after a kill, ZeRO-2 with a
+LoRA rewriter one step; FSDP is skipped (see there)."""
 
 import json
 import os
@@ -20,7 +21,7 @@ from prewrite.callbacks import _publish
 from prewrite.distributed import TransformerBlocks
 from prewrite.model_zoo import load_model
 from prewrite.training import check_launch
-from tests.conftest import ROOT
+from tests.conftest import KILL_IN_WINDOW, ROOT
 
 STRATEGIES = {
     "cpu": SingleDeviceStrategy,
@@ -149,15 +150,47 @@ def mlflow_history(outputs, key):
     return runs, [(m.step, m.value) for m in client.get_metric_history(runs[0].info.run_id, key)]
 
 
+def probe_callback(dirpath):
+    probe = {"_target_": "tests.strategy_helpers.RankProbe", "dirpath": str(dirpath)}
+    return "callbacks=[{" + ",".join(f"{k}:{v}" for k, v in probe.items()) + "}]"
+
+
+def killed_then_resumed(outputs, *args, env=None):
+    """Runs the training under torchrun with every rank killed (SIGKILL) right after the step-1 checkpoint
+    is in place, before its metrics reach MLflow, then runs the same command again: it must resume."""
+    script = outputs / "killed_after_first_checkpoint.py"
+    script.write_text(KILL_IN_WINDOW + "import runpy; runpy.run_module('prewrite.train', run_name='__main__')\n")
+    args = [*args, f"paths.outputs_dir={outputs}", f"hydra.run.dir={outputs / 'run'}"]
+    proc = torchrun(str(script), *args, env=env)
+    assert proc.returncode != 0, "the training was not killed"
+    runs, loss = mlflow_history(outputs, "train/loss")
+    assert runs[0].info.status == "RUNNING" and loss == []  # killed before step 1's metrics were sent
+    assert (outputs / "run" / "checkpoints" / "last.ckpt").exists()
+    proc = torchrun("-m", "prewrite.train", *args, env=env)
+    assert proc.returncode == 0, proc.stderr[-4000:]
+    assert "Resuming the rewriter" in proc.stdout  # from the checkpoint, not from the start
+
+
+# what a resumed run must log exactly as the uninterrupted one did
+SAME = ["train/loss", "train/reward", "train/kl", "dev/accuracy", "dev/reward"]
+
+
+def assert_same_metrics(outputs, expected_outputs):
+    for key in SAME:
+        runs, got = mlflow_history(outputs, key)
+        _, expected = mlflow_history(expected_outputs, key)
+        assert len(runs) == 1 and runs[0].info.status == "FINISHED"
+        assert [s for s, _ in got] == [s for s, _ in expected], key  # every step exactly once
+        assert [v for _, v in got] == pytest.approx([v for _, v in expected], rel=1e-5), key
+
+
+DDP = ["hardware=ddp", "hardware.accelerator=cpu", "steps=2", "eval_every=1", *TINY]
+
+
 @pytest.fixture(scope="module")
 def ddp_run(tmp_path_factory):
     outputs = tmp_path_factory.mktemp("ddp")
-    probe = {"_target_": "tests.strategy_helpers.RankProbe", "dirpath": str(outputs / "probe")}
-    callbacks = "callbacks=[{" + ",".join(f"{k}:{v}" for k, v in probe.items()) + "}]"
-    proc = torchrun(
-        "-m", "prewrite.train", "hardware=ddp", "hardware.accelerator=cpu", "steps=2", "eval_every=1",
-        *TINY, f"paths.outputs_dir={outputs}", callbacks,
-    )  # fmt: skip
+    proc = torchrun("-m", "prewrite.train", *DDP, f"paths.outputs_dir={outputs}", probe_callback(outputs / "probe"))
     assert proc.returncode == 0, proc.stderr[-4000:]
     yield outputs
     shutil.rmtree(outputs)  # checkpoints of 1.6 GB
@@ -195,12 +228,58 @@ def test_ddp_ranks_end_with_identical_updated_weights(ddp_run):
     assert probes[0]["end"] != probes[0]["start"]  # and it did train
 
 
+@pytest.mark.integration
+def test_ddp_resumes_after_a_kill_with_the_metrics_and_weights_of_an_uninterrupted_run(ddp_run, tmp_path):
+    killed_then_resumed(tmp_path, *DDP, probe_callback(tmp_path / "probe"))
+    assert_same_metrics(tmp_path, ddp_run)
+    for rank in (0, 1):
+        resumed, clean = (json.loads((out / "probe" / f"rank{rank}.json").read_text()) for out in (tmp_path, ddp_run))
+        assert resumed["end"] == clean["end"]  # the same weights, bit for bit
+
+
 FSDP_ON_CPU = (
     "Lightning 2.6.6 refuses FSDPStrategy without a GPU ('requires a GPU accelerator'); with that check "
     "lifted (tests/strategy_helpers.py) torch 2.13's FSDP trains on CPU/gloo, but gathering its full "
     "state dict (checkpoint, export) dies at random with SIGSEGV or abort in "
     "torch/distributed/fsdp/_state_dict_utils.py (param_hook's clone) on CPU tensors"
 )
+
+
+ON_CPU = {"DS_ACCELERATOR": "cpu"}
+CPU_DEEPSPEED = "hardware.strategy._target_=tests.strategy_helpers.CPUDeepSpeedStrategy"
+ZERO3 = ["hardware=deepspeed_zero3", "hardware.accelerator=cpu", CPU_DEEPSPEED, "steps=2", "eval_every=1", *TINY]
+
+
+@pytest.fixture(scope="module")
+def zero3_run(tmp_path_factory):
+    outputs = tmp_path_factory.mktemp("zero3")
+    proc = torchrun("-m", "prewrite.train", *ZERO3, f"paths.outputs_dir={outputs}", env=ON_CPU)
+    assert proc.returncode == 0, proc.stderr[-4000:]
+    yield outputs
+    shutil.rmtree(outputs)
+
+
+def assert_whole_weights_exported(outputs):
+    run_dir = next((outputs / "runs" / "sst2").iterdir())
+    exported = AutoModelForCausalLM.from_pretrained(run_dir / "rewriter")  # whole weights, not a shard
+    base = load_model("embedded:smollm2-135m-instruct", "float32")
+    assert sum(p.numel() for p in exported.parameters()) == sum(p.numel() for p in base.parameters())
+    ckpt = run_dir / "checkpoints" / "last.ckpt"  # a folder of per-rank shards behind a symlink
+    assert ckpt.is_symlink() and len(list((ckpt / "checkpoint").glob("*optim_states.pt"))) == 2
+
+
+@pytest.mark.integration
+def test_zero3_trains_and_exports_a_plain_folder(zero3_run):
+    runs, loss = mlflow_history(zero3_run, "train/loss")
+    assert len(runs) == 1 and runs[0].info.status == "FINISHED" and [s for s, _ in loss] == [1, 2]
+    assert_whole_weights_exported(zero3_run)
+
+
+@pytest.mark.integration
+def test_zero3_resumes_after_a_kill_with_the_metrics_of_an_uninterrupted_run(zero3_run, tmp_path):
+    killed_then_resumed(tmp_path, *ZERO3, env=ON_CPU)
+    assert_same_metrics(tmp_path, zero3_run)
+    shutil.rmtree(tmp_path / "run")
 
 
 @pytest.mark.integration
@@ -212,23 +291,19 @@ FSDP_ON_CPU = (
             ["hardware.strategy._target_=tests.strategy_helpers.CPUFSDPStrategy", "hardware.precision=32-true"],
             marks=pytest.mark.skip(reason=FSDP_ON_CPU),
         ),
-        ("deepspeed_zero3", ["hardware.strategy._target_=tests.strategy_helpers.CPUDeepSpeedStrategy"]),
+        (
+            "deepspeed_zero2",
+            [CPU_DEEPSPEED, "rewriter.lora.enabled=true"],
+        ),
     ],
 )
-def test_sharded_strategy_runs_a_step_and_exports_a_plain_folder(tmp_path, hardware, extra):
+def test_a_sharded_strategy_trains_a_step(tmp_path, hardware, extra):
     proc = torchrun(
         "-m", "prewrite.train", f"hardware={hardware}", "hardware.accelerator=cpu", *extra,
-        "steps=1", "eval_every=1", *TINY, f"paths.outputs_dir={tmp_path}",
-        env={"DS_ACCELERATOR": "cpu"},
+        "steps=1", "eval_every=1", *TINY, f"paths.outputs_dir={tmp_path}", env=ON_CPU,
     )  # fmt: skip
     assert proc.returncode == 0, proc.stderr[-4000:]
     runs, loss = mlflow_history(tmp_path, "train/loss")
     assert len(runs) == 1 and [s for s, _ in loss] == [1]
-    run_dir = next((tmp_path / "runs" / "sst2").iterdir())
-    exported = AutoModelForCausalLM.from_pretrained(run_dir / "rewriter")  # whole weights, not a shard
-    base = load_model("embedded:smollm2-135m-instruct", "float32")
-    assert sum(p.numel() for p in exported.parameters()) == sum(p.numel() for p in base.parameters())
-    ckpt = run_dir / "checkpoints" / "last.ckpt"
-    if hardware.startswith("deepspeed"):  # a folder of per-rank shards behind a symlink
-        assert ckpt.is_symlink() and len(list((ckpt / "checkpoint").glob("*optim_states.pt"))) == 2
+    assert_whole_weights_exported(tmp_path)
     shutil.rmtree(tmp_path)  # checkpoints of 1.6 GB
