@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 
-from omegaconf import DictConfig, OmegaConf
+from omegaconf import DictConfig
 
 from prewrite.algorithms.grpo import LOSS_TYPES, SCALE_REWARDS
 from prewrite.algorithms.updates import ALGORITHMS
@@ -117,12 +117,12 @@ def check_training(cfg: DictConfig) -> None:
             f"algorithm.gradient_accumulation_steps={algo.gradient_accumulation_steps} with {strategy}: DeepSpeed "
             "accumulates by its own engine setting, which this update does not drive; use 1, or hardware=fsdp"
         )
-    zero3 = OmegaConf.select(cfg, "hardware.strategy.config.zero_optimization.stage") == 3
-    if "vllm" in str(cfg.get("rollout", {}).get("_target_", "")).lower() and ("FSDP" in strategy or zero3):
+    one_process = strategy in ("auto", "single_device") or "SingleDevice" in strategy
+    if "vllm" in str(cfg.get("rollout", {}).get("_target_", "")).lower() and not one_process:
         raise ConfigError(
-            f"rollout=vllm with {strategy}{' (ZeRO stage 3)' if zero3 else ''}: each rank's policy holds only its "
-            "shard of the weights, and the sync after every update hands vLLM the rank's whole state dict; use "
-            "rollout=hf (which generates from the gathered weights), or hardware=ddp or deepspeed_zero2 with vLLM"
+            f"rollout=vllm with {strategy}: the engine runs inside the training process, where vLLM starts "
+            "torch.distributed as a world of one before Lightning starts the ranks' process group, so ranks "
+            "would not share gradients; use rollout=hf with this strategy, or hardware=cpu or gpu with rollout=vllm"
         )
     if algo.name == "ppo" and algo.num_mini_batches > algo.num_generations:
         raise ConfigError(
