@@ -14,8 +14,7 @@ from pathlib import Path
 
 import hydra
 import lightning as L
-from hydra.utils import instantiate
-from lightning.pytorch.loggers import MLFlowLogger
+from mlflow.utils.mlflow_tags import MLFLOW_RUN_NAME
 from omegaconf import DictConfig
 
 from prewrite import plots, precision, prompt_registry, rewriter_model, runs
@@ -104,18 +103,18 @@ def _report(cfg, task_name, metric, n_dev, n_test, table, candidates_table, exam
     (out / "evaluation.json").write_text(json.dumps({"results": table, "candidates": candidates_table}, indent=2))
     png = plots.save(plots.methods(table, metric), out / "plots" / "methods.png")
     print(f"Written to {os.path.relpath(out / 'evaluation.json')} and {os.path.relpath(png)}")
-    logger = instantiate(cfg.logger, run_name=f"eval-{task_name}") if cfg.logger.get("_target_") else None
-    if isinstance(logger, MLFlowLogger):
-        runs.log_config_to_mlflow(logger.experiment, logger.run_id, cfg)
-        logger.log_metrics({k: float("nan") if v is None else v for k, v in results.items()})
-        logger.experiment.log_table(logger.run_id, columns(table), "evaluation.json")
-        logger.experiment.log_table(logger.run_id, columns(candidates_table), "candidates.json")
-        logger.experiment.log_table(logger.run_id, columns(examples), "test_examples.json")
-        logger.experiment.log_artifact(logger.run_id, str(png), "plots")
-        logger.finalize("success")
-        print(f"MLflow run {logger.run_id}")
-        return logger.run_id
-    return None
+    if not cfg.logger.get("_target_"):
+        return None
+    client, run_id = runs.create_run(cfg, {MLFLOW_RUN_NAME: f"eval-{task_name}", "prewrite.method": "evaluate"})
+    for key, value in results.items():
+        client.log_metric(run_id, key, float("nan") if value is None else value)
+    client.log_table(run_id, columns(table), "evaluation.json")
+    client.log_table(run_id, columns(candidates_table), "candidates.json")
+    client.log_table(run_id, columns(examples), "test_examples.json")
+    client.log_artifact(run_id, str(png), "plots")
+    client.set_terminated(run_id, "FINISHED")
+    print(f"MLflow run {run_id}")
+    return run_id
 
 
 @hydra.main(version_base="1.3", config_path="../conf", config_name="evaluate")
