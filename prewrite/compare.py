@@ -112,7 +112,7 @@ def run_seed(cfg, seed: int, task: Task, backend, folder: Path, client, parent) 
     budget = rl_spent + selection.spent
     del trained
 
-    untrained = rewriter_model.load_untrained(cfg.rewriter.model_name_or_path, cfg.dtype)
+    untrained = rewriter_model.load_untrained(cfg.rewriter.model_name_or_path, cfg.dtype, cfg.rewriter.chat_template)
     searched, usage, wall = {}, {}, {}
     for method in cfg.methods:
         L.seed_everything(seed)

@@ -83,7 +83,7 @@ class PRewriteModule(L.LightningModule):
         self.algo = algorithm
         self.algorithm = build_algorithm(algorithm)  # GRPO or PPO: its update and its state (PPO's KL coefficient)
         self.steps, self.examples_per_step, self.seed = steps, examples_per_step, seed
-        self.tokenizer = model_zoo.load_tokenizer(rewriter["model_name_or_path"])
+        self.tokenizer = model_zoo.load_tokenizer(rewriter["model_name_or_path"], rewriter["chat_template"])
         policy = model_zoo.load_model(rewriter["model_name_or_path"], rewriter["dtype"])
         if rewriter["gradient_checkpointing"]:
             policy.gradient_checkpointing_enable()

@@ -118,8 +118,12 @@ def _convert_gguf(spec: EmbeddedModel, target: Path) -> None:
         shutil.rmtree(tmp, ignore_errors=True)
 
 
-def load_tokenizer(model_name_or_path: str) -> PreTrainedTokenizerBase:
+def load_tokenizer(model_name_or_path: str, chat_template: str | None = None) -> PreTrainedTokenizerBase:
+    """The model's tokenizer, left-padded; `chat_template` (a Jinja chat template) replaces the model's own,
+    or gives one to a model that has none."""
     tokenizer = AutoTokenizer.from_pretrained(resolve(model_name_or_path))
+    if chat_template:
+        tokenizer.chat_template = chat_template
     tokenizer.padding_side = "left"  # decoder-only batched generation
     if tokenizer.pad_token is None:
         tokenizer.pad_token = tokenizer.eos_token

@@ -94,7 +94,7 @@ def probe(cfg: DictConfig) -> dict:
     for text, source in [(task.instruction, INITIAL)] + [(t, USER) for t in user]:
         sources.setdefault(text, []).append(source)
     if cfg.num_samples:
-        rw = rewriter_model.load_untrained(cfg.rewriter.model_name_or_path, cfg.dtype)
+        rw = rewriter_model.load_untrained(cfg.rewriter.model_name_or_path, cfg.dtype, cfg.rewriter.chat_template)
         samples = rw.rewrite(
             task.instruction, cfg.meta_prompt, cfg.num_samples, cfg.sample_temperature, cfg.max_new_tokens
         )

@@ -63,12 +63,12 @@ def locate(spec: str, tracking_uri: str | None = None) -> Path:
     return Path(local)
 
 
-def load_untrained(model_name_or_path: str, dtype: str = "float32") -> Rewriter:
-    """The rewriter before training (`rewriter.model_name_or_path`: embedded:<name>, a hub id or a folder)."""
+def load_untrained(model_name_or_path: str, dtype: str = "float32", chat_template: str | None = None) -> Rewriter:
+    """The rewriter before training (`rewriter.model_name_or_path`: embedded:<name>, a hub id or a folder;
+    `rewriter.chat_template`)."""
     model = model_zoo.load_model(model_name_or_path, dtype).eval()
-    return Rewriter(
-        model, model_zoo.load_tokenizer(model_name_or_path), {}, Path(model_zoo.resolve(model_name_or_path))
-    )
+    tokenizer = model_zoo.load_tokenizer(model_name_or_path, chat_template)
+    return Rewriter(model, tokenizer, {}, Path(model_zoo.resolve(model_name_or_path)))
 
 
 def load(spec: str, tracking_uri: str | None = None, dtype: str = "float32") -> Rewriter:

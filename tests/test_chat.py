@@ -7,6 +7,7 @@ import logging
 import pytest
 
 from prewrite import chat, model_zoo
+from prewrite.backends.hf import HFBackend
 from prewrite.rollout.base import rewriter_prompt
 
 
@@ -35,6 +36,20 @@ def test_a_model_without_a_chat_template_gets_the_plain_format_and_one_warning(t
     # the rewriter's prompt goes through the same function
     prompt, cut = rewriter_prompt(plain, "Rewrite: {instruction}", "Say yes.")
     assert prompt == tokenizer("Rewrite: Say yes.\n")["input_ids"] and cut == 0
+
+
+QA_TEMPLATE = "{{ messages[0]['content'] }}\nAnswer:"
+
+
+def test_a_configured_chat_template_replaces_the_models_own_and_keys_the_cache(tokenizer):
+    configured = model_zoo.load_tokenizer("embedded:smollm2-135m-instruct", chat_template=QA_TEMPLATE)
+    assert chat.encode(configured, "Is the sky blue?") == tokenizer("Is the sky blue?\nAnswer:")["input_ids"]
+    backend = HFBackend("embedded:smollm2-135m-instruct", dtype="float32", chat_template=QA_TEMPLATE)
+    assert backend._encode(["Is the sky blue?"]) == [configured("Is the sky blue?\nAnswer:")["input_ids"]]
+    default = HFBackend("embedded:smollm2-135m-instruct", dtype="float32")
+    # cached answers of one prompt format are never served for another
+    assert backend.cache_identity()["prompt_format"] != default.cache_identity()["prompt_format"]
+    assert default.cache_identity()["prompt_format"] == "chat: one user message + generation prompt"
 
 
 def test_max_prompt_length_cuts_the_rewriters_prompt_from_the_left_and_says_so(tokenizer, caplog):

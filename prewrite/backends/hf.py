@@ -109,6 +109,7 @@ class HFBackend(TaskBackend):
         device: str = "cpu",
         constrained: bool = False,
         choices: list[str] | None = None,
+        chat_template: str | None = None,
         price_per_1m_prompt_tokens: float | None = None,
         price_per_1m_completion_tokens: float | None = None,
     ):
@@ -120,7 +121,8 @@ class HFBackend(TaskBackend):
         super().__init__(price_per_1m_prompt_tokens, price_per_1m_completion_tokens)
         self.model_name_or_path = model_name_or_path
         dtype = precision.resolve_dtype(dtype, device)
-        self.tokenizer = model_zoo.load_tokenizer(model_name_or_path)
+        self.tokenizer = model_zoo.load_tokenizer(model_name_or_path, chat_template)
+        self.chat_template = chat_template
         self.model = model_zoo.load_model(model_name_or_path, dtype).to(device).eval().requires_grad_(False)
         self.dtype = dtype
         self.batch_size = batch_size
@@ -157,7 +159,7 @@ class HFBackend(TaskBackend):
             "dtype": self.dtype,
             **decoding,
             "max_new_tokens": self.max_new_tokens,
-            "prompt_format": "chat: one user message + generation prompt",
+            "prompt_format": chat.prompt_format(self.tokenizer, self.chat_template),
         }
 
     def _encode(self, prompts: list[str]) -> list[list[int]]:

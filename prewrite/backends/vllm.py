@@ -33,6 +33,7 @@ class VLLMBackend(TaskBackend):
         tensor_parallel_size: int = 1,
         multiprocessing: bool = False,
         seed: int = 0,
+        chat_template: str | None = None,
         price_per_1m_prompt_tokens: float | None = None,
         price_per_1m_completion_tokens: float | None = None,
     ):
@@ -45,7 +46,8 @@ class VLLMBackend(TaskBackend):
         super().__init__(price_per_1m_prompt_tokens, price_per_1m_completion_tokens)
         self.model_name_or_path = model_name_or_path
         self.resolved = model_zoo.resolve(model_name_or_path)
-        self.tokenizer = model_zoo.load_tokenizer(model_name_or_path)
+        self.tokenizer = model_zoo.load_tokenizer(model_name_or_path, chat_template)
+        self.chat_template = chat_template
         self.dtype = dtype = precision.resolve_dtype(dtype, None)  # vLLM's own "auto" would mean the model's dtype
         self.max_new_tokens = max_new_tokens
         self.llm = vllm.LLM(
@@ -85,7 +87,7 @@ class VLLMBackend(TaskBackend):
             "dtype": self.dtype,
             "decoding": "greedy",
             "max_new_tokens": self.max_new_tokens,
-            "prompt_format": "chat: one user message + generation prompt",
+            "prompt_format": chat.prompt_format(self.tokenizer, self.chat_template),
         }
 
     def _run(self, token_ids: list[list[int]], params) -> list:
