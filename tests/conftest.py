@@ -47,6 +47,23 @@ CheckpointedMLFlowLogger.flush = lambda self: os.kill(os.getpid(), signal.SIGKIL
 """
 
 
+def mlflow_histories(outputs, keys):
+    """The MLflow runs of experiment prewrite-sst2 in `outputs`, and the first one's history of each metric."""
+    client = MlflowClient(f"sqlite:///{outputs}/mlflow.db")
+    runs = client.search_runs([client.get_experiment_by_name("prewrite-sst2").experiment_id])
+    return runs, {k: [(m.step, m.value) for m in client.get_metric_history(runs[0].info.run_id, k)] for k in keys}
+
+
+def assert_same_histories(outputs, expected, **approx):
+    """A resumed training logged one finished MLflow run with every step of `expected` exactly once, at the
+    values `expected` holds (`approx`: pytest.approx's tolerances)."""
+    runs, got = mlflow_histories(outputs, expected)
+    assert len(runs) == 1 and runs[0].info.status == "FINISHED"
+    for key in expected:
+        assert [s for s, _ in got[key]] == [s for s, _ in expected[key]], key
+        assert [v for _, v in got[key]] == pytest.approx([v for _, v in expected[key]], **approx), key
+
+
 # A real training at its smallest: two GRPO steps of two rewrites, dev scored at every step.
 TINY_TRAINING = [
     "steps=2", "eval_every=1", "examples_per_step=2", "dev_examples=4",

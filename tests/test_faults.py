@@ -20,7 +20,7 @@ from prewrite.callbacks import LastCheckpoint, RewritesTable, check_finite
 from prewrite.runs import check_same_settings
 from prewrite.tasks.io import read_jsonl, read_rows
 from prewrite.tasks.task import load_task
-from tests.conftest import KILL_IN_WINDOW, ROOT
+from tests.conftest import KILL_IN_WINDOW, ROOT, assert_same_histories, mlflow_histories
 from tests.fault_server import FaultServer
 
 ARGS = [
@@ -37,12 +37,6 @@ def command(outputs, run_dir, *extra, prelude=None):
             f"paths.outputs_dir={outputs}", f"hydra.run.dir={run_dir}", *extra]  # fmt: skip
 
 
-def histories(outputs):
-    client = MlflowClient(f"sqlite:///{outputs}/mlflow.db")
-    runs = client.search_runs([client.get_experiment_by_name("prewrite-sst2").experiment_id])
-    return runs, {k: [(m.step, m.value) for m in client.get_metric_history(runs[0].info.run_id, k)] for k in SAME}
-
-
 def remove_checkpoints(run_dir):
     for f in (run_dir / "checkpoints").glob("last.ckpt*"):
         f.unlink()
@@ -55,15 +49,7 @@ def clean(tmp_path_factory):
     proc = subprocess.run(command(out, out / "run"), cwd=ROOT, capture_output=True, text=True, timeout=900)
     assert proc.returncode == 0, proc.stderr[-3000:]
     remove_checkpoints(out / "run")
-    return histories(out)[1]
-
-
-def assert_same_as_clean(outputs, expected):
-    runs, got = histories(outputs)
-    assert len(runs) == 1 and runs[0].info.status == "FINISHED"
-    for key in SAME:
-        assert [s for s, _ in got[key]] == [s for s, _ in expected[key]], key  # every step exactly once
-        assert [v for _, v in got[key]] == pytest.approx([v for _, v in expected[key]], nan_ok=True), key
+    return mlflow_histories(out, SAME)[1]
 
 
 @pytest.mark.integration
@@ -86,7 +72,7 @@ def test_sigterm_mid_step_checkpoints_marks_killed_and_resumes_exactly(tmp_path,
     assert victim.returncode == 128 + signal.SIGTERM, err[-3000:]
     assert b"Stopped by SIGTERM" in err and f"hydra.run.dir={run_dir}".encode() in err
     print(f"stopped {waited:.1f} s after SIGTERM")
-    runs, partial = histories(tmp_path)
+    runs, partial = mlflow_histories(tmp_path, SAME)
     assert runs[0].info.status == "KILLED"
     # what MLflow holds is what the checkpoint written at the stop covers: nothing is held back any more
     assert max(s for s, _ in partial["train/loss"]) >= 2
@@ -94,7 +80,7 @@ def test_sigterm_mid_step_checkpoints_marks_killed_and_resumes_exactly(tmp_path,
 
     proc = subprocess.run(command(tmp_path, run_dir), cwd=ROOT, capture_output=True, text=True, timeout=900)
     assert proc.returncode == 0, proc.stderr[-3000:]
-    assert_same_as_clean(tmp_path, clean)
+    assert_same_histories(tmp_path, clean, nan_ok=True)
     remove_checkpoints(run_dir)
 
 
@@ -106,7 +92,7 @@ def test_a_kill_after_a_checkpoint_before_its_metrics_resumes_with_identical_met
         command(tmp_path, run_dir, "save_every=1", prelude=KILL_IN_WINDOW), cwd=ROOT, capture_output=True, timeout=900
     )
     assert proc.returncode == -signal.SIGKILL
-    runs, partial = histories(tmp_path)
+    runs, partial = mlflow_histories(tmp_path, SAME)
     assert partial["train/loss"] == []  # killed inside the window: the step-1 metrics never reached MLflow
     checkpoint = torch.load(run_dir / "checkpoints" / "last.ckpt", weights_only=False, mmap=True)
     assert checkpoint["prewrite"]["rollout_step"] == 1  # saved by save_every, before any dev evaluation
@@ -115,7 +101,7 @@ def test_a_kill_after_a_checkpoint_before_its_metrics_resumes_with_identical_met
         command(tmp_path, run_dir, "save_every=1"), cwd=ROOT, capture_output=True, text=True, timeout=900
     )
     assert proc.returncode == 0, proc.stderr[-3000:]
-    assert_same_as_clean(tmp_path, clean)  # one MLflow run, every step once
+    assert_same_histories(tmp_path, clean, nan_ok=True)  # one MLflow run, every step once
     rows = [json.loads(line) for line in (run_dir / "rewrites.jsonl").read_text().splitlines()]
     assert sorted(r["step"] for r in rows if r["split"] == "train") == [s for s in range(1, 6) for _ in range(3)]
     remove_checkpoints(run_dir)
