@@ -142,13 +142,14 @@ class SweepRun(Callback):
         log.info("Sweep finished: %d of %d jobs finished, %d failed", len(finished), len(children), len(failed))
 
     def _fail_if_open(self) -> None:
-        if self.parent is None:
+        parent, self.parent = self.parent, None
+        if parent is None:
             return
         if faults.requested():  # stopped by a signal: the stopped job is resumable, the sweep is KILLED
-            self.client.set_terminated(self.parent, "KILLED")
+            self.client.set_terminated(parent, "KILLED")
             return
-        self.client.set_tag(self.parent, ERROR, "the sweeper stopped with an error (see the console)")
-        self.client.set_terminated(self.parent, "FAILED")
+        self.client.set_tag(parent, ERROR, "the sweeper stopped with an error (see the console)")
+        self.client.set_terminated(parent, "FAILED")
 
 
 def _exit_if_jobs_failed(config: DictConfig, since: float) -> None:

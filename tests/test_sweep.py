@@ -1,6 +1,7 @@
 """Sweep definitions and launchers compose; the sweep's parent run, the jobs' child runs and a failed
 job's record (prewrite.sweep, driven directly); a failing job stops a single run but not a sweep."""
 
+import atexit
 import json
 import math
 import subprocess
@@ -74,7 +75,8 @@ def sweep_env(tmp_path):
         return sweep.run_job(train, cfg)
 
     client = MlflowClient(f"sqlite:///{tmp_path}/mlflow.db")
-    return master, callback, run, client, tmp_path
+    yield master, callback, run, client, tmp_path
+    atexit.unregister(callback._fail_if_open)  # its store is gone by the time pytest exits
 
 
 def open_run(cfg, tags):
