@@ -88,7 +88,7 @@ def main() -> None:
     parser.add_argument("overrides", nargs="*", help="train config overrides, e.g. task=ag_news")
     args = parser.parse_args()
     with initialize_config_dir(config_dir=str(ROOT / "conf"), version_base="1.3"):
-        cfg = compose(config_name="train", overrides=["cache.enabled=false", *args.overrides])
+        cfg = compose(config_name="train", overrides=["cache.enabled=false", "task_backend.constrained=false", *args.overrides])
     precision.resolve_config(cfg)
     L.seed_everything(cfg.seed)
     task = load_task(cfg.task)

@@ -56,10 +56,11 @@ def plan(cfg: DictConfig, task: Task, instruction: str, resumed: bool) -> str:
     """What a training is about to do, printed before it starts (its duration follows after the first step)."""
     algo = cfg.algorithm
     chosen = "; ".join(f"{k}={v}" for k, v in (cfg.get("precision_auto") or {}).items())
+    answers = "read as the likeliest label (constrained)" if cfg.task_backend.get("constrained") else "decoded"
     return (
         f"{'Resuming' if resumed else 'Training'} the rewriter {cfg.rewriter.model_name_or_path} with "
         f"{algo.name.upper()} on {task.name} ({task.kind}, reward {list(cfg.reward.reward_funcs)}) from "
-        f"{instruction!r}: {cfg.steps} steps of {algo.num_generations} rewrites x {cfg.examples_per_step} train "
+        f"{instruction!r}, the task model's answer {answers}: {cfg.steps} steps of {algo.num_generations} rewrites x {cfg.examples_per_step} train "
         f"examples, the greedy rewrite scored on {len(task.eval_rows('dev', cfg.dev_examples, cfg.seed))} dev rows "
         f"every {cfg.eval_every} steps; precision {cfg.hardware.precision}" + (f" ({chosen})" if chosen else "")
     )

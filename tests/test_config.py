@@ -45,6 +45,12 @@ def test_experiment_sets_its_task_and_results_folder_for_train_and_compare(compo
         assert container["results_dir"].endswith(f"experiments/{name}") and not OmegaConf.missing_keys(cfg)
 
 
+@pytest.mark.parametrize("task, constrained", [("sst2", True), ("ag_news", True), ("gsm8k", False), ("nq_open", False)])
+def test_the_hf_backend_scores_classification_by_label_and_decodes_the_rest(compose_train, task, constrained):
+    assert compose_train(f"task={task}").task_backend.constrained is constrained
+    assert compose_train(f"task={task}", "task_backend.constrained=false").task_backend.constrained is False
+
+
 @pytest.mark.parametrize("config", ["compare", "search"])
 def test_search_and_compare_compose_the_baselines_settings(compose_config, config):
     cfg = compose_config(config)
