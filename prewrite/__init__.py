@@ -11,5 +11,3 @@ from prewrite.launch import launch_time
 OmegaConf.register_new_resolver("cwd", os.getcwd, replace=True)
 # ${launch_time:<pattern>} in conf/hydra: the run folder's time, the same in every process of a torchrun job
 OmegaConf.register_new_resolver("launch_time", launch_time, use_cache=True, replace=True)
-# ${eq:a,b} in conf/task_backend: settings that follow another (constrained scoring follows task.kind)
-OmegaConf.register_new_resolver("eq", lambda a, b: a == b, replace=True)

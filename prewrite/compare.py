@@ -202,7 +202,7 @@ def _register_prompts(cfg, task: Task, dev_rows: list[dict], n_test: int, result
         origin = f"{LABELS[m]}, comparison run {parent}, seed {seed}"
         instruction, dev, test = result["instructions"][m], result["dev"][m], result["test"][m]
         chosen.append(prompt_registry.Chosen(instruction, m, run_ids[m], origin, dev, seed, test))
-    scored = prompt_registry.scored_on(task.metric, dev_rows, cfg.task_backend)
+    scored = prompt_registry.scored_on(task.metric, dev_rows, cfg.task_backend, task)
     prompt_registry.register(cfg.logger.tracking_uri, task.name, chosen, scored, n_test)
 
 

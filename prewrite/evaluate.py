@@ -84,7 +84,7 @@ def _register_prompts(cfg, task, dev_rows: list[dict], n_test: int, table: list[
         for r in table
         if r["method"] in origins
     ]
-    scored = prompt_registry.scored_on(task.metric, dev_rows, cfg.task_backend)
+    scored = prompt_registry.scored_on(task.metric, dev_rows, cfg.task_backend, task)
     prompt_registry.register(cfg.logger.tracking_uri, task.name, chosen, scored, n_test)
 
 

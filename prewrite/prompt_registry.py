@@ -23,6 +23,7 @@ from mlflow import MlflowClient
 from mlflow.exceptions import MlflowException
 from mlflow.tracking._tracking_service.utils import _use_tracking_uri
 
+from prewrite.backends import label_scoring
 from prewrite.report import score_text
 
 log = logging.getLogger(__name__)
@@ -49,12 +50,12 @@ def prompt_name(task_name: str) -> str:
     return f"prewrite-{task_name}"
 
 
-def scored_on(metric: str, dev_rows: list[dict], task_backend: Mapping) -> dict[str, str]:
+def scored_on(metric: str, dev_rows: list[dict], task_backend: Mapping, task) -> dict[str, str]:
     """The tags that say what a dev score was measured on. The dev rows are named by a hash of their
     content, so runs with other `dev_examples`, seed or data never compare their scores."""
     digest = hashlib.sha256(json.dumps(dev_rows, sort_keys=True, default=str).encode()).hexdigest()[:12]
     model = str(task_backend.get("model_name_or_path") or task_backend.get("model"))
-    if task_backend.get("constrained"):  # label scoring answers differently from generation
+    if label_scoring(task_backend, task):  # label scoring answers differently from generation
         model += " (constrained)"
     return {"dev_metric": metric, "dev_rows": f"{len(dev_rows)} rows, sha256 {digest}", "task_model": model}
 

@@ -23,7 +23,7 @@ from mlflow.utils.validation import MAX_TAG_VAL_LENGTH
 from omegaconf import DictConfig
 
 from prewrite import config_check, distributed, faults, fsio, precision, prompt_registry, runs, selection, sweep
-from prewrite.backends import build_backend
+from prewrite.backends import build_backend, label_scoring
 from prewrite.callbacks import (
     LastCheckpoint,
     RewardDevPlot,
@@ -56,7 +56,7 @@ def plan(cfg: DictConfig, task: Task, instruction: str, resumed: bool) -> str:
     """What a training is about to do, printed before it starts (its duration follows after the first step)."""
     algo = cfg.algorithm
     chosen = "; ".join(f"{k}={v}" for k, v in (cfg.get("precision_auto") or {}).items())
-    answers = "read as the likeliest label (constrained)" if cfg.task_backend.get("constrained") else "decoded"
+    answers = "read as the likeliest label (constrained)" if label_scoring(cfg.task_backend, task) else "decoded"
     return (
         f"{'Resuming' if resumed else 'Training'} the rewriter {cfg.rewriter.model_name_or_path} with "
         f"{algo.name.upper()} on {task.name} ({task.kind}, reward {list(cfg.reward.reward_funcs)}) from "
@@ -193,7 +193,7 @@ def _register_prompts(cfg, task: Task, metric: str, dev_rows: list[dict], instru
         origin = f"best-on-dev greedy rewrite of {where}, step {best['step']}"
         chosen.append(prompt_registry.Chosen(best["rewrite"], "train_best", run_id, origin, best["score"], cfg.seed))
     if chosen:
-        scored = prompt_registry.scored_on(metric, dev_rows, cfg.task_backend)
+        scored = prompt_registry.scored_on(metric, dev_rows, cfg.task_backend, task)
         prompt_registry.register(cfg.logger.tracking_uri, task.name, chosen, scored)
 
 

@@ -47,8 +47,14 @@ def test_experiment_sets_its_task_and_results_folder_for_train_and_compare(compo
 
 @pytest.mark.parametrize("task, constrained", [("sst2", True), ("ag_news", True), ("gsm8k", False), ("nq_open", False)])
 def test_the_hf_backend_scores_classification_by_label_and_decodes_the_rest(compose_train, task, constrained):
-    assert compose_train(f"task={task}").task_backend.constrained is constrained
-    assert compose_train(f"task={task}", "task_backend.constrained=false").task_backend.constrained is False
+    from prewrite.backends import label_scoring
+    from prewrite.tasks import load_task
+
+    cfg = compose_train(f"task={task}")
+    assert label_scoring(cfg.task_backend, load_task(cfg.task)) is constrained
+    assert label_scoring(compose_train(f"task={task}", "task_backend.constrained=false").task_backend, None) is False
+    with pytest.raises(ValueError, match="task_backend.constrained='yes'; expected true, false or auto"):
+        label_scoring(compose_train("task_backend.constrained=yes").task_backend, None)
 
 
 @pytest.mark.parametrize("config", ["compare", "search"])

@@ -7,6 +7,7 @@ import logging
 import os
 import shutil
 import time
+from types import SimpleNamespace
 
 import mlflow
 import pytest
@@ -20,8 +21,9 @@ from prewrite.prompt_registry import Chosen
 from prewrite.training import run_description
 
 ROWS = [{"input": "a fine film", "output": "positive"}, {"input": "dull", "output": "negative"}]
-BACKEND = {"model_name_or_path": "embedded:smollm2-135m-instruct"}
-SCORED = prompt_registry.scored_on("accuracy", ROWS, BACKEND)
+BACKEND = {"model_name_or_path": "embedded:smollm2-135m-instruct", "constrained": False}
+SST2 = SimpleNamespace(name="sst2", kind="classification")
+SCORED = prompt_registry.scored_on("accuracy", ROWS, BACKEND, SST2)
 NAME = "prewrite-sst2"
 
 
@@ -111,10 +113,11 @@ def test_alias_moves_only_on_a_higher_dev_score_on_the_same_rows(store):
     assert alias_version(client) == 2
     prompt_registry.register(uri, "sst2", training(run(), best=0.6, rewrite="Worse."), SCORED)  # v5, v6
     assert alias_version(client) == 2
-    other_rows = prompt_registry.scored_on("accuracy", ROWS[:1], BACKEND)
+    other_rows = prompt_registry.scored_on("accuracy", ROWS[:1], BACKEND, SST2)
     prompt_registry.register(uri, "sst2", training(run(), best=1.0, rewrite="Other rows."), other_rows)  # v7, v8
     assert alias_version(client) == 2
-    other_model = prompt_registry.scored_on("accuracy", ROWS, BACKEND | {"constrained": True})
+    other_model = prompt_registry.scored_on("accuracy", ROWS, BACKEND | {"constrained": "auto"}, SST2)
+    assert other_model["task_model"].endswith("(constrained)")  # auto scores a classification task's labels
     prompt_registry.register(uri, "sst2", training(run(), best=1.0, rewrite="Constrained."), other_model)  # v9, v10
     assert alias_version(client) == 2
     prompt_registry.register(uri, "sst2", training(run(), best=0.9, rewrite="Better."), SCORED)  # v11, v12
