@@ -48,9 +48,9 @@ CheckpointedMLFlowLogger.flush = lambda self: os.kill(os.getpid(), signal.SIGKIL
 
 
 def mlflow_histories(outputs, keys):
-    """The MLflow runs of experiment prewrite-sst2 in `outputs`, and the first one's history of each metric."""
+    """The MLflow runs of experiment prewrite-sst2_sentences in `outputs`, and the first one's history of each metric."""
     client = MlflowClient(f"sqlite:///{outputs}/mlflow.db")
-    runs = client.search_runs([client.get_experiment_by_name("prewrite-sst2").experiment_id])
+    runs = client.search_runs([client.get_experiment_by_name("prewrite-sst2_sentences").experiment_id])
     return runs, {k: [(m.step, m.value) for m in client.get_metric_history(runs[0].info.run_id, k)] for k in keys}
 
 

@@ -93,7 +93,7 @@ def test_cli_cfg_job_prints_the_composed_config():
     out = cli("--cfg", "job", "algorithm.beta=0.1")
     assert out.returncode == 0
     printed = OmegaConf.create(out.stdout)
-    assert printed.algorithm.beta == 0.1 and printed.task.name == "sst2"
+    assert printed.algorithm.beta == 0.1 and printed.task.name == "sst2_sentences"
 
 
 @pytest.mark.parametrize("name", ["evaluate", "rewrite"])
@@ -114,5 +114,5 @@ def test_relaunch_in_a_run_folder_must_repeat_its_settings(compose_train, tmp_pa
     runs.check_same_settings(run_dir, same)
     with pytest.raises(ValueError, match=r"algorithm\.beta: '0\.1' -> '0\.2'.*settings\.json"):
         runs.check_same_settings(run_dir, compose_train("algorithm.beta=0.2"))
-    with pytest.raises(ValueError, match=r"task\.name: 'sst2' -> 'cb'"):
+    with pytest.raises(ValueError, match=r"task\.name: 'sst2_sentences' -> 'cb'"):
         runs.check_same_settings(run_dir, compose_train("algorithm.beta=0.1", "task=cb"))

@@ -119,7 +119,7 @@ def page():
 
 
 def finished_runs(client):
-    exp = client.get_experiment_by_name("prewrite-sst2").experiment_id
+    exp = client.get_experiment_by_name("prewrite-sst2_sentences").experiment_id
     runs = client.search_runs([exp], "attributes.status = 'FINISHED'")
     runs = [r for r in runs if MLFLOW_PARENT_RUN_ID in r.data.tags]  # the jobs, not the sweep's parent
     assert len(runs) == 2
@@ -200,7 +200,7 @@ def test_a_runs_rewrites_table_renders_as_a_table(server, page, tmp_path):
 
 
 def registered_versions(client) -> dict[int, object]:
-    return {int(v.version): v for v in client.search_prompt_versions("prewrite-sst2")}
+    return {int(v.version): v for v in client.search_prompt_versions("prewrite-sst2_sentences")}
 
 
 def test_the_prompt_page_lists_the_registered_versions_and_diffs_two(server, page, tmp_path):
@@ -211,7 +211,7 @@ def test_the_prompt_page_lists_the_registered_versions_and_diffs_two(server, pag
     for run in runs:
         mine = [v for v in versions.values() if v.tags["run_id"] == run.info.run_id]
         assert {m for v in mine for m in v.tags["method"].split(",")} == {"initial", "train_best"}, run.info.run_name
-    page.goto(f"{url}/#/experiments/{exp}/prompts/prewrite-sst2")
+    page.goto(f"{url}/#/experiments/{exp}/prompts/prewrite-sst2_sentences")
     page.get_by_text(f"Viewing version {max(versions)}", exact=True).wait_for(timeout=60_000)
     for number in versions:
         assert page.get_by_text(f"Version {number}", exact=True).count() == 1
@@ -243,7 +243,7 @@ def test_a_runs_overview_shows_its_description_best_rewrite_and_prompts(server, 
     assert shown(run.data.tags["prewrite.best_rewrite"]) in shown(text)
     mine = sorted(n for n, v in registered_versions(client).items() if v.tags["run_id"] == run.info.run_id)
     for number in mine:  # listed once the run's prompt links have loaded
-        playwright.expect(page.get_by_text(f"prewrite-sst2 (v{number})")).to_have_count(1, timeout=30_000)
+        playwright.expect(page.get_by_text(f"prewrite-sst2_sentences (v{number})")).to_have_count(1, timeout=30_000)
     page.screenshot(path=str(tmp_path / "run_overview.png"))
 
 
@@ -258,7 +258,7 @@ def test_an_evaluations_test_examples_show_each_rows_answers_side_by_side(
     job = next((outputs / "multiruns").glob("*/0"))  # a training of the sweep, its rewriter exported there
     overrides = ["num_samples=2", "dev_examples=2", "test_examples=3", "max_new_tokens=8", "register_prompts=false"]
     evaluate(compose_config("evaluate", f"rewriter_path={job}", f"paths.outputs_dir={outputs}", *overrides))
-    (run,) = client.search_runs([exp], "attributes.run_name = 'eval-sst2'")
+    (run,) = client.search_runs([exp], "attributes.run_name = 'eval-sst2_sentences'")
     table = json.load(open(client.download_artifacts(run.info.run_id, "test_examples.json", str(tmp_path))))
 
     page.goto(f"{url}/#/experiments/{exp}/runs/{run.info.run_id}/artifacts/test_examples.json")

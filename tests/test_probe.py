@@ -98,8 +98,8 @@ def test_logs_a_probe_run_to_mlflow(compose_config, scripted, tmp_path):
     result = probe_mod.probe(cfg)
     client = MlflowClient(cfg.paths.mlflow_tracking_uri)
     run = client.get_run(result["summary"]["run_id"])
-    assert run.data.tags["mlflow.runName"] == "probe-sst2" and run.info.status == "FINISHED"
-    assert run.data.params["num_samples"] == "2" and run.data.params["task.name"] == "sst2"
+    assert run.data.tags["mlflow.runName"] == "probe-sst2_sentences" and run.info.status == "FINISHED"
+    assert run.data.params["num_samples"] == "2" and run.data.params["task.name"] == "sst2_sentences"
     # the second sample repeats the initial instruction: 2 distinct candidates on 8 rows
     assert run.data.metrics["probe/candidates"] == 2 and run.data.metrics["probe/task_llm_requests"] == 16
     assert run.data.metrics["probe/dev_accuracy_spread"] == result["summary"]["spread"]
@@ -115,7 +115,7 @@ def test_logs_a_probe_run_to_mlflow(compose_config, scripted, tmp_path):
         ("instructions=['ok', '  ']", "instructions[1] must be a non-empty string"),
         ("instructions_file=/nonexistent/list.txt", "instructions_file=/nonexistent/list.txt: no such file"),
         ("sample_temperature=0", "sample_temperature must be a number > 0"),
-        ("task.split_seed=-1", "task=sst2:"),
+        ("task.files.test=nope.jsonl", "task=sst2_sentences: Task data file not found"),
     ],
 )
 def test_bad_options_fail_before_any_model_loads(compose_config, scripted, override, message):

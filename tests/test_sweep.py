@@ -110,7 +110,7 @@ def test_jobs_are_children_of_one_parent_and_failures_are_recorded(sweep_env):
     assert stop.value.code == 1
 
     info = json.loads((tmp_path / "sweep" / sweep.SWEEP_FILE).read_text())
-    runs = client.search_runs([client.get_experiment_by_name("prewrite-sst2").experiment_id])
+    runs = client.search_runs([client.get_experiment_by_name("prewrite-sst2_sentences").experiment_id])
     parent = client.get_run(info["parent_run_id"])
     children = sorted((r for r in runs if r.info.run_id != parent.info.run_id), key=lambda r: r.data.tags[sweep.JOB])
     assert len(runs) == 4  # the failed jobs' runs were reused or made once each

@@ -21,7 +21,7 @@ OBJECTIVE = "dev/best/accuracy"
 
 
 def sweep_runs(client):
-    runs = client.search_runs([client.get_experiment_by_name("prewrite-sst2").experiment_id])
+    runs = client.search_runs([client.get_experiment_by_name("prewrite-sst2_sentences").experiment_id])
     # the store is shared with the MLflow UI tests, which add an evaluation run: a sweep's parent has its id
     parents = [r for r in runs if MLFLOW_PARENT_RUN_ID not in r.data.tags and SWEEP_ID in r.data.tags]
     children = [r for r in runs if MLFLOW_PARENT_RUN_ID in r.data.tags]
