@@ -153,7 +153,7 @@ def test_search_entry_runs_gepa_on_the_embedded_model(compose_config, tmp_path):
     assert json.loads((tmp_path / "search.json").read_text())["instruction"] == result["instruction"]
     client = MlflowClient(cfg.paths.mlflow_tracking_uri)
     run = client.get_run(result["run_id"])
-    assert run.info.run_name == "gepa-sst2" and run.data.metrics["usage/rewriter/calls"] >= 1
+    assert run.info.run_name == "gepa-sst2_sentences" and run.data.metrics["usage/rewriter/calls"] >= 1
     curve = [(m.step, m.value) for m in client.get_metric_history(result["run_id"], "curve/dev_accuracy")]
     assert curve == [tuple(p) for p in result["curve"]]
     assert {a.path for a in client.list_artifacts(result["run_id"])} >= {"candidates.json", "instruction.txt"}
