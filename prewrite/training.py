@@ -60,8 +60,9 @@ def plan(cfg: DictConfig, task: Task, instruction: str, resumed: bool) -> str:
     return (
         f"{'Resuming' if resumed else 'Training'} the rewriter {cfg.rewriter.model_name_or_path} with "
         f"{algo.name.upper()} on {task.name} ({task.kind}, reward {list(cfg.reward.reward_funcs)}) from "
-        f"{instruction!r}, the task model's answer {answers}: {cfg.steps} steps of {algo.num_generations} rewrites x {cfg.examples_per_step} train "
-        f"examples, the greedy rewrite scored on {len(task.eval_rows('dev', cfg.dev_examples, cfg.seed))} dev rows "
+        f"{instruction!r}, the task model's answer {answers}: {cfg.steps} steps of {algo.num_generations} "
+        f"rewrites x {cfg.examples_per_step} train examples, the greedy rewrite scored on "
+        f"{len(task.eval_rows('dev', cfg.dev_examples, cfg.seed))} dev rows "
         f"every {cfg.eval_every} steps; precision {cfg.hardware.precision}" + (f" ({chosen})" if chosen else "")
     )
 

@@ -12,6 +12,9 @@ import prewrite  # noqa: F401  (registers the ${cwd:} resolver that conf/paths u
 
 ROOT = Path(__file__).resolve().parents[1]
 CONF = ROOT / "conf"
+# conf/train.yaml's task: its run folder outputs/runs/<task>, its MLflow experiment and prompt prewrite-<task>
+DEFAULT_TASK = "sst2_sentences"
+DEFAULT_EXPERIMENT = f"prewrite-{DEFAULT_TASK}"
 
 
 @pytest.fixture
@@ -48,9 +51,9 @@ CheckpointedMLFlowLogger.flush = lambda self: os.kill(os.getpid(), signal.SIGKIL
 
 
 def mlflow_histories(outputs, keys):
-    """The MLflow runs of experiment prewrite-sst2_sentences in `outputs`, and the first one's history of each metric."""
+    """The MLflow runs of the default task's experiment in `outputs`, and the first one's history of each metric."""
     client = MlflowClient(f"sqlite:///{outputs}/mlflow.db")
-    runs = client.search_runs([client.get_experiment_by_name("prewrite-sst2_sentences").experiment_id])
+    runs = client.search_runs([client.get_experiment_by_name(DEFAULT_EXPERIMENT).experiment_id])
     return runs, {k: [(m.step, m.value) for m in client.get_metric_history(runs[0].info.run_id, k)] for k in keys}
 
 

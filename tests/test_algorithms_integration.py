@@ -10,6 +10,7 @@ from prewrite import model_zoo
 from prewrite.lightning_module import PRewriteModule
 from prewrite.rollout import hf_rollout
 from prewrite.tasks import load_task
+from tests.conftest import DEFAULT_EXPERIMENT
 
 pytestmark = pytest.mark.integration
 
@@ -85,7 +86,7 @@ def test_ppo_runs_real_steps_and_adapts_its_kl_coefficient(compose_train, tmp_pa
         "system_metrics_interval_s=null",
     ))  # fmt: skip
     client = MlflowClient(f"sqlite:///{tmp_path}/mlflow.db")
-    run = client.search_runs([client.get_experiment_by_name("prewrite-sst2_sentences").experiment_id])[0]
+    run = client.search_runs([client.get_experiment_by_name(DEFAULT_EXPERIMENT).experiment_id])[0]
 
     def values(key):
         return [m.value for m in sorted(client.get_metric_history(run.info.run_id, key), key=lambda m: m.step)]

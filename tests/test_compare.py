@@ -8,6 +8,7 @@ import pytest
 from mlflow import MlflowClient
 
 from prewrite import compare as compare_mod
+from tests.conftest import DEFAULT_EXPERIMENT
 from tests.fake_backend import spy_on_backends
 
 pytestmark = pytest.mark.integration
@@ -60,7 +61,8 @@ def test_equal_budget_dev_only_selection_mlflow_and_resume(compose_config, monke
 
     client = MlflowClient(cfg.paths.mlflow_tracking_uri)
     runs = {
-        r.info.run_name: r for r in client.search_runs([client.get_experiment_by_name("prewrite-sst2_sentences").experiment_id])
+        r.info.run_name: r
+        for r in client.search_runs([client.get_experiment_by_name(DEFAULT_EXPERIMENT).experiment_id])
     }
     parent = runs.pop(next(n for n in runs if n.startswith("compare-")))
     assert set(runs) == {"rl-seed0", "ape-seed0", "opro-seed0", "gepa-seed0"}
@@ -84,7 +86,7 @@ def test_equal_budget_dev_only_selection_mlflow_and_resume(compose_config, monke
 
     # each method's choice is a version of the task's prompt, tagged with the run that chose it and its
     # scores; training registered the initial instruction and its best rewrite; `best` holds the top dev score
-    versions = list(client.search_prompt_versions("prewrite-sst2_sentences"))
+    versions = list(client.search_prompt_versions(DEFAULT_EXPERIMENT))
     by_method = {m: v for v in versions for m in v.tags["method"].split(",")}
     assert set(by_method) == {"initial", "train_best", "prewrite_i", "prewrite_s", "ape", "opro", "gepa"}
     run_ids = result["run_ids"] | {"prewrite_i": result["rl_run_id"], "prewrite_s": result["rl_run_id"]}
@@ -94,7 +96,7 @@ def test_equal_budget_dev_only_selection_mlflow_and_resume(compose_config, monke
         assert run_ids[method] in version.tags["run_id"].split(",")
         assert float(version.tags["dev_score"]) == result["dev"][method]
         assert float(version.tags["test_score"]) == result["test"][method]
-    best = client.get_prompt_version_by_alias("prewrite-sst2_sentences", "best")
+    best = client.get_prompt_version_by_alias(DEFAULT_EXPERIMENT, "best")
     assert float(best.tags["dev_score"]) == max(float(v.tags["dev_score"]) for v in versions)
 
     # a re-run in the same folder finds the seed done: no training, no task-LLM request

@@ -8,6 +8,7 @@ from mlflow import MlflowClient
 
 from prewrite import evaluate as evaluate_mod
 from prewrite import model_zoo
+from tests.conftest import DEFAULT_EXPERIMENT
 from tests.fake_backend import spy_on_backends
 
 pytestmark = pytest.mark.integration
@@ -49,7 +50,7 @@ def test_prewrite_s_selects_on_dev_and_test_scores_only_the_three_reported(compo
         assert results[f"test/{name}/accuracy"] == by_method[name]["test_accuracy"]
 
     client = MlflowClient(cfg.paths.mlflow_tracking_uri)
-    run = client.search_runs([client.get_experiment_by_name("prewrite-sst2_sentences").experiment_id])[0]
+    run = client.search_runs([client.get_experiment_by_name(DEFAULT_EXPERIMENT).experiment_id])[0]
     assert run.data.metrics["test/prewrite_s/accuracy"] == by_method["prewrite_s"]["test_accuracy"]
     assert {"evaluation.json", "candidates.json"} <= {a.path for a in client.list_artifacts(run.info.run_id)}
     assert [a.path for a in client.list_artifacts(run.info.run_id, "plots")] == ["plots/methods.png"]
@@ -66,7 +67,7 @@ def test_prewrite_s_selects_on_dev_and_test_scores_only_the_three_reported(compo
 
     # PRewrite-I and PRewrite-S in the Prompt Registry (one version if they are the same text)
     texts = list(dict.fromkeys(by_method[m]["instruction"] for m in ("prewrite_i", "prewrite_s")))
-    versions = [client.get_prompt_version("prewrite-sst2_sentences", v) for v in range(1, len(texts) + 1)]
+    versions = [client.get_prompt_version(DEFAULT_EXPERIMENT, v) for v in range(1, len(texts) + 1)]
     assert [v.template for v in versions] == texts
     for v in versions:
         method = v.tags["method"].split(",")[0]

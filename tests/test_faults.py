@@ -20,7 +20,7 @@ from prewrite.callbacks import LastCheckpoint, RewritesTable, check_finite
 from prewrite.runs import check_same_settings
 from prewrite.tasks.io import read_jsonl, read_rows
 from prewrite.tasks.task import load_task
-from tests.conftest import KILL_IN_WINDOW, ROOT, assert_same_histories, mlflow_histories
+from tests.conftest import DEFAULT_EXPERIMENT, KILL_IN_WINDOW, ROOT, assert_same_histories, mlflow_histories
 from tests.fault_server import FaultServer
 
 ARGS = [
@@ -142,7 +142,7 @@ def test_a_stopped_comparison_marks_its_mlflow_run_killed_and_stops_between_cand
         compare.compare(cfg)
     assert seeds == [0]
     client = MlflowClient(cfg.logger.tracking_uri)
-    (run,) = client.search_runs([client.get_experiment_by_name("prewrite-sst2_sentences").experiment_id])
+    (run,) = client.search_runs([client.get_experiment_by_name(DEFAULT_EXPERIMENT).experiment_id])
     assert run.info.status == "KILLED" and run.data.tags["prewrite.method"] == "compare"
     assert signal.getsignal(signal.SIGTERM) is not faults._handle
 
@@ -184,7 +184,7 @@ def test_nonfinite_loss_skips_the_update_and_stops_after_n_in_a_row(compose_trai
             f"paths.outputs_dir={tmp_path}"]  # fmt: skip
     train(compose_train(*tiny))
     client = MlflowClient(f"sqlite:///{tmp_path}/mlflow.db")
-    run = client.search_runs([client.get_experiment_by_name("prewrite-sst2_sentences").experiment_id])[0]
+    run = client.search_runs([client.get_experiment_by_name(DEFAULT_EXPERIMENT).experiment_id])[0]
     skipped = [(m.step, m.value) for m in client.get_metric_history(run.info.run_id, "train/skipped_updates")]
     assert skipped == [(1, 0.0), (2, 1.0), (3, 1.0)]
     assert all(torch.isfinite(p).all() for p in current["module"].parameters())  # the NaN update never applied
@@ -220,14 +220,14 @@ def test_a_task_model_outage_stops_with_a_checkpoint_and_a_relaunch_resumes(comp
         assert info.value.exit_code == 75
         assert f"{server.base_url}/chat/completions" in str(info.value) and "outage_patience_s=0.5" in str(info.value)
         client = MlflowClient(f"sqlite:///{tmp_path}/mlflow.db")
-        (run,) = client.search_runs([client.get_experiment_by_name("prewrite-sst2_sentences").experiment_id])
+        (run,) = client.search_runs([client.get_experiment_by_name(DEFAULT_EXPERIMENT).experiment_id])
         assert run.info.status == "KILLED" and (tmp_path / "run" / "checkpoints" / "last.ckpt").exists()
         assert [m.step for m in client.get_metric_history(run.info.run_id, "train/loss")] == [1]
 
         monkeypatch.setattr(LastCheckpoint, "save", real_save)
         server.default = "ok"  # back up: the same command resumes at step 2
         train(compose_train(*args))
-    (run,) = client.search_runs([client.get_experiment_by_name("prewrite-sst2_sentences").experiment_id])
+    (run,) = client.search_runs([client.get_experiment_by_name(DEFAULT_EXPERIMENT).experiment_id])
     assert run.info.status == "FINISHED"
     assert [m.step for m in client.get_metric_history(run.info.run_id, "train/loss")] == [1, 2]
 

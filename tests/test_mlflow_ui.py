@@ -21,6 +21,8 @@ import urllib.request
 import pytest
 from mlflow.utils.mlflow_tags import MLFLOW_PARENT_RUN_ID
 
+from tests.conftest import DEFAULT_EXPERIMENT
+
 pytestmark = pytest.mark.integration
 
 CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
@@ -119,7 +121,7 @@ def page():
 
 
 def finished_runs(client):
-    exp = client.get_experiment_by_name("prewrite-sst2_sentences").experiment_id
+    exp = client.get_experiment_by_name(DEFAULT_EXPERIMENT).experiment_id
     runs = client.search_runs([exp], "attributes.status = 'FINISHED'")
     runs = [r for r in runs if MLFLOW_PARENT_RUN_ID in r.data.tags]  # the jobs, not the sweep's parent
     assert len(runs) == 2
@@ -200,7 +202,7 @@ def test_a_runs_rewrites_table_renders_as_a_table(server, page, tmp_path):
 
 
 def registered_versions(client) -> dict[int, object]:
-    return {int(v.version): v for v in client.search_prompt_versions("prewrite-sst2_sentences")}
+    return {int(v.version): v for v in client.search_prompt_versions(DEFAULT_EXPERIMENT)}
 
 
 def test_the_prompt_page_lists_the_registered_versions_and_diffs_two(server, page, tmp_path):
@@ -211,7 +213,7 @@ def test_the_prompt_page_lists_the_registered_versions_and_diffs_two(server, pag
     for run in runs:
         mine = [v for v in versions.values() if v.tags["run_id"] == run.info.run_id]
         assert {m for v in mine for m in v.tags["method"].split(",")} == {"initial", "train_best"}, run.info.run_name
-    page.goto(f"{url}/#/experiments/{exp}/prompts/prewrite-sst2_sentences")
+    page.goto(f"{url}/#/experiments/{exp}/prompts/{DEFAULT_EXPERIMENT}")
     page.get_by_text(f"Viewing version {max(versions)}", exact=True).wait_for(timeout=60_000)
     for number in versions:
         assert page.get_by_text(f"Version {number}", exact=True).count() == 1
@@ -243,7 +245,7 @@ def test_a_runs_overview_shows_its_description_best_rewrite_and_prompts(server, 
     assert shown(run.data.tags["prewrite.best_rewrite"]) in shown(text)
     mine = sorted(n for n, v in registered_versions(client).items() if v.tags["run_id"] == run.info.run_id)
     for number in mine:  # listed once the run's prompt links have loaded
-        playwright.expect(page.get_by_text(f"prewrite-sst2_sentences (v{number})")).to_have_count(1, timeout=30_000)
+        playwright.expect(page.get_by_text(f"{DEFAULT_EXPERIMENT} (v{number})")).to_have_count(1, timeout=30_000)
     page.screenshot(path=str(tmp_path / "run_overview.png"))
 
 

@@ -19,7 +19,7 @@ from prewrite import model_zoo  # noqa: E402
 from prewrite.rollout.base import Rollout, rewriter_prompt  # noqa: E402
 from prewrite.rollout.hf_rollout import HFRollout  # noqa: E402
 from prewrite.rollout.vllm_rollout import VLLMRollout  # noqa: E402
-from tests.conftest import ROOT  # noqa: E402
+from tests.conftest import DEFAULT_EXPERIMENT, DEFAULT_TASK, ROOT  # noqa: E402
 
 pytestmark = [pytest.mark.integration, pytest.mark.timeout(600)]
 
@@ -138,7 +138,7 @@ def test_two_training_steps_with_rollout_vllm(tmp_path):
     proc = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=600)
     assert proc.returncode == 0, proc.stderr[-4000:]
     client = MlflowClient(f"sqlite:///{tmp_path}/mlflow.db")
-    run = client.search_runs([client.get_experiment_by_name("prewrite-sst2_sentences").experiment_id])[0]
+    run = client.search_runs([client.get_experiment_by_name(DEFAULT_EXPERIMENT).experiment_id])[0]
     assert run.data.params["rollout._target_"] == "prewrite.rollout.vllm_rollout.VLLMRollout"
 
     def history(key):
@@ -148,5 +148,8 @@ def test_two_training_steps_with_rollout_vllm(tmp_path):
     # a real copy of the weights after each update (the hf rollout's sync is a no-op)
     assert [s for s, v in history("train/time/sync_s") if v > 0.01] == [1, 2]
     assert [s for s, _ in history("dev/accuracy")] == [0, 1, 2]
-    rows = [json.loads(line) for line in next((tmp_path / "runs" / "sst2_sentences").iterdir()).joinpath("rewrites.jsonl").open()]
+    rows = [
+        json.loads(line)
+        for line in next((tmp_path / "runs" / DEFAULT_TASK).iterdir()).joinpath("rewrites.jsonl").open()
+    ]
     assert sorted(r["step"] for r in rows if r["split"] == "train") == [1, 1, 2, 2]

@@ -8,7 +8,7 @@ import pytest
 from mlflow import MlflowClient
 from mlflow.utils.mlflow_tags import MLFLOW_PARENT_RUN_ID
 
-from tests.conftest import ROOT
+from tests.conftest import DEFAULT_EXPERIMENT, ROOT
 
 pytestmark = pytest.mark.integration
 
@@ -33,7 +33,7 @@ def test_two_stages_chain_their_best_rewrites_and_log_child_runs(tmp_path):
     assert info["instruction"] == first["rewrite"]
 
     client = MlflowClient(f"sqlite:///{tmp_path}/mlflow.db")
-    runs = client.search_runs([client.get_experiment_by_name("prewrite-sst2_sentences").experiment_id])
+    runs = client.search_runs([client.get_experiment_by_name(DEFAULT_EXPERIMENT).experiment_id])
     parent = (run / "mlflow_run_id").read_text().strip()
     children = [r for r in runs if r.data.tags.get(MLFLOW_PARENT_RUN_ID) == parent]
     assert sorted(r.data.tags["prewrite.stage"] for r in children) == ["0", "1"]

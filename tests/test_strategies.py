@@ -21,7 +21,14 @@ from prewrite.callbacks import _publish
 from prewrite.distributed import TransformerBlocks
 from prewrite.model_zoo import load_model
 from prewrite.training import check_launch
-from tests.conftest import KILL_IN_WINDOW, ROOT, assert_same_histories, mlflow_histories
+from tests.conftest import (
+    DEFAULT_EXPERIMENT,
+    DEFAULT_TASK,
+    KILL_IN_WINDOW,
+    ROOT,
+    assert_same_histories,
+    mlflow_histories,
+)
 
 STRATEGIES = {
     "cpu": SingleDeviceStrategy,
@@ -146,7 +153,7 @@ def test_every_process_of_a_torchrun_job_names_the_same_run_folder(tmp_path):
 
 def mlflow_history(outputs, key):
     client = MlflowClient(f"sqlite:///{outputs}/mlflow.db")
-    runs = client.search_runs([client.get_experiment_by_name("prewrite-sst2_sentences").experiment_id])
+    runs = client.search_runs([client.get_experiment_by_name(DEFAULT_EXPERIMENT).experiment_id])
     return runs, [(m.step, m.value) for m in client.get_metric_history(runs[0].info.run_id, key)]
 
 
@@ -200,7 +207,7 @@ def test_ddp_logs_one_mlflow_run_with_every_step_once(ddp_run):
 
 @pytest.mark.integration
 def test_ddp_ranks_share_one_run_folder_and_sample_different_rewrites(ddp_run):
-    run_dirs = list((ddp_run / "runs" / "sst2_sentences").iterdir())
+    run_dirs = list((ddp_run / "runs" / DEFAULT_TASK).iterdir())
     assert len(run_dirs) == 1  # both ranks resolved the same launch time
     assert (run_dirs[0] / "checkpoints" / "last.ckpt").is_file()
     rows = [json.loads(line) for line in (run_dirs[0] / "rewrites.jsonl").read_text().splitlines()]
@@ -251,7 +258,7 @@ def zero3_run(tmp_path_factory):
 
 
 def assert_whole_weights_exported(outputs, hardware):
-    run_dir = next((outputs / "runs" / "sst2_sentences").iterdir())
+    run_dir = next((outputs / "runs" / DEFAULT_TASK).iterdir())
     exported = AutoModelForCausalLM.from_pretrained(run_dir / "rewriter")  # whole weights, not a shard
     base = load_model("embedded:smollm2-135m-instruct", "float32")
     assert sum(p.numel() for p in exported.parameters()) == sum(p.numel() for p in base.parameters())

@@ -15,7 +15,7 @@ from mlflow.utils.mlflow_tags import MLFLOW_PARENT_RUN_ID, MLFLOW_RUN_NAME
 from omegaconf import OmegaConf, open_dict
 
 from prewrite import sweep
-from tests.conftest import CONF, ROOT
+from tests.conftest import CONF, DEFAULT_EXPERIMENT, ROOT
 
 GROUPS = {p.name for p in CONF.iterdir() if p.is_dir()}
 
@@ -110,7 +110,7 @@ def test_jobs_are_children_of_one_parent_and_failures_are_recorded(sweep_env):
     assert stop.value.code == 1
 
     info = json.loads((tmp_path / "sweep" / sweep.SWEEP_FILE).read_text())
-    runs = client.search_runs([client.get_experiment_by_name("prewrite-sst2_sentences").experiment_id])
+    runs = client.search_runs([client.get_experiment_by_name(DEFAULT_EXPERIMENT).experiment_id])
     parent = client.get_run(info["parent_run_id"])
     children = sorted((r for r in runs if r.info.run_id != parent.info.run_id), key=lambda r: r.data.tags[sweep.JOB])
     assert len(runs) == 4  # the failed jobs' runs were reused or made once each

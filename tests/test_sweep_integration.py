@@ -13,7 +13,7 @@ from mlflow import MlflowClient
 from mlflow.utils.mlflow_tags import MLFLOW_PARENT_RUN_ID
 
 from prewrite.sweep import ERROR, JOB, OVERRIDES, SWEEP_ID
-from tests.conftest import ROOT, TINY_TRAINING
+from tests.conftest import DEFAULT_EXPERIMENT, ROOT, TINY_TRAINING
 
 pytestmark = pytest.mark.integration
 
@@ -21,7 +21,7 @@ OBJECTIVE = "dev/best/accuracy"
 
 
 def sweep_runs(client):
-    runs = client.search_runs([client.get_experiment_by_name("prewrite-sst2_sentences").experiment_id])
+    runs = client.search_runs([client.get_experiment_by_name(DEFAULT_EXPERIMENT).experiment_id])
     # the store is shared with the MLflow UI tests, which add an evaluation run: a sweep's parent has its id
     parents = [r for r in runs if MLFLOW_PARENT_RUN_ID not in r.data.tags and SWEEP_ID in r.data.tags]
     children = [r for r in runs if MLFLOW_PARENT_RUN_ID in r.data.tags]

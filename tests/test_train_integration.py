@@ -9,7 +9,7 @@ import sys
 import pytest
 from mlflow import MlflowClient
 
-from tests.conftest import ROOT
+from tests.conftest import DEFAULT_EXPERIMENT, DEFAULT_TASK, ROOT
 
 pytestmark = pytest.mark.integration
 
@@ -36,7 +36,7 @@ def history(client, run_id, key):
 
 def test_run_is_logged_to_mlflow_with_params_metrics_and_artifacts(run):
     proc, client, _ = run
-    exp = client.get_experiment_by_name("prewrite-sst2_sentences")
+    exp = client.get_experiment_by_name(DEFAULT_EXPERIMENT)
     runs = client.search_runs([exp.experiment_id])
     assert len(runs) == 1
     r = runs[0]
@@ -89,7 +89,7 @@ def test_run_is_logged_to_mlflow_with_params_metrics_and_artifacts(run):
 
 def test_rewrites_table_holds_every_rewrite_with_its_reward(run):
     _, client, outputs = run
-    r = client.search_runs([client.get_experiment_by_name("prewrite-sst2_sentences").experiment_id])[0]
+    r = client.search_runs([client.get_experiment_by_name(DEFAULT_EXPERIMENT).experiment_id])[0]
     path = client.download_artifacts(r.info.run_id, "rewrites.json", str(outputs))
     table = json.loads(open(path).read())
     rows = [dict(zip(table["columns"], row, strict=True)) for row in table["data"]]
@@ -101,7 +101,7 @@ def test_rewrites_table_holds_every_rewrite_with_its_reward(run):
     initial = [row for row in rows if row["split"] == "initial"]
     assert initial and initial[0]["rewrite"] == "Classify the sentiment."
 
-    run_dirs = list((outputs / "runs" / "sst2_sentences").iterdir())
+    run_dirs = list((outputs / "runs" / DEFAULT_TASK).iterdir())
     assert len(run_dirs) == 1
     lines = (run_dirs[0] / "rewrites.jsonl").read_text().splitlines()
     assert len(lines) == len(rows)
@@ -114,8 +114,8 @@ def test_console_reports_best_dev_score(run):
 
 def test_best_rewriter_is_exported_as_a_hugging_face_folder_and_to_mlflow(run):
     _, client, outputs = run
-    r = client.search_runs([client.get_experiment_by_name("prewrite-sst2_sentences").experiment_id])[0]
-    folder = next((outputs / "runs" / "sst2_sentences").iterdir()) / "rewriter"
+    r = client.search_runs([client.get_experiment_by_name(DEFAULT_EXPERIMENT).experiment_id])[0]
+    folder = next((outputs / "runs" / DEFAULT_TASK).iterdir()) / "rewriter"
     assert {"config.json", "model.safetensors", "tokenizer.json", "prewrite.json"} <= {p.name for p in folder.iterdir()}
     info = json.loads((folder / "prewrite.json").read_text())
     dev = history(client, r.info.run_id, "dev/accuracy")
@@ -127,8 +127,8 @@ def test_best_rewriter_is_exported_as_a_hugging_face_folder_and_to_mlflow(run):
 
 def test_rewrite_cli_reads_a_run_folder_or_an_mlflow_run_id(run):
     _, client, outputs = run
-    run_id = client.search_runs([client.get_experiment_by_name("prewrite-sst2_sentences").experiment_id])[0].info.run_id
-    run_dir = next((outputs / "runs" / "sst2_sentences").iterdir())
+    run_id = client.search_runs([client.get_experiment_by_name(DEFAULT_EXPERIMENT).experiment_id])[0].info.run_id
+    run_dir = next((outputs / "runs" / DEFAULT_TASK).iterdir())
     texts = []
     for spec in (str(run_dir), run_id):
         cmd = [sys.executable, "-m", "prewrite.rewrite", f"rewriter_path={spec}", f"paths.outputs_dir={outputs}"]
@@ -150,9 +150,11 @@ def test_early_stopping_ends_a_run_that_stops_improving(tmp_path):
     proc = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=900)
     assert proc.returncode == 0, proc.stderr[-4000:]
     client = MlflowClient(f"sqlite:///{tmp_path}/mlflow.db")
-    r = client.search_runs([client.get_experiment_by_name("prewrite-sst2_sentences").experiment_id])[0]
+    r = client.search_runs([client.get_experiment_by_name(DEFAULT_EXPERIMENT).experiment_id])[0]
     assert [s for s, _ in history(client, r.info.run_id, "train/loss")] == [1, 2]
-    info = json.loads(next((tmp_path / "runs" / "sst2_sentences").iterdir()).joinpath("rewriter", "prewrite.json").read_text())
+    info = json.loads(
+        next((tmp_path / "runs" / DEFAULT_TASK).iterdir()).joinpath("rewriter", "prewrite.json").read_text()
+    )
     assert info["step"] == 0  # the untrained rewriter was never beaten
 
 
@@ -160,7 +162,7 @@ def test_rescore_scores_a_runs_logged_rewrites_from_its_folder_or_its_mlflow_run
     from prewrite.rescore import SOURCE_RUN_TAG, rescore
 
     _, _, outputs = run
-    run_dir = next((outputs / "runs" / "sst2_sentences").iterdir())
+    run_dir = next((outputs / "runs" / DEFAULT_TASK).iterdir())
     run_id = (run_dir / "mlflow_run_id").read_text().strip()
     store = f"sqlite:///{tmp_path}/rescores.db"  # the training's store stays as the tests above read it
     tables = [
@@ -178,7 +180,7 @@ def test_rescore_scores_a_runs_logged_rewrites_from_its_folder_or_its_mlflow_run
             assert row["dev_accuracy"] == row["logged_dev_score"]
 
     client = MlflowClient(store)
-    rescored = client.search_runs([client.get_experiment_by_name("prewrite-sst2_sentences").experiment_id])
+    rescored = client.search_runs([client.get_experiment_by_name(DEFAULT_EXPERIMENT).experiment_id])
     assert len(rescored) == 2 and {r.data.tags[SOURCE_RUN_TAG] for r in rescored} == {run_id}
     assert "rescored.json" in {a.path for a in client.list_artifacts(rescored[0].info.run_id)}
 
