@@ -39,7 +39,7 @@ from omegaconf import OmegaConf
 
 from prewrite import model_zoo, precision
 from prewrite.backends import build_backend
-from prewrite.lightning_module import PRewriteModule
+from prewrite.lightning_module import Member, PRewriteModule
 from prewrite.rewards import RewriteScorer
 from prewrite.tasks import load_task
 
@@ -71,7 +71,8 @@ def config(overrides: list[str]):
 
 def run_ours(cfg, scorer: RewriteScorer, task, steps: int) -> list[dict[str, float]]:
     # dev: one row, for the step-0 dev evaluation (not timed)
-    module = PRewriteModule.from_config(cfg, task, scorer, task.eval_rows("dev", 1, cfg.seed), steps=steps)
+    member = Member(task, scorer, task.instruction, task.eval_rows("dev", 1, cfg.seed))
+    module = PRewriteModule.from_config(cfg, [member], steps=steps)
     logger = MemoryLogger()
     trainer_args = OmegaConf.to_container(cfg.trainer) | {"val_check_interval": steps, "enable_progress_bar": False}
     trainer = L.Trainer(**trainer_args, **cfg.hardware, logger=logger, limit_val_batches=0)

@@ -8,6 +8,7 @@ loads; this covers the loop and the algorithm.
 
 from __future__ import annotations
 
+import string
 from collections.abc import Callable
 
 from omegaconf import DictConfig
@@ -47,6 +48,7 @@ def one_of(*allowed: str) -> tuple[Callable, str]:
     return (lambda v: v in allowed), f"one of {', '.join(allowed)}"
 
 
+REWRITE_MODES = ("task", "input")  # one rewrite per task, or one per input (conf/train.yaml rewrite_mode)
 LOOP = {
     "seed": integer(0),
     "steps": integer(1),
@@ -104,6 +106,7 @@ def _check(section: DictConfig, rules: dict, prefix: str) -> None:
 def check_training(cfg: DictConfig) -> None:
     """Raises ConfigError on the first key of the loop or the algorithm that cannot work."""
     _check(cfg, LOOP, "")
+    _check_rewrite_mode(cfg)
     algo = cfg.algorithm
     ok, what = one_of(*ALGORITHMS)
     if not ok(algo.get("name")):
@@ -129,3 +132,21 @@ def check_training(cfg: DictConfig) -> None:
             f"algorithm.num_mini_batches={algo.num_mini_batches} is more than algorithm.num_generations="
             f"{algo.num_generations}: every minibatch needs at least one rewrite"
         )
+
+
+def _check_rewrite_mode(cfg: DictConfig) -> None:
+    """The meta prompt of the rewrite mode names exactly the fields it is filled with; stages rewrite one
+    instruction, which a mixture or per-input rewrites do not hand over."""
+    mode = cfg.get("rewrite_mode", "task")
+    ok, what = one_of(*REWRITE_MODES)
+    if not ok(mode):
+        raise ConfigError(f"rewrite_mode={mode!r}; expected {what}")
+    key = "input_meta_prompt" if mode == "input" else "meta_prompt"
+    expected = {"instruction", "input"} if mode == "input" else {"instruction"}
+    found = {name for _, name, _, _ in string.Formatter().parse(str(cfg.get(key) or "")) if name is not None}
+    if found != expected:
+        raise ConfigError(f"{key} has placeholders {sorted(found)}; rewrite_mode={mode} expects {sorted(expected)}")
+    mixture = cfg.task.get("kind") == "mixture"
+    if cfg.stages > 1 and (mixture or mode == "input"):
+        what = "task=mixture" if mixture else "rewrite_mode=input"
+        raise ConfigError(f"stages={cfg.stages} with {what}: a stage rewrites the last stage's one best rewrite")

@@ -1,5 +1,10 @@
 """The LightningModule: one training step = rollout -> task-LLM scoring -> GRPO or PPO update.
 
+A step draws from one `Member` (the task, or one task of a mixture). With `rewrite_mode="task"` the
+rewriter rewrites the member's instruction and every rewrite of the group is scored on the step's
+shared examples; with `rewrite_mode="input"` it rewrites the instruction for each example (the meta
+prompt shows both), and each group is the rewrites of one (instruction, example) pair, scored on it.
+
 Lightning owns the loop, devices, logging and checkpoints; the algorithm (prewrite.algorithms.updates:
 GRPO or PPO, picked by the config's name) owns its losses, its state and its optimizer steps, which it takes
 through this module (manual optimization).
@@ -14,6 +19,7 @@ import random
 import time
 from collections.abc import Iterable, Iterator
 from contextlib import contextmanager
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -26,11 +32,14 @@ from torch.utils.data import DataLoader
 from prewrite import distributed, faults, model_zoo
 from prewrite.algorithms.logprobs import completion_logprobs
 from prewrite.algorithms.updates import build_algorithm
+from prewrite.backends import usage_over
 from prewrite.backends.base import TaskModelUnavailable
 from prewrite.rewards import RewriteScorer
+from prewrite.rewards.scorer import Scores
 from prewrite.rollout import build_rollout
 from prewrite.rollout.base import Rollout, rewriter_prompt
 from prewrite.tasks import Task
+from prewrite.tasks.mixture import member_at
 from prewrite.usage import Usage
 
 log = logging.getLogger(__name__)
@@ -40,19 +49,30 @@ SUMMED_OVER_RANKS = ("train/metric_none", "train/empty_rewrites", "train/task_ll
 NONFINITE_DEFAULT = 3  # updates skipped in a row (non-finite loss, gradient or reward) before a run stops
 
 
+@dataclass
+class Member:
+    """One task a training draws from (its task, or one member of a mixture)."""
+
+    task: Task
+    scorer: RewriteScorer
+    instruction: str  # what the rewriter rewrites: the task's initial instruction, or (stages) the last stage's best
+    dev_rows: list[dict]  # the fixed seeded dev rows of every evaluation
+
+
 class PRewriteModule(L.LightningModule):
     @classmethod
-    def from_config(cls, cfg, task: Task, scorer: RewriteScorer | None, dev_rows: list[dict], **overrides):
+    def from_config(cls, cfg, members: list[Member], **overrides):
         """The module a training config (conf/train.yaml) describes; `overrides` replace any argument."""
+        input_mode = cfg.get("rewrite_mode", "task") == "input"
         kwargs = dict(
-            task=task,
-            scorer=scorer,
+            members=members,
             rewriter=OmegaConf.to_container(cfg.rewriter, resolve=True),
             algorithm=OmegaConf.to_container(cfg.algorithm, resolve=True),
-            meta_prompt=cfg.meta_prompt,
+            meta_prompt=cfg.input_meta_prompt if input_mode else cfg.meta_prompt,
+            rewrite_mode=cfg.get("rewrite_mode", "task"),
+            member_sampling={"sampling": cfg.task.get("sampling"), "weights": cfg.task.get("weights")},
             steps=cfg.steps,
             examples_per_step=cfg.examples_per_step,
-            dev_rows=dev_rows,
             seed=cfg.seed,
             monitor=cfg.optimized_metric.removeprefix("dev/"),
             rollout=OmegaConf.to_container(cfg.rollout, resolve=True),
@@ -62,24 +82,25 @@ class PRewriteModule(L.LightningModule):
 
     def __init__(
         self,
-        task: Task,
-        scorer: RewriteScorer,
+        members: list[Member],
         rewriter: dict,
         algorithm: dict,
         meta_prompt: str,
         steps: int,
         examples_per_step: int,
-        dev_rows: list[dict],
         seed: int,
         monitor: str,
-        instruction: str | None = None,
         export_dir: str | None = None,
         rollout: dict | None = None,
         max_skipped_updates_in_a_row: int = NONFINITE_DEFAULT,
+        rewrite_mode: str = "task",
+        member_sampling: dict | None = None,
     ):
         super().__init__()
         self.automatic_optimization = False  # several policy epochs per rollout, as in TRL's num_iterations
-        self.task, self.scorer = task, scorer
+        self.members = members
+        self.rewrite_mode = rewrite_mode
+        self.member_sampling = member_sampling or {}
         self.algo = algorithm
         self.algorithm = build_algorithm(algorithm)  # GRPO or PPO: its update and its state (PPO's KL coefficient)
         self.steps, self.examples_per_step, self.seed = steps, examples_per_step, seed
@@ -104,14 +125,7 @@ class PRewriteModule(L.LightningModule):
         value_head = self.algorithm.value_head(policy.config.hidden_size)
         if value_head is not None:
             self.value_head = value_head
-        # The instruction to rewrite: the task's initial one, or (multi-stage) the previous stage's best.
-        self.instruction = task.instruction if instruction is None else instruction
         self.meta_prompt = meta_prompt
-        prompt_ids, self.prompt_tokens_cut = rewriter_prompt(
-            self.tokenizer, meta_prompt, self.instruction, algorithm["max_prompt_length"]
-        )
-        self.prompt_ids = [prompt_ids]
-        self.dev_rows = dev_rows  # scored at every dev evaluation
         self.rewrite_rows: list[dict[str, Any]] = []  # the rewrites table (see callbacks.RewritesTable)
         self.rollout_step = 0  # rollout steps done; Lightning's global_step counts optimizer steps
         self.monitor = monitor  # the dev score that picks the best rewriter (a key of score_on_dev)
@@ -160,12 +174,15 @@ class PRewriteModule(L.LightningModule):
         self.rollout_step = step + 1
         algo = self.algo
         timer = PhaseTimer()
+        member = self.member_at(step)
+        rows = member.task.sample("train", self.examples_per_step, seed=[self.seed, step])
+        prompt_ids, prompt_tokens_cut = self.rewriter_prompts(member, rows)
 
         with timer("rollout"):
             self.policy.eval()
             with distributed.generation_context(self.trainer, self.policy):
                 rollout = self.rollout_engine.generate(
-                    self.prompt_ids,
+                    prompt_ids,
                     num_generations=algo["num_generations"],
                     max_new_tokens=algo["max_completion_length"],
                     temperature=algo["temperature"],
@@ -175,10 +192,9 @@ class PRewriteModule(L.LightningModule):
 
         with timer("reward"):
             self.stop_point(before)
-            rows = self.task.sample("train", self.examples_per_step, seed=[self.seed, step])
-            calls_before = self.scorer.backend.num_calls
+            calls_before = self.task_calls()
             try:
-                scores, outage = self.scorer(rollout.texts, rows), None
+                scores, outage = self.score(member, rollout.texts, rows), None
             except TaskModelUnavailable as e:
                 outage = e
             self.stop_point(before, outage)
@@ -207,10 +223,10 @@ class PRewriteModule(L.LightningModule):
         per_rank = {  # this rank's numbers, summed (SUMMED_OVER_RANKS) or averaged over ranks
             "train/metric_none": float(scores.none_values),  # per-example metric values left out
             "train/empty_rewrites": float(sum(not t for t in rollout.texts)),
-            "train/prompt_tokens_cut": float(self.prompt_tokens_cut),  # by algorithm.max_prompt_length
+            "train/prompt_tokens_cut": float(prompt_tokens_cut),  # by algorithm.max_prompt_length, from one prompt
             "train/completion_length": rollout.completion_mask.sum(1).float().mean(),
             "train/truncated_fraction": rollout.truncated.float().mean(),
-            "train/task_llm_calls": float(self.scorer.backend.num_calls - calls_before),
+            "train/task_llm_calls": float(self.task_calls() - calls_before),
             "train/reward_se": _nanmean(scores.reward_se),  # averaged over ranks with the rest
             "train/time/rollout_s": timer.seconds["rollout"],
             "train/time/reward_s": timer.seconds["reward"],
@@ -230,17 +246,49 @@ class PRewriteModule(L.LightningModule):
             "train/lr": self.lr_schedulers().get_last_lr()[0],
         }
         metrics |= reward_signal(rewards, algo.get("num_generations", len(rewards)), metrics["train/reward_se"])
+        if len(self.members) > 1:  # which member this step drew, and its reward under its own name
+            metrics[f"train/{member.task.name}/reward"] = metrics["train/reward"]
         self.log_to_loggers(metrics)
         self.log("reward", metrics["train/reward"], prog_bar=True, logger=False, batch_size=1)
         dev = [r[self.monitor] for r in self.rewrite_rows if r["split"] == "dev"]
         if dev:  # the latest dev score of the greedy rewrite, beside the reward in the progress bar
             self.log("dev", dev[-1], prog_bar=True, logger=False, batch_size=1)
-        rows = []
+        table = []
         for i, text in enumerate(rollout.texts):
             per_metric = {name: vals[i] for name, vals in scores.metrics.items()}
             row = {"step": self.rollout_step, "split": "train", "rewrite": text, "reward": scores.rewards[i]}
-            rows.append(row | per_metric)
-        self.rewrite_rows += distributed.gather_objects(self, rows)  # every rank's rewrites, in rank order
+            written_for = rows[i // algo["num_generations"]] if self.rewrite_mode == "input" else None
+            row |= self.row_context(member, written_for)
+            table.append(row | per_metric)
+        self.rewrite_rows += distributed.gather_objects(self, table)  # every rank's rewrites, in rank order
+
+    # ---- what one step or evaluation draws from ----
+    def member_at(self, step: int) -> Member:
+        return self.members[member_at(self.member_sampling, len(self.members), self.seed, step)]
+
+    def rewriter_prompts(self, member: Member, rows: list[dict]) -> tuple[list[list[int]], int]:
+        """The rewriter's prompts: the member's instruction in the meta prompt once (task mode) or once per
+        row, with the row's input (input mode); and the most tokens `max_prompt_length` cut from one."""
+        inputs = [member.task.input_text(row) for row in rows] if self.rewrite_mode == "input" else [None]
+        max_length = self.algo["max_prompt_length"]
+        prompts = [rewriter_prompt(self.tokenizer, self.meta_prompt, member.instruction, max_length, x) for x in inputs]
+        return [ids for ids, _ in prompts], max(cut for _, cut in prompts)
+
+    def score(self, member: Member, rewrites: list[str], rows: list[dict]) -> Scores:
+        """Task mode: every rewrite on every row. Input mode: each rewrite on the row it was written for
+        (rows[i] has the i-th run of len(rewrites) / len(rows) rewrites, as the rollout groups them)."""
+        if self.rewrite_mode == "task":
+            return member.scorer(rewrites, rows)
+        per_row = len(rewrites) // len(rows)
+        return member.scorer.score_groups([[(rw, rows[i // per_row])] for i, rw in enumerate(rewrites)])
+
+    def row_context(self, member: Member, row: dict | None) -> dict[str, str]:
+        """The rewrites table's columns that say what a rewrite was for: its task (mixtures), its input."""
+        context = {"task": member.task.name} if len(self.members) > 1 else {}
+        return context | ({"input": member.task.input_text(row)} if row is not None else {})
+
+    def task_calls(self) -> int:
+        return int(usage_over([m.scorer.backend for m in self.members]).get("calls", 0))
 
     def logprobs(self, rollout: Rollout, model: torch.nn.Module | None = None) -> torch.Tensor:
         """Per-token log-probs of the rollout's completions under `model` (default: the policy)."""
@@ -332,8 +380,8 @@ class PRewriteModule(L.LightningModule):
         """The task LLM's run totals over every rank (collective: call it on every rank): the backend's
         calls and tokens, cache counts, and `requests`, the prompts the scorer asked for (training
         rewards and dev evaluations, cache hits included): what prewrite.compare budgets by."""
-        task = {k: v for k, v in self.scorer.backend.usage_snapshot().items() if k != "cache_hit_rate"}
-        task["requests"] = float(self.scorer.requests)
+        task = usage_over([m.scorer.backend for m in self.members])
+        task["requests"] = float(sum(m.scorer.requests for m in self.members))
         task = distributed.over_ranks(self, task, summed=task)
         before = self.task_usage_before
         task = {k: v + before.get(k, 0.0) for k, v in task.items()}
@@ -343,44 +391,70 @@ class PRewriteModule(L.LightningModule):
         return task
 
     # ---- dev evaluation of the greedy rewrite (PRewrite-I) ----
-    def greedy_rewrite(self) -> str:
+    def greedy_rewrites(self, member: Member) -> list[str]:
+        """The greedy rewrite of the member's instruction (task mode), or one per dev row (input mode)."""
+        prompt_ids, _ = self.rewriter_prompts(member, member.dev_rows)
         self.policy.eval()
         with distributed.generation_context(self.trainer, self.policy):
             out = self.rollout_engine.generate(
-                self.prompt_ids,
-                num_generations=1,
-                max_new_tokens=self.algo["max_completion_length"],
-                do_sample=False,
+                prompt_ids, num_generations=1, max_new_tokens=self.algo["max_completion_length"], do_sample=False
             )
         self.policy.train()
-        return out.texts[0]
+        return out.texts
 
-    def score_on_dev(self, instruction: str) -> dict[str, float]:
-        """{"reward": ..., <metric>: ...} of one instruction on the fixed dev rows."""
-        scores = self.scorer([instruction], self.dev_rows)
+    def score_on_dev(self, member: Member, rewrites: list[str]) -> dict[str, float]:
+        """{"reward": ..., <metric>: ...} on the member's dev rows of one instruction for every row, or
+        (input mode, one rewrite per row) of the rows' own rewrites, as one sample."""
+        rows = member.dev_rows
+        scores = member.scorer.score_groups([[(rewrites[i % len(rewrites)], row) for i, row in enumerate(rows)]])
         return {"reward": _nan(scores.rewards[0])} | {name: _nan(vals[0]) for name, vals in scores.metrics.items()}
 
-    def _score_or_outage(self, instruction: str) -> dict[str, float] | TaskModelUnavailable:
+    def _score_or_outage(self, member: Member, rewrites: list[str]) -> dict[str, float] | TaskModelUnavailable:
         try:
-            return self.score_on_dev(instruction)
+            return self.score_on_dev(member, rewrites)
         except TaskModelUnavailable as e:  # returned, so rank zero's broadcast still reaches the others
             return e
 
+    def score_members(self, split: str, rewrites: list[list[str]]) -> tuple[dict[str, float], list[dict]]:
+        """Each member's dev scores of its rewrites (scored once, on rank zero, so every rank agrees on the
+        best, the export and early stopping), logged; returns the scores (a mixture: the members' mean,
+        and each member's under `<task>/`) and the rewrites table's rows."""
+        per_member = distributed.on_rank_zero(
+            self.trainer, lambda: [self._score_or_outage(m, r) for m, r in zip(self.members, rewrites, strict=True)]
+        )
+        for scores in per_member:
+            if isinstance(scores, TaskModelUnavailable):
+                raise scores  # on every rank
+        step = self.rollout_step if split == "dev" else 0
+        per_input = split == "dev" and self.rewrite_mode == "input"  # the table shows the first row's rewrite
+        rows = [
+            {"step": step, "split": split, "rewrite": texts[0]}
+            | self.row_context(m, m.dev_rows[0] if per_input else None)
+            | scores
+            for m, texts, scores in zip(self.members, rewrites, per_member, strict=True)
+        ]
+        if len(self.members) == 1:
+            return per_member[0], rows
+        mean = {k: float(np.mean([s[k] for s in per_member])) for k in per_member[0]}
+        named = {f"{m.task.name}/{k}": v for m, s in zip(self.members, per_member, strict=True) for k, v in s.items()}
+        return mean | named, [{"step": step, "split": split, "rewrite": None, **mean}] + [
+            r | {"split": f"{split}/{r['task']}"} for r in rows
+        ]
+
     def evaluate_dev(self) -> dict[str, float]:
-        """Score the greedy rewrite (PRewrite-I) on the fixed dev rows and log it; when it beats every
-        earlier evaluation on `monitor`, keep it as the best and export the rewriter."""
-        rewrite = self.greedy_rewrite()  # on every rank: a sharded policy generates together
-        # scored once, on rank zero: every rank then agrees on the best, the export and early stopping
-        rewrite, scores = distributed.on_rank_zero(self.trainer, lambda: (rewrite, self._score_or_outage(rewrite)))
-        if isinstance(scores, TaskModelUnavailable):
-            raise scores  # on every rank
+        """Score the greedy rewrites (PRewrite-I) on the fixed dev rows and log them; when they beat every
+        earlier evaluation on `monitor`, keep them as the best and export the rewriter."""
+        rewrites = [self.greedy_rewrites(m) for m in self.members]  # on every rank: a sharded policy generates together
+        rewrites = distributed.on_rank_zero(self.trainer, lambda: rewrites)
+        scores, rows = self.score_members("dev", rewrites)
         requests = self.task_usage()["requests"]  # spent so far, this evaluation included: x of a budget curve
         self.log_to_loggers({f"dev/{k}": v for k, v in scores.items()} | {"dev/task_llm_requests": requests})
-        row = {"step": self.rollout_step, "split": "dev", "rewrite": rewrite, "task_llm_requests": requests}
-        self.rewrite_rows.append(row | scores)
+        self.rewrite_rows += [r | {"task_llm_requests": requests} for r in rows]
         score = scores[self.monitor]
         if self.best is None or score > self.best["score"]:
-            self.best = {"step": self.rollout_step, "score": score, "rewrite": rewrite}
+            self.best = {"step": self.rollout_step, "score": score, "rewrite": self.best_text(rewrites)}
+            if len(self.members) > 1 and self.rewrite_mode == "task":
+                self.best["rewrites"] = {m.task.name: r[0] for m, r in zip(self.members, rewrites, strict=True)}
             if self.export_dir:
                 state_dict = distributed.full_state_dict(self.trainer, self.policy)  # every rank gathers
                 if self.trainer.is_global_zero:
@@ -388,13 +462,21 @@ class PRewriteModule(L.LightningModule):
                 self.trainer.strategy.barrier()
         return scores
 
+    def best_text(self, rewrites: list[list[str]]) -> str | None:
+        """The one instruction an evaluation hands over: the single task's greedy rewrite; none when the
+        rewriter itself is the product (a mixture's rewrites are per task, input mode's per input)."""
+        return rewrites[0][0] if len(self.members) == 1 and self.rewrite_mode == "task" else None
+
     def save_rewriter(self, path: str, state_dict: dict[str, torch.Tensor] | None = None) -> None:
         """A plain Hugging Face folder (policy + tokenizer) plus prewrite.json, which records what
         `prewrite.rewrite` and `prewrite.evaluate` need to use it the way it was trained.
         `state_dict`: the full weights of a sharded policy (distributed.full_state_dict)."""
         model_zoo.plain_model(self.policy).save_pretrained(path, state_dict=state_dict)
         self.tokenizer.save_pretrained(path)
-        info = {"task": self.task.name, "instruction": self.instruction, "meta_prompt": self.meta_prompt}
+        names = [m.task.name for m in self.members]
+        info = {"task": names[0] if len(names) == 1 else "mixture", "trained_on": names}
+        info |= {"instruction": self.members[0].instruction if len(names) == 1 else None}
+        info |= {"meta_prompt": self.meta_prompt, "rewrite_mode": self.rewrite_mode}
         info |= {"monitor": self.monitor, **(self.best or {})}
         (Path(path) / "prewrite.json").write_text(json.dumps(info, indent=2))
 
@@ -433,9 +515,9 @@ class PRewriteModule(L.LightningModule):
             return
         # Step 0 of the dev curve: the initial instruction and the untrained rewriter's greedy rewrite,
         # under the same precision context as the later validation steps.
-        initial = distributed.on_rank_zero(self.trainer, lambda: self.score_on_dev(self.instruction))
+        initial, rows = self.score_members("initial", [[m.instruction] for m in self.members])
         self.log_to_loggers({f"dev/initial_instruction/{k}": v for k, v in initial.items()})
-        self.rewrite_rows.append({"step": 0, "split": "initial", "rewrite": self.instruction, **initial})
+        self.rewrite_rows += rows
         with self.trainer.precision_plugin.val_step_context():
             self.evaluate_dev()
 

@@ -8,6 +8,7 @@ stages and resumes the unfinished one from its last checkpoint, in the same MLfl
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import logging
 import os
@@ -23,7 +24,7 @@ from mlflow.utils.validation import MAX_TAG_VAL_LENGTH
 from omegaconf import DictConfig
 
 from prewrite import config_check, distributed, faults, fsio, precision, prompt_registry, runs, selection, sweep
-from prewrite.backends import build_backend, label_scoring
+from prewrite.backends import build_backends, label_scoring
 from prewrite.callbacks import (
     LastCheckpoint,
     RewardDevPlot,
@@ -32,10 +33,10 @@ from prewrite.callbacks import (
     SystemMetrics,
     TimeEstimate,
 )
-from prewrite.lightning_module import PRewriteModule
+from prewrite.lightning_module import Member, PRewriteModule
 from prewrite.report import score_text
 from prewrite.rewards import RewriteScorer
-from prewrite.tasks import Task, load_task
+from prewrite.tasks import load_members
 
 log = logging.getLogger(__name__)
 
@@ -52,32 +53,35 @@ def check_launch(trainer: L.Trainer) -> None:
         )
 
 
-def plan(cfg: DictConfig, task: Task, instruction: str, resumed: bool) -> str:
+def plan(cfg: DictConfig, members: list[Member], resumed: bool) -> str:
     """What a training is about to do, printed before it starts (its duration follows after the first step)."""
     algo = cfg.algorithm
     chosen = "; ".join(f"{k}={v}" for k, v in (cfg.get("precision_auto") or {}).items())
-    answers = "read as the likeliest label (constrained)" if label_scoring(cfg.task_backend, task) else "decoded"
+    tasks = [m.task for m in members]
+    constrained = [label_scoring(cfg.task_backend, t) for t in tasks]
+    answers = "read as the likeliest label (constrained)" if all(constrained) else "decoded"
+    if any(constrained) and not all(constrained):
+        answers = "read as the likeliest label (constrained) on classification tasks, else decoded"
+    what = ", ".join(f"{t.name} ({t.kind}) from {m.instruction!r}" for t, m in zip(tasks, members, strict=True))
+    if len(members) > 1:
+        what = f"a mixture ({cfg.task.sampling}) of {what}"
+    if cfg.get("rewrite_mode", "task") == "input":
+        groups = f"{cfg.examples_per_step} train examples x {algo.num_generations} rewrites of each, per input"
+        dev = "the greedy rewrite of each dev row scored on it, over"
+    else:
+        groups = f"{algo.num_generations} rewrites x {cfg.examples_per_step} train examples"
+        dev = "the greedy rewrite scored on"
     return (
         f"{'Resuming' if resumed else 'Training'} the rewriter {cfg.rewriter.model_name_or_path} with "
-        f"{algo.name.upper()} on {task.name} ({task.kind}, reward {list(cfg.reward.reward_funcs)}) from "
-        f"{instruction!r}, the task model's answer {answers}: {cfg.steps} steps of {algo.num_generations} "
-        f"rewrites x {cfg.examples_per_step} train examples, the greedy rewrite scored on "
-        f"{len(task.eval_rows('dev', cfg.dev_examples, cfg.seed))} dev rows "
+        f"{algo.name.upper()} on {what}, reward {list(cfg.reward.reward_funcs)}, the task model's answer "
+        f"{answers}: {cfg.steps} steps of {groups}, {dev} {sum(len(m.dev_rows) for m in members)} dev rows "
         f"every {cfg.eval_every} steps; precision {cfg.hardware.precision}" + (f" ({chosen})" if chosen else "")
     )
 
 
-def fit_stage(
-    cfg: DictConfig,
-    task: Task,
-    scorer: RewriteScorer,
-    dev_rows: list[dict],
-    instruction: str,
-    run_dir: Path,
-    seed: int,
-    tags: dict[str, str],
-) -> dict:
-    """One training (one stage) in `run_dir`; returns its best dev evaluation {step, score, rewrite}."""
+def fit_stage(cfg: DictConfig, members: list[Member], run_dir: Path, seed: int, tags: dict[str, str]) -> dict:
+    """One training (one stage) in `run_dir`; returns its best dev evaluation {step, score, rewrite}
+    (`rewrite` is None when the rewriter itself is the product: a mixture, or per-input rewrites)."""
     if (run_dir / runs.RESULT_FILE).exists():  # finished before a resume
         return json.loads((run_dir / runs.RESULT_FILE).read_text())
     faults.raise_if_requested()  # asked to stop before this stage began: nothing of it to save
@@ -85,9 +89,7 @@ def fit_stage(
     ckpt = runs.checkpoint_to_resume(cfg, run_dir)
     L.seed_everything(seed, workers=True)  # the same on every rank: what the module initialises must agree
     export_dir = run_dir / "rewriter"
-    module = PRewriteModule.from_config(
-        cfg, task, scorer, dev_rows, seed=seed, instruction=instruction, export_dir=str(export_dir)
-    )
+    module = PRewriteModule.from_config(cfg, members, seed=seed, export_dir=str(export_dir))
     logger = False
     callbacks: list[L.Callback] = [RewritesTable(str(run_dir)), RewardDevPlot(str(run_dir)), StopOnSignal()]
     callbacks.append(TimeEstimate(cfg.steps, cfg.eval_every))
@@ -115,10 +117,12 @@ def fit_stage(
     if trainer.world_size > 1:  # each rank its own sampling stream, or every rank would roll out the same rewrites
         L.seed_everything(distributed.rank_seed(seed, trainer.global_rank), workers=True)
     if trainer.is_global_zero:
-        print(plan(cfg, task, instruction, resumed=ckpt is not None), flush=True)
+        print(plan(cfg, members, resumed=ckpt is not None), flush=True)
     trainer.fit(module, ckpt_path=str(ckpt) if ckpt else None)
 
     best = module.best or {"score": float("nan"), "step": None, "rewrite": None}
+    task_name = members[0].task.name if len(members) == 1 else cfg.task.name
+    instruction = "\n".join(m.instruction if len(members) == 1 else f"{m.task.name}: {m.instruction}" for m in members)
     # The initial instruction competes too: a user is never handed a rewrite that did worse on dev.
     initial_dev = next(r for r in module.rewrite_rows if r["split"] == "initial")[module.monitor]
     best["initial_score"] = initial_dev
@@ -136,14 +140,16 @@ def fit_stage(
             logger.experiment.log_metric(logger.run_id, f"dev/selected/{module.monitor}", chosen_dev)
             if best["rewrite"] is not None:
                 logger.experiment.set_tag(logger.run_id, "prewrite.best_rewrite", best["rewrite"][:MAX_TAG_VAL_LENGTH])
-            note = run_description(cfg, task.name, module.monitor, len(dev_rows), instruction, best)
+            n_dev = sum(len(m.dev_rows) for m in members)
+            note = run_description(cfg, task_name, module.monitor, n_dev, instruction, best)
             logger.experiment.set_tag(logger.run_id, MLFLOW_RUN_NOTE, note)
-            if cfg.register_prompts:
-                _register_prompts(cfg, task, module.monitor, dev_rows, instruction, best, logger.run_id)
+            if cfg.register_prompts and len(members) == 1:  # a prompt per task: a mixture's rewrites are not one
+                _register_prompts(cfg, members[0], module.monitor, best, logger.run_id)
         if logger and cfg.log_rewriter_to_mlflow and export_dir.exists():
             logger.experiment.log_artifacts(logger.run_id, str(export_dir), "rewriter")
         fsio.atomic_write_text(run_dir / runs.RESULT_FILE, json.dumps(best))
-        print(f"\nBest {cfg.optimized_metric}: {best['score']:.4f} at step {best['step']}: {best['rewrite']!r}")
+        found = best["rewrite"] or best.get("rewrites") or f"{module.rewrite_mode}-level rewrites"
+        print(f"\nBest {cfg.optimized_metric}: {best['score']:.4f} at step {best['step']}: {found!r}")
         if best["selected_is_initial"]:
             print(
                 f"No rewrite beat the initial instruction on dev ({cfg.optimized_metric} {initial_dev:.4f}): "
@@ -173,18 +179,24 @@ def run_description(cfg: DictConfig, task_name: str, metric: str, n_dev: int, in
         "",
         quoted(instruction),
     ]
+    kept = "the initial instruction (no rewrite beat it on dev)" if best["selected_is_initial"] else "the rewrite"
     if best["rewrite"] is not None:
-        kept = "the initial instruction (no rewrite beat it on dev)" if best["selected_is_initial"] else "the rewrite"
         header = f"Best rewrite (step {best['step']}): dev {metric} **{score_text(best['score'])}**"
         lines += ["", header, "", quoted(best["rewrite"]), "", f"Selected: {kept}."]
+    elif best["step"] is not None:  # a mixture's rewrites (one per task) or per-input rewrites
+        per_task = "".join(f"\n\n{name}:\n\n{quoted(text)}" for name, text in best.get("rewrites", {}).items())
+        header = f"Best rewriter (step {best['step']}, {cfg.get('rewrite_mode', 'task')}-level rewrites): dev {metric}"
+        kept = "the initial instruction (the rewriter lost on dev)" if best["selected_is_initial"] else "the rewriter"
+        lines += ["", f"{header} **{score_text(best['score'])}**{per_task}", "", f"Selected: {kept}."]
     if cfg.register_prompts:
         uri = f"prompts:/{prompt_registry.prompt_name(task_name)}@{prompt_registry.ALIAS}"
         lines += ["", f"Registered in the Prompt Registry; the best on dev across runs: `{uri}`."]
     return "\n".join(lines)
 
 
-def _register_prompts(cfg, task: Task, metric: str, dev_rows: list[dict], instruction: str, best: dict, run_id: str):
+def _register_prompts(cfg, member: Member, metric: str, best: dict, run_id: str):
     """The initial instruction (stage 0's) and the best rewrite on dev as versions of the task's prompt."""
+    task, dev_rows, instruction = member.task, member.dev_rows, member.instruction
     where = f"training run {run_id}"
     chosen = []
     if instruction == task.instruction:  # a later stage starts from the previous stage's best, registered then
@@ -211,16 +223,18 @@ def _train(cfg: DictConfig, tags: dict[str, str], backend) -> float:
     run_dir = Path(cfg.paths.run_dir)
     precision.resolve_config(cfg)  # before the settings check: a run's settings are what it computed with
     runs.check_same_settings(run_dir, cfg)
-    task = load_task(cfg.task)
-    backend = backend or build_backend(cfg.task_backend, cfg.get("cache"), task)
-    scorer = RewriteScorer(task, backend, cfg.reward.reward_funcs, cfg.reward.reward_weights, report=[cfg.task.metric])
-    # A fixed seeded dev subset, the same at every evaluation and stage, so dev curves are comparable.
-    dev_rows = task.eval_rows("dev", cfg.dev_examples, cfg.seed)
+    tasks = load_members(cfg.task)
+    backends = [backend] if backend else build_backends(cfg.task_backend, cfg.get("cache"), tasks)
+    # A fixed seeded dev subset per task, the same at every evaluation and stage, so dev curves are comparable.
+    members = [
+        Member(t, RewriteScorer(t, b, cfg.reward.reward_funcs, cfg.reward.reward_weights, report=[t.metric]),
+               t.instruction, t.eval_rows("dev", cfg.dev_examples, cfg.seed))
+        for t, b in zip(tasks, backends, strict=True)
+    ]  # fmt: skip
     if cfg.stages == 1:
-        best = fit_stage(cfg, task, scorer, dev_rows, task.instruction, run_dir, cfg.seed, tags)
+        best = fit_stage(cfg, members, run_dir, cfg.seed, tags)
     else:
         client, parent = runs.parent_run(cfg, run_dir, tags | {MLFLOW_RUN_NAME: cfg.logger.run_name})
-        instruction = task.instruction
         with faults.ends_mlflow_run(client, parent):
             for stage in range(cfg.stages):
                 tags = {"prewrite.stage": str(stage)}
@@ -228,8 +242,9 @@ def _train(cfg: DictConfig, tags: dict[str, str], backend) -> float:
                     tags |= {MLFLOW_PARENT_RUN_ID: parent, MLFLOW_RUN_NAME: f"{cfg.logger.run_name}-stage{stage}"}
                 # each stage its own seed stream, so a resumed stage replays exactly
                 seed = int(np.random.SeedSequence([cfg.seed, stage]).generate_state(1)[0])
-                best = fit_stage(cfg, task, scorer, dev_rows, instruction, run_dir / f"stage{stage}", seed, tags)
-                instruction = best["rewrite"] or instruction  # the next stage rewrites this stage's best
+                best = fit_stage(cfg, members, run_dir / f"stage{stage}", seed, tags)
+                # the next stage rewrites this stage's best (config_check: one task, task-level rewrites)
+                members = [dataclasses.replace(members[0], instruction=best["rewrite"] or members[0].instruction)]
         if parent:
             client.log_metric(parent, cfg.optimized_metric, best["score"])
             client.log_metric(parent, sweep.objective_metric(cfg.optimized_metric), best["score"])

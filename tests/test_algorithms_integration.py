@@ -7,7 +7,7 @@ from mlflow import MlflowClient
 from safetensors import safe_open
 
 from prewrite import model_zoo
-from prewrite.lightning_module import PRewriteModule
+from prewrite.lightning_module import Member, PRewriteModule
 from prewrite.rollout import hf_rollout
 from prewrite.tasks import load_task
 from tests.conftest import DEFAULT_EXPERIMENT
@@ -18,7 +18,8 @@ pytestmark = pytest.mark.integration
 def _module(cfg) -> PRewriteModule:
     task = load_task(cfg.task)
     # not scored here: no scorer, no dev rows
-    return PRewriteModule.from_config(cfg, task, None, [], steps=1, examples_per_step=1, seed=0)
+    member = Member(task, None, task.instruction, [])
+    return PRewriteModule.from_config(cfg, [member], steps=1, examples_per_step=1, seed=0)
 
 
 def test_lora_trains_only_the_adapter_and_its_reference_is_the_base_model(compose_train):
@@ -32,7 +33,8 @@ def test_lora_trains_only_the_adapter_and_its_reference_is_the_base_model(compos
     assert sum(p.numel() for g in opt.param_groups for p in g["params"]) == trainable
 
     torch.manual_seed(0)
-    rollout = hf_rollout.HFRollout(module.policy, module.tokenizer).generate(module.prompt_ids, 2, max_new_tokens=8)
+    prompt_ids, _ = module.rewriter_prompts(module.members[0], [])
+    rollout = hf_rollout.HFRollout(module.policy, module.tokenizer).generate(prompt_ids, 2, max_new_tokens=8)
     base = model_zoo.load_model(compose_train().rewriter.model_name_or_path).eval()
     with torch.no_grad():
         base_logps = module.logprobs(rollout, base)

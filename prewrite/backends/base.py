@@ -55,6 +55,11 @@ class TaskBackend(ABC):
     def cache_identity(self) -> dict:
         """Everything that decides an answer (model, revision, dtype, decoding), for the response cache's key."""
 
+    def with_choices(self, choices: list[str] | None) -> TaskBackend:
+        """The same model answering by these label verbalizers (None: decoding), for another task of a
+        mixture, with usage counted apart. Only a backend with the `constrained` option has it."""
+        raise NotImplementedError(f"{type(self).__name__} does not choose among labels")
+
     @property
     def num_calls(self) -> int:
         return self.usage.calls

@@ -220,6 +220,9 @@ class CachedBackend(TaskBackend):
     def cache_identity(self) -> dict:
         return self.inner.cache_identity()
 
+    def with_choices(self, choices: list[str] | None) -> CachedBackend:
+        return CachedBackend(self.inner.with_choices(choices), self.cache)
+
     @property
     def num_calls(self) -> int:
         return self.inner.num_calls  # real model calls: cache hits cost none

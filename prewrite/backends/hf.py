@@ -3,6 +3,7 @@ classification task), batched with left padding."""
 
 from __future__ import annotations
 
+import copy
 import hashlib
 import logging
 from collections.abc import Iterator
@@ -14,6 +15,7 @@ from transformers import DynamicCache
 
 from prewrite import chat, model_zoo, precision
 from prewrite.backends.base import TaskBackend
+from prewrite.usage import Usage
 
 log = logging.getLogger(__name__)
 
@@ -131,6 +133,14 @@ class HFBackend(TaskBackend):
         self.constrained = constrained
         self.choices = list(choices) if constrained else None
         self._choice_ids = self._encode_choices(self.choices) if constrained else None
+
+    def with_choices(self, choices: list[str] | None) -> HFBackend:
+        twin = copy.copy(self)  # the model and tokenizer are shared, not loaded again
+        twin.usage = Usage(self.usage.price_per_1m_prompt_tokens, self.usage.price_per_1m_completion_tokens)
+        twin.constrained = choices is not None
+        twin.choices = list(choices) if twin.constrained else None
+        twin._choice_ids = self._encode_choices(twin.choices) if twin.constrained else None
+        return twin
 
     def cache_identity(self) -> dict:
         """Everything that decides an answer, for the response cache's key: the model (a fingerprint of

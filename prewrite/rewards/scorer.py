@@ -112,13 +112,26 @@ class RewriteScorer:
         return [n for n, _, _ in self.weighted] + [n for n, _ in self.reported]
 
     def __call__(self, rewrites: Sequence[str], rows: Sequence[dict]) -> Scores:
-        n, funcs = len(rows), [(n_, f) for n_, f, _ in self.weighted] + self.reported
+        """Every rewrite on the same rows (a task-level instruction): one score per rewrite."""
+        return self.score_groups([[(rw, row) for row in rows] for rw in rewrites])
+
+    def score_groups(self, groups: Sequence[Sequence[tuple[str, dict]]]) -> Scores:
+        """One score per group of (instruction, row) pairs, the mean over its pairs: a task-level rewrite
+        on shared rows, or per-input rewrites each on its own row (a group of one in training; all of a
+        split's rows in one group on dev, so a metric over a whole sample such as macro-F1 still reads it)."""
+        pairs = [pair for group in groups for pair in group]
+        bounds = [0]
+        for group in groups:
+            bounds.append(bounds[-1] + len(group))
+        chunks = [slice(bounds[i], bounds[i + 1]) for i in range(len(groups))]
+        funcs = [(n_, f) for n_, f, _ in self.weighted] + self.reported
         needs = {n for _, f in funcs for n in _as_tuple(getattr(f, "needs", "generation"))}
-        prompts = [self.task.prompt(rw, row) for rw in rewrites for row in rows]
+        rows = [row for _, row in pairs]
+        prompts = [self.task.prompt(rw, row) for rw, row in pairs]
         self.requests += len(prompts)
-        gold = [self.task.gold(row) for row in rows] * len(rewrites)
-        rewrite = [rw for rw in rewrites for _ in rows]
-        columns = {k: [row[k] for row in rows] * len(rewrites) for k in rows[0]}
+        gold = [self.task.gold(row) for row in rows]
+        rewrite = [rw for rw, _ in pairs]
+        columns = {k: [row[k] for row in rows] for k in rows[0]}
         answers = self.backend.generate(prompts) if "generation" in needs else [""] * len(prompts)
         if "loglikelihood" in needs:
             columns["loglikelihoods"] = self.backend.loglikelihood(prompts, [gold_text(self.task, g) for g in gold])
@@ -134,23 +147,22 @@ class RewriteScorer:
             kwargs = dict(prompts=prompts, completions=answers, task=self.task, gold=gold, rewrite=rewrite, **columns)
             if getattr(func, "per_rewrite", False):
                 per_metric[name] = [
-                    func(**{k: v[i * n : (i + 1) * n] if isinstance(v, list) else v for k, v in kwargs.items()})[0]
-                    for i in range(len(rewrites))
+                    func(**{k: v[c] if isinstance(v, list) else v for k, v in kwargs.items()})[0] for c in chunks
                 ]
                 per_example[name] = None
                 continue
             values = func(**kwargs)
             none_values += sum(v is None for v in values)
-            per_example[name] = [values[i * n : (i + 1) * n] for i in range(len(rewrites))]
+            per_example[name] = [values[chunk] for chunk in chunks]
             per_metric[name] = [_mean(chunk) for chunk in per_example[name]]
 
         rewards: list[float | None] = []
-        for i in range(len(rewrites)):
+        for i in range(len(groups)):
             parts = [(per_metric[name][i], w) for name, _, w in self.weighted]
             rewards.append(None if any(v is None for v, _ in parts) else sum(v * w for v, w in parts))
-        answers_by_rewrite = [answers[i * n : (i + 1) * n] for i in range(len(rewrites))]
-        reward_se = [self._standard_error(per_example, i) for i in range(len(rewrites))]
-        return Scores(rewards, per_metric, answers_by_rewrite, none_values, per_example, reward_se)
+        answers_by_group = [answers[chunk] for chunk in chunks]
+        reward_se = [self._standard_error(per_example, i) for i in range(len(groups))]
+        return Scores(rewards, per_metric, answers_by_group, none_values, per_example, reward_se)
 
     def _standard_error(self, per_example: dict, i: int) -> float | None:
         """Standard error of rewrite i's reward, from its per-example weighted values."""

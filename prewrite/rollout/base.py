@@ -45,11 +45,17 @@ class Rollout:
 
 
 def rewriter_prompt(
-    tokenizer: PreTrainedTokenizerBase, meta_prompt: str, instruction: str, max_length: int | None = None
+    tokenizer: PreTrainedTokenizerBase,
+    meta_prompt: str,
+    instruction: str,
+    max_length: int | None = None,
+    input: str | None = None,
 ) -> tuple[list[int], int]:
-    """The rewriter's prompt ids (the meta prompt around the instruction, as one user message), cut from
-    the left to `max_length` tokens as TRL's `max_prompt_length` cuts, and how many tokens were cut."""
-    ids = chat.encode(tokenizer, meta_prompt.format(instruction=instruction))
+    """The rewriter's prompt ids (the meta prompt around the instruction, and around the input for a
+    per-input rewrite, as one user message), cut from the left to `max_length` tokens as TRL's
+    `max_prompt_length` cuts, and how many tokens were cut."""
+    fields = {"instruction": instruction} | ({} if input is None else {"input": input})
+    ids = chat.encode(tokenizer, meta_prompt.format(**fields))
     cut = max(0, len(ids) - max_length) if max_length else 0
     if cut:
         log.warning(

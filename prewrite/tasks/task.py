@@ -75,6 +75,13 @@ class Task:
             instruction = instruction.replace(f"{{{key}}}", str(value))
         return self.template.format(instruction=instruction, **fields)
 
+    def input_text(self, row: Mapping) -> str:
+        """A row's input as the rewriter sees it for a per-input rewrite: the field's text, or one
+        `field: text` line per field."""
+        if len(self.input_fields) == 1:
+            return str(row[self.input_fields[0]])
+        return "\n".join(f"{f}: {row[f]}" for f in self.input_fields)
+
     def gold(self, row: Mapping) -> Any:
         """classification: the label as in the data; qa: list of gold aliases; math: the final answer (str)."""
         if self.kind == "classification":
@@ -129,6 +136,11 @@ def load_task(cfg: Mapping) -> Task:
     """Build a Task from its config (conf/task/*.yaml)."""
     cfg = _plain(cfg)
     name = cfg.get("name", "?")
+    if cfg.get("kind") == "mixture":
+        raise ValueError(
+            f"task={name}: a mixture trains one rewriter on several tasks (python -m prewrite.train); evaluation, "
+            "search and comparison take one task: task=<a member, or a task the rewriter has not seen>"
+        )
     source = cfg.get("source", "packaged")
     if source == "file":
         return _load_user_rows(cfg)
