@@ -2,7 +2,12 @@
 
 Rows of the report: the initial instruction (baseline), PRewrite-I (the greedy rewrite) and
 PRewrite-S (the best on dev of `num_samples` sampled rewrites). Candidates are scored on dev only;
-test scores the three chosen instructions, after the choice.
+test scores the three chosen instructions, after the choice. A rewriter trained with
+rewrite_mode=input rewrites every dev and test input greedily (PRewrite-I); it has no PRewrite-S.
+
+On a task the rewriter was not trained on (transfer), PRewrite-I spends no task-model request on that
+task before test; PRewrite-S spends its dev scoring. Both counts, and the rewriter and task-model
+calls per test example, are reported (`cost/...`).
 """
 
 from __future__ import annotations
@@ -34,41 +39,106 @@ def evaluate(cfg: DictConfig) -> dict[str, float]:
     metric = task.metric
     scorer = RewriteScorer(task, build_backend(cfg.task_backend, cfg.cache, task), [metric], [1.0])
     rw = rewriter_model.load(cfg.rewriter_path, cfg.paths.mlflow_tracking_uri, cfg.dtype)
-    if rw.info.get("task") not in (None, task.name):
-        log.warning("The rewriter was trained on task %r; evaluating it on %r", rw.info["task"], task.name)
-    initial = task.instruction
+    trained_on = rw.info.get("trained_on") or [rw.info.get("task")]
+    transfer = None not in trained_on and task.name not in trained_on
+    if transfer:
+        print(f"Transfer: the rewriter was trained on {trained_on}, never on {task.name}.")
     dev_rows = task.eval_rows("dev", cfg.dev_examples, cfg.seed)
-    selection = DevSelection(scorer, dev_rows, metric)
-    greedy, selected = prewrite_i_and_s(rw, initial, cfg, selection)
-
-    dev_reported = scorer([initial, greedy], dev_rows).metrics[metric] + [selection.best["dev_score"]]
-    # PRewrite-S with the initial instruction among its candidates: what a user should deploy
-    safe, kept_initial = or_initial(initial, dev_reported[0], selected, dev_reported[2])
-    dev_reported.append(dev_reported[0] if kept_initial else dev_reported[2])
-    if kept_initial:
-        print(f"No sampled rewrite beat the initial instruction on dev ({score_text(dev_reported[0])}): keep your own.")
-
-    # Report on test: only now, and only the chosen instructions.
     test_rows = task.eval_rows("test", cfg.test_examples, cfg.seed)
-    reported = {"initial": initial, "prewrite_i": greedy, "prewrite_s": selected, "prewrite_s_or_initial": safe}
-    on_test = scorer(list(reported.values()), test_rows)
-    test_scores = on_test.metrics[metric]
-    results = {}
-    table = []
-    for (name, text), dev, test in zip(reported.items(), dev_reported, test_scores, strict=True):
+    per_input = rw.info.get("rewrite_mode", "task") == "input"
+    if per_input:
+        methods, candidates_table, spent = _per_input(cfg, task, scorer, rw, dev_rows, test_rows)
+    else:
+        methods, candidates_table, spent = _task_level(cfg, task, scorer, rw, dev_rows)
+
+    # Report on test: only now, and only the chosen instructions (per-input: the rewrites of test's own inputs).
+    on_test = scorer.score_groups([_pairs(instruction, test_rows) for instruction, _ in methods.values()])
+    results, table = {}, []
+    for (name, (instruction, dev)), test in zip(methods.items(), on_test.metrics[metric], strict=True):
         results[f"test/{name}/{metric}"] = test
         results[f"dev/{name}/{metric}"] = dev
-        table.append({"method": name, "instruction": text, f"dev_{metric}": dev, f"test_{metric}": test})
-    candidates_table = [
+        results |= _costs(name, instruction, spent, len(test_rows))
+        shown = instruction if isinstance(instruction, str) else f"(a rewrite per input; the first: {instruction[0]!r})"
+        table.append({"method": name, "instruction": shown, f"dev_{metric}": dev, f"test_{metric}": test})
+    examples = examples_table(task, list(methods), on_test, test_rows)
+    tags = {"prewrite.trained_on": ",".join(map(str, trained_on)), "prewrite.transfer": str(transfer).lower()}
+    run_id = _report(
+        cfg, task.name, metric, len(dev_rows), len(test_rows), table, candidates_table, examples, results, tags
+    )
+    if run_id and cfg.register_prompts and not per_input:
+        _register_prompts(cfg, task, dev_rows, len(test_rows), table, run_id)
+    return results
+
+
+def _task_level(cfg, task, scorer, rw, dev_rows) -> tuple[dict, list[dict], dict[str, int]]:
+    """PRewrite-I and PRewrite-S of one instruction for the whole task, chosen on dev: the methods
+    {name: (instruction, dev score)}, PRewrite-S's candidates, and the task-model requests each spent on dev."""
+    initial, metric = task.instruction, task.metric
+    selection = DevSelection(scorer, dev_rows, metric)
+    greedy, selected = prewrite_i_and_s(rw, initial, cfg, selection)
+    dev_scores = scorer([initial, greedy], dev_rows).metrics[metric] + [selection.best["dev_score"]]
+    # PRewrite-S with the initial instruction among its candidates: what a user should deploy
+    safe, kept_initial = or_initial(initial, dev_scores[0], selected, dev_scores[2])
+    if kept_initial:
+        print(f"No sampled rewrite beat the initial instruction on dev ({score_text(dev_scores[0])}): keep your own.")
+    methods = {
+        "initial": (initial, dev_scores[0]),
+        "prewrite_i": (greedy, dev_scores[1]),
+        "prewrite_s": (selected, dev_scores[2]),
+        "prewrite_s_or_initial": (safe, dev_scores[0] if kept_initial else dev_scores[2]),
+    }
+    candidates = [
         {"candidate": i, "instruction": c["instruction"], f"dev_{metric}": c["dev_score"]}
         | {"selected": c["instruction"] == selected}
         for i, c in enumerate(selection.scored)
     ]
-    examples = examples_table(task, list(reported), on_test, test_rows)
-    run_id = _report(cfg, task.name, metric, len(dev_rows), len(test_rows), table, candidates_table, examples, results)
-    if run_id and cfg.register_prompts:
-        _register_prompts(cfg, task, dev_rows, len(test_rows), table, run_id)
-    return results
+    spent = {"initial": 0, "prewrite_i": 0, "prewrite_s": selection.spent}
+    spent["prewrite_s_or_initial"] = selection.spent + len(dev_rows)
+    return methods, candidates, spent
+
+
+def _per_input(cfg, task, scorer, rw, dev_rows, test_rows) -> tuple[dict, list[dict], dict[str, int]]:
+    """PRewrite-I of a per-input rewriter: the greedy rewrite of every input, against the initial
+    instruction on dev (which one to deploy); as _task_level returns."""
+    initial, metric = task.instruction, task.metric
+    rewrite = lambda rows: rw.rewrite_each(  # noqa: E731
+        initial, rw.info["meta_prompt"], [task.input_text(r) for r in rows], cfg.max_new_tokens
+    )
+    dev_rewrites = rewrite(dev_rows)
+    on_dev = scorer.score_groups([_pairs(initial, dev_rows), _pairs(dev_rewrites, dev_rows)])
+    initial_dev, rewrites_dev = on_dev.metrics[metric]
+    kept_initial = or_initial(initial, initial_dev, "", rewrites_dev)[1]
+    if kept_initial:
+        print(f"The per-input rewrites did not beat the initial instruction on dev ({score_text(initial_dev)}).")
+    test_rewrites = rewrite(test_rows)  # the inputs only: no gold answer is read before scoring
+    methods = {
+        "initial": (initial, initial_dev),
+        "prewrite_i": (test_rewrites, rewrites_dev),
+        "prewrite_i_or_initial": (initial if kept_initial else test_rewrites, max(initial_dev, rewrites_dev)),
+    }
+    candidates = [
+        {"candidate": i, "input": task.input_text(row), "instruction": text}
+        for i, (text, row) in enumerate(zip(dev_rewrites, dev_rows, strict=True))
+    ]
+    return methods, candidates, {"initial": 0, "prewrite_i": 0, "prewrite_i_or_initial": 2 * len(dev_rows)}
+
+
+def _pairs(instruction: str | list[str], rows: list[dict]) -> list[tuple[str, dict]]:
+    """(instruction, row) for each row: one instruction for all, or a list with one per row."""
+    texts = [instruction] * len(rows) if isinstance(instruction, str) else instruction
+    return list(zip(texts, rows, strict=True))
+
+
+def _costs(name: str, instruction: str | list[str], spent: dict[str, int], n_test: int) -> dict[str, float]:
+    """What a method spends: task-model requests on this task before test (its optimization: 0 for a
+    transferred PRewrite-I), and per test example the rewriter calls (one rewrite for the whole task,
+    or one per input) and task-model calls (always one)."""
+    rewriter_calls = 0.0 if name == "initial" else (1.0 / n_test if isinstance(instruction, str) else 1.0)
+    return {
+        f"cost/{name}/optimization_task_llm_requests": float(spent[name]),
+        f"cost/{name}/rewriter_calls_per_test_example": rewriter_calls,
+        f"cost/{name}/task_llm_calls_per_test_example": 1.0,
+    }
 
 
 def _register_prompts(cfg, task, dev_rows: list[dict], n_test: int, table: list[dict], run_id: str) -> None:
@@ -88,12 +158,10 @@ def _register_prompts(cfg, task, dev_rows: list[dict], n_test: int, table: list[
     prompt_registry.register(cfg.logger.tracking_uri, task.name, chosen, scored, n_test)
 
 
-def _report(cfg, task_name, metric, n_dev, n_test, table, candidates_table, examples, results) -> str | None:
+def _report(cfg, task_name, metric, n_dev, n_test, table, candidates_table, examples, results, tags) -> str | None:
     """Prints the table and writes it to the run folder and to MLflow; returns the MLflow run id, if any."""
-    print(
-        f"\n{task_name}: {metric} on {n_test} test rows; "
-        f"PRewrite-S chosen among {len(candidates_table)} candidates on {n_dev} dev rows"
-    )
+    chosen = "per-input rewrites" if any("input" in c for c in candidates_table) else "PRewrite-S chosen among"
+    print(f"\n{task_name}: {metric} on {n_test} test rows; {chosen} {len(candidates_table)} candidates on {n_dev} dev")
     print(f"{'method':<12} {'dev':>7} {'test':>7}  instruction")
     for row in table:
         dev, test = row[f"dev_{metric}"], row[f"test_{metric}"]
@@ -105,7 +173,7 @@ def _report(cfg, task_name, metric, n_dev, n_test, table, candidates_table, exam
     print(f"Written to {os.path.relpath(out / 'evaluation.json')} and {os.path.relpath(png)}")
     if not cfg.logger.get("_target_"):
         return None
-    client, run_id = runs.create_run(cfg, {MLFLOW_RUN_NAME: f"eval-{task_name}", "prewrite.method": "evaluate"})
+    client, run_id = runs.create_run(cfg, {MLFLOW_RUN_NAME: f"eval-{task_name}", "prewrite.method": "evaluate"} | tags)
     for key, value in results.items():
         client.log_metric(run_id, key, float("nan") if value is None else value)
     client.log_table(run_id, columns(table), "evaluation.json")

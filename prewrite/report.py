@@ -24,8 +24,7 @@ def examples_table(task: Task, methods: list[str], scores: Scores, rows: list[di
     per_example = scores.per_example.get(task.metric)
     table = []
     for j, row in enumerate(rows):
-        fields = task.input_fields
-        text = str(row[fields[0]]) if len(fields) == 1 else "\n".join(f"{f}: {row[f]}" for f in fields)
+        text = task.input_text(row)
         gold = task.gold(row)
         gold = " | ".join(map(str, gold)) if isinstance(gold, list | tuple) else gold_text(task, gold)
         entry = {"input": text, "gold": gold}

@@ -27,11 +27,24 @@ class Rewriter:
         """The greedy rewrite (num=0) or `num` sampled rewrites of `instruction`."""
         return self.complete(meta_prompt.format(instruction=instruction), num, temperature, max_new_tokens)
 
+    def rewrite_each(
+        self, instruction: str, meta_prompt: str, inputs: list[str], max_new_tokens: int = 48, batch_size: int = 16
+    ) -> list[str]:
+        """The greedy rewrite of `instruction` for each input (a rewriter trained with rewrite_mode=input)."""
+        texts = []
+        for start in range(0, len(inputs), batch_size):
+            chunk = inputs[start : start + batch_size]
+            prompts = [chat.encode(self.tokenizer, meta_prompt.format(instruction=instruction, input=x)) for x in chunk]
+            texts += self._generate(prompts, 0, 1.0, max_new_tokens)
+        return texts
+
     def complete(self, message: str, num: int = 1, temperature: float = 1.0, max_new_tokens: int = 48) -> list[str]:
         """The greedy reply (num=0) or `num` sampled replies to one user message (chat template)."""
-        prompt = chat.encode(self.tokenizer, message)
+        return self._generate([chat.encode(self.tokenizer, message)], num, temperature, max_new_tokens)
+
+    def _generate(self, prompts: list[list[int]], num: int, temperature: float, max_new_tokens: int) -> list[str]:
         out = HFRollout(self.model, self.tokenizer).generate(
-            [prompt],
+            prompts,
             num_generations=max(num, 1),
             max_new_tokens=max_new_tokens,
             temperature=temperature,

@@ -66,7 +66,8 @@ def load_members(task_cfg: Mapping) -> list[Task]:
     metric = task_cfg.get("metric")
     other = [f"{t.name} ({t.metric})" for t in tasks if t.metric != metric]
     if other:
-        raise ValueError(f"task.metric={metric!r}: dev averages it over the members, but {other} report another")
+        listed = ", ".join(other)
+        raise ValueError(f"task.metric={metric!r} is averaged over the members on dev; {listed} report another")
     return tasks
 
 

@@ -1,0 +1,18 @@
+#!/usr/bin/env bash
+# Issue 23, transfer: one rewriter trained on a mixture of three classification tasks, evaluated on two
+# tasks it never saw (zero task-model requests on them before test for PRewrite-I), 3 seeds.
+#   bash experiments/transfer.sh [outputs folder]     then: python experiments/transfer_table.py <outputs folder>
+set -euo pipefail
+OUT=${1:-outputs/transfer}
+MEMBERS=${MEMBERS:-[ag_news,trec,subj]}
+UNSEEN=${UNSEEN:-mr cr}
+TRAIN=(task=mixture "task.members=$MEMBERS" task_backend.constrained=true steps=15 eval_every=5
+       examples_per_step=16 dev_examples=64 algorithm.learning_rate=5.0e-5 paths.outputs_dir="$OUT")
+for seed in ${SEEDS:-0 1 2}; do
+  python -m prewrite.train "${TRAIN[@]}" seed="$seed" hydra.run.dir="$OUT/train/seed$seed"
+  for task in $UNSEEN; do
+    python -m prewrite.evaluate rewriter_path="$OUT/train/seed$seed" task="$task" seed="$seed" \
+      task_backend.constrained=true num_samples=4 dev_examples=128 test_examples=500 \
+      paths.outputs_dir="$OUT" hydra.run.dir="$OUT/eval/$task/seed$seed"
+  done
+done
