@@ -7,7 +7,7 @@ OUT=${1:-outputs/transfer}
 MEMBERS=${MEMBERS:-[ag_news,trec,subj]}
 UNSEEN=${UNSEEN:-mr cr}
 TRAIN=(task=mixture "task.members=$MEMBERS" task_backend.constrained=true steps=15 eval_every=5
-       examples_per_step=16 dev_examples=64 algorithm.learning_rate=5.0e-5 paths.outputs_dir="$OUT")
+       examples_per_step=8 dev_examples=32 algorithm.learning_rate=5.0e-5 paths.outputs_dir="$OUT")
 for seed in ${SEEDS:-0 1 2}; do
   python -m prewrite.train "${TRAIN[@]}" seed="$seed" hydra.run.dir="$OUT/train/seed$seed"
   for task in $UNSEEN; do

@@ -416,9 +416,9 @@ class PRewriteModule(L.LightningModule):
             return e
 
     def score_members(self, split: str, rewrites: list[list[str]]) -> tuple[dict[str, float], list[dict]]:
-        """Each member's dev scores of its rewrites (scored once, on rank zero, so every rank agrees on the
-        best, the export and early stopping), logged; returns the scores (a mixture: the members' mean,
-        and each member's under `<task>/`) and the rewrites table's rows."""
+        """Each member's dev scores of its rewrites, scored once, on rank zero, so every rank agrees on the
+        best, the export and early stopping: the scores (a mixture's: the members' mean, and each member's
+        under `<task>/`) and the rewrites table's rows (a mixture's: the mean's, then one per member)."""
         per_member = distributed.on_rank_zero(
             self.trainer, lambda: [self._score_or_outage(m, r) for m, r in zip(self.members, rewrites, strict=True)]
         )
