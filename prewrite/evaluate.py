@@ -57,7 +57,7 @@ def evaluate(cfg: DictConfig) -> dict[str, float]:
     for (name, (instruction, dev)), test in zip(methods.items(), on_test.metrics[metric], strict=True):
         results[f"test/{name}/{metric}"] = test
         results[f"dev/{name}/{metric}"] = dev
-        results |= _costs(name, instruction, spent, len(test_rows))
+        results |= _costs(name, instruction, task.instruction, spent[name], len(test_rows))
         shown = instruction if isinstance(instruction, str) else f"(a rewrite per input; the first: {instruction[0]!r})"
         table.append({"method": name, "instruction": shown, f"dev_{metric}": dev, f"test_{metric}": test})
     examples = examples_table(task, list(methods), on_test, test_rows)
@@ -129,14 +129,14 @@ def _pairs(instruction: str | list[str], rows: list[dict]) -> list[tuple[str, di
     return list(zip(texts, rows, strict=True))
 
 
-def _costs(name: str, instruction: str | list[str], spent: dict[str, int], n_test: int) -> dict[str, float]:
+def _costs(name: str, instruction: str | list[str], initial: str, spent: int, n_test: int) -> dict[str, float]:
     """What a method spends: task-model requests on this task before test (its optimization: 0 for a
-    transferred PRewrite-I), and per test example the rewriter calls (one rewrite for the whole task,
-    or one per input) and task-model calls (always one)."""
-    rewriter_calls = 0.0 if name == "initial" else (1.0 / n_test if isinstance(instruction, str) else 1.0)
+    transferred PRewrite-I), and per test example the rewriter calls (none for the initial instruction,
+    one rewrite for the whole task, or one per input) and task-model calls (always one)."""
+    rewriter_calls = 1.0 / n_test if isinstance(instruction, str) else 1.0
     return {
-        f"cost/{name}/optimization_task_llm_requests": float(spent[name]),
-        f"cost/{name}/rewriter_calls_per_test_example": rewriter_calls,
+        f"cost/{name}/optimization_task_llm_requests": float(spent),
+        f"cost/{name}/rewriter_calls_per_test_example": 0.0 if instruction == initial else rewriter_calls,
         f"cost/{name}/task_llm_calls_per_test_example": 1.0,
     }
 

@@ -48,10 +48,16 @@ def test_prewrite_s_selects_on_dev_and_test_scores_only_the_three_reported(compo
     assert safe["dev_accuracy"] == max(selected["dev_accuracy"], by_method["initial"]["dev_accuracy"])
     for name in ("initial", "prewrite_i", "prewrite_s", "prewrite_s_or_initial"):
         assert results[f"test/{name}/accuracy"] == by_method[name]["test_accuracy"]
+    # what each spent choosing on this task's dev rows, and per test example
+    assert results["cost/prewrite_i/optimization_task_llm_requests"] == 0
+    assert results["cost/prewrite_s/optimization_task_llm_requests"] == 6 * len(candidates)
+    assert results["cost/prewrite_i/rewriter_calls_per_test_example"] == pytest.approx(1 / 8)
+    assert results["cost/initial/rewriter_calls_per_test_example"] == 0
 
     client = MlflowClient(cfg.paths.mlflow_tracking_uri)
     run = client.search_runs([client.get_experiment_by_name(DEFAULT_EXPERIMENT).experiment_id])[0]
     assert run.data.metrics["test/prewrite_s/accuracy"] == by_method["prewrite_s"]["test_accuracy"]
+    assert run.data.tags["prewrite.transfer"] == "false"  # an untrained rewriter names no training task
     assert {"evaluation.json", "candidates.json"} <= {a.path for a in client.list_artifacts(run.info.run_id)}
     assert [a.path for a in client.list_artifacts(run.info.run_id, "plots")] == ["plots/methods.png"]
     assert (tmp_path / "plots" / "methods.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
