@@ -7,7 +7,9 @@ import json
 import pytest
 from mlflow import MlflowClient
 
+import prewrite.backends
 from prewrite import compare as compare_mod
+from prewrite.config_check import ConfigError
 from tests.conftest import DEFAULT_EXPERIMENT
 from tests.fake_backend import spy_on_backends
 
@@ -15,7 +17,7 @@ pytestmark = pytest.mark.integration
 
 
 def test_equal_budget_dev_only_selection_mlflow_and_resume(compose_config, monkeypatch, tmp_path):
-    spies = spy_on_backends(monkeypatch, compare_mod)
+    spies = spy_on_backends(monkeypatch, prewrite.backends)
     cfg = compose_config(
         "compare", "seeds=[0]", "steps=2", "eval_every=1", "examples_per_step=2", "algorithm.num_generations=2",
         "algorithm.max_completion_length=8", "max_new_tokens=8", "dev_examples=4", "test_examples=6",
@@ -33,6 +35,8 @@ def test_equal_budget_dev_only_selection_mlflow_and_resume(compose_config, monke
     for method in ("ape", "opro"):  # the whole budget, up to less than one more candidate's dev pass
         assert result["budget"] - 4 < result["task_llm_requests"][method] <= result["budget"]
         assert result["curves"][method][-1] == [result["task_llm_requests"][method], result["dev"][method]]
+        reached = result["requests_to_match_prewrite_i"][method]  # the first point of its curve at PRewrite-I's dev
+        assert reached == next((x for x, y in result["curves"][method] if y >= result["dev"]["prewrite_i"]), None)
     # GEPA: never over the budget; its last dev-scored candidate is where its curve ends
     gepa = result["candidates"]["gepa"]
     assert gepa[0]["instruction"] == "Classify the sentiment." and gepa[-1]["requests"] <= result["budget"]
@@ -107,3 +111,49 @@ def test_equal_budget_dev_only_selection_mlflow_and_resume(compose_config, monke
     with pytest.raises(ValueError, match=r"num_samples: '3' -> '4'"):
         compare_mod.compare(cfg)
     assert len(spies) == 2
+
+
+def test_transfer_mode_compares_a_mixture_trained_rewriter_on_an_unseen_task(compose_config, monkeypatch, tmp_path):
+    spies = spy_on_backends(monkeypatch, prewrite.backends)
+    cfg = compose_config(
+        "compare", "seeds=[0]", "task=mixture", "task.members=[trec,subj]", "transfer_to=[cr]", "transfer_budget=14",
+        "methods=[ape]", "steps=2", "eval_every=1", "examples_per_step=2", "algorithm.num_generations=2",
+        "algorithm.max_completion_length=8", "max_new_tokens=8", "dev_examples=4", "test_examples=6",
+        "num_samples=2", "ape.samples_per_round=4", "save_checkpoints=false", "register_prompts=false",
+        "system_metrics_interval_s=null", "trainer.enable_progress_bar=false", f"paths.outputs_dir={tmp_path}",
+    )  # fmt: skip
+    summary = compare_mod.compare(cfg)
+
+    result = json.loads((tmp_path / "cr" / "results.json").read_text())["seeds"][0]
+    assert set(summary) == {"cr"} and summary["cr"]["prewrite_i"]["test_mean"] == result["test"]["prewrite_i"]
+    # PRewrite-I spends nothing on cr; PRewrite-S its samples' dev passes; APE its transfer budget (4 dev rows each)
+    assert result["task"] == "cr" and result["budget"] == 14 and result["task_llm_requests"]["prewrite_i"] == 0
+    assert result["task_llm_requests"]["rl"] == 4 * result["candidates_scored"]["prewrite_s"]
+    assert result["task_llm_requests"]["ape"] == 12
+    assert result["curves"]["rl"][0] == [0, result["dev"]["prewrite_i"]]
+    reached = result["requests_to_match_prewrite_i"]["ape"]
+    assert reached == next((x for x, y in result["curves"]["ape"] if y >= result["dev"]["prewrite_i"]), None)
+    assert "took to reach PRewrite-I's dev score" in (tmp_path / "cr" / "results.md").read_text()
+
+    # the first backend is cr's: it saw cr's dev and test rows only, and test rows with the chosen instructions
+    # only; training (on trec and subj) never asked about a cr row
+    cr = compare_mod.load_task(compare_mod.task_configs(["cr"], "transfer_to")[0])
+    dev, test = ({r["sentence"] for r in cr.eval_rows(split, n, 0)} for split, n in (("dev", 4), ("test", 6)))
+    asked = [p.rsplit("\n\nSentence: ", 1) for p in spies[0].prompts]
+    assert asked and all(s.split("\nAnswer:")[0] in dev | test for _, s in asked)
+    assert {h for h, s in asked if s.split("\nAnswer:")[0] in test} == set(result["instructions"].values())
+    assert not any(s in p for p in spies[1].prompts for s in dev | test)
+
+    client = MlflowClient(cfg.paths.mlflow_tracking_uri)
+    (experiment,) = [e for e in client.search_experiments() if e.name != "Default"]
+    runs = {r.info.run_name: r for r in client.search_runs([experiment.experiment_id])}
+    parent = runs.pop(next(n for n in runs if n.startswith("compare-mixture-to-cr-")))
+    assert set(runs) == {"rl-seed0", "ape-cr-seed0"} and runs["ape-cr-seed0"].data.tags["prewrite.task"] == "cr"
+    assert parent.data.metrics["test/cr/prewrite_i/accuracy_mean"] == result["test"]["prewrite_i"]
+    assert {a.path for a in client.list_artifacts(parent.info.run_id, "cr")} >= {"cr/results.json", "cr/plots"}
+
+    # a task trained on, or an unknown one, is refused before any work
+    for transfer_to, message in (("[subj]", r"\['subj'\] trained on"), ("[nope]", "unknown task 'nope'")):
+        cfg = compose_config("compare", "task=mixture", "task.members=[trec,subj]", f"transfer_to={transfer_to}")
+        with pytest.raises(ConfigError, match=message):
+            compare_mod.target_tasks(cfg)

@@ -127,7 +127,7 @@ def test_a_stopped_comparison_marks_its_mlflow_run_killed_and_stops_between_cand
     from prewrite.selection import DevSelection
 
     cfg = compose_config("compare", "seeds=[0,1]", f"paths.outputs_dir={tmp_path}")
-    monkeypatch.setattr(compare, "build_backend", lambda *a: None)  # the stop comes before any scoring
+    monkeypatch.setattr(compare, "build_backends", lambda *a: [None])  # the stop comes before any scoring
     monkeypatch.setattr(faults, "_received", None)
     seeds = []
 

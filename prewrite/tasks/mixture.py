@@ -30,21 +30,26 @@ def member_configs(task_cfg: Mapping) -> list[dict]:
     members = task_cfg.get("members")
     if not isinstance(members, Sequence) or isinstance(members, str) or len(members) < 2:
         raise ValueError(f"task.members={_plain(members)!r}; expected a list of at least two task names")
+    return task_configs(members, "task.members")
+
+
+def task_configs(tasks: Sequence, option: str) -> list[dict]:
+    """Task configs from names of conf/task (or configs), as option `option` gives them; no task twice."""
     configs = []
-    for member in members:
-        if isinstance(member, str):
-            path = TASK_CONFIGS / f"{member}.yaml"
-            if member == MIXTURE or not path.is_file():
+    for task in tasks:
+        if isinstance(task, str):
+            path = TASK_CONFIGS / f"{task}.yaml"
+            if task == MIXTURE or not path.is_file():
                 known = sorted(p.stem for p in TASK_CONFIGS.glob("*.yaml") if p.stem != MIXTURE)
-                raise ValueError(f"task.members: unknown task {member!r}; expected one of {known}")
+                raise ValueError(f"{option}: unknown task {task!r}; expected one of {known}")
             configs.append(OmegaConf.to_container(OmegaConf.load(path), resolve=True))
-        elif isinstance(member, Mapping):
-            configs.append(_plain(member))
+        elif isinstance(task, Mapping):
+            configs.append(_plain(task))
         else:
-            raise ValueError(f"task.members: {member!r} is neither a task name nor a task config")
+            raise ValueError(f"{option}: {task!r} is neither a task name nor a task config")
     names = [c.get("name") for c in configs]
     if len(set(names)) < len(names):
-        raise ValueError(f"task.members: {names} names a task twice")
+        raise ValueError(f"{option}: {names} names a task twice")
     return configs
 
 

@@ -139,7 +139,8 @@ def load_task(cfg: Mapping) -> Task:
     if cfg.get("kind") == "mixture":
         raise ValueError(
             f"task={name}: a mixture trains one rewriter on several tasks (python -m prewrite.train); evaluation, "
-            "search and comparison take one task: task=<a member, or a task the rewriter has not seen>"
+            "search and comparison take one task: task=<a member, or a task the rewriter has not seen> "
+            "(prewrite.compare compares a mixture-trained rewriter on unseen tasks with transfer_to=[...])"
         )
     source = cfg.get("source", "packaged")
     if source == "file":
