@@ -11,6 +11,8 @@ import statistics
 import sys
 from pathlib import Path
 
+from prewrite.selection import requests_to_reach
+
 
 def main(out: Path) -> None:
     by_task: dict[str, dict[str, list[tuple[float, float]]]] = {}
@@ -32,7 +34,7 @@ def main(out: Path) -> None:
         result, seed = json.loads(path.read_text()), path.parent.name
         task, method = path.parent.parent.parent.name, path.parent.parent.name
         target = _prewrite_i_dev(out / "eval" / task / seed / "evaluation.json")
-        reached = next((x for x, y in result["curve"] if y >= target), None)
+        reached = requests_to_reach(result["curve"], target)
         needed = f"{reached}" if reached is not None else f"not within {result['task_llm_requests']}"
         print(f"| {task} | {method} | {seed} | {result['budget']} | {result['test']:.3f} | {needed} ({target:.3f}) |")
 

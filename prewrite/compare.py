@@ -38,7 +38,7 @@ from prewrite import baselines, config_check, faults, plots, precision, prompt_r
 from prewrite.backends import build_backends
 from prewrite.report import columns, examples_table
 from prewrite.rewards import RewriteScorer
-from prewrite.selection import DevSelection, best_so_far, or_initial, prewrite_i_and_s
+from prewrite.selection import DevSelection, best_so_far, or_initial, prewrite_i_and_s, requests_to_reach
 from prewrite.tasks import Task, load_task
 from prewrite.tasks.mixture import is_mixture, member_configs, task_configs
 from prewrite.training import train
@@ -209,7 +209,7 @@ def compare_on(cfg, task: Task, backend, rl_dir: Path, rl_curve: list | None, cl
         "task_llm_requests": spent,
         "budget": budget,
         # per search method: the requests its dev curve took to reach PRewrite-I's dev score (None: not within budget)
-        "requests_to_match_prewrite_i": {m: _reached(curves[m], dev["prewrite_i"]) for m in searched},
+        "requests_to_match_prewrite_i": {m: requests_to_reach(curves[m], dev["prewrite_i"]) for m in searched},
         "candidates_scored": {"prewrite_s": len(selection.scored)} | {m: len(s.scored) for m, s in searched.items()},
         "dev_rows": len(dev_rows),
         "test_rows": len(test_rows),
@@ -234,10 +234,6 @@ def compare_on(cfg, task: Task, backend, rl_dir: Path, rl_curve: list | None, cl
         name = f"test_examples_{task.name}_seed{seed}.json" if cfg.transfer_to else f"test_examples_seed{seed}.json"
         client.log_table(parent, columns(examples), name)
     return result
-
-
-def _reached(curve: list, target: float) -> int | None:
-    return next((requests for requests, value in curve if value >= target), None)
 
 
 def _log_search_run(client: MlflowClient, parent: str, cfg, task: Task, method: str, result: dict) -> str:

@@ -68,6 +68,11 @@ def best_so_far(points: list[tuple[int, float]]) -> list[tuple[int, float]]:
     return out
 
 
+def requests_to_reach(curve: list[tuple[int, float]], target: float) -> int | None:
+    """The requests at the first point of a budget curve at or above `target` (None: never)."""
+    return next((requests for requests, value in curve if value >= target), None)
+
+
 def or_initial(initial: str, initial_dev: float | None, chosen: str, chosen_dev: float | None) -> tuple[str, bool]:
     """(the instruction to hand the user, whether it is their own): a chosen rewrite only if it scored
     strictly above the initial instruction on dev, so a user never gets back a worse one unawares."""
