@@ -15,6 +15,7 @@ from __future__ import annotations
 import copy
 import json
 import logging
+import math
 import random
 import time
 from collections.abc import Iterable, Iterator
@@ -536,12 +537,19 @@ def reward_signal(rewards: torch.Tensor, group_size: int, reward_se: float) -> d
     """How far the differences the advantages are made of rise above sampling noise: the spread of rewards
     within a group (rewrites of one instruction on the same examples) against one rewrite's standard
     error over its example sample (`reward_se`, from the scorer). SNR below ~1 means the group's ranking
-    is mostly which examples were drawn."""
+    is mostly which examples were drawn. `frac_reward_zero_std` (TRL's name): the share of groups whose
+    rewards are all equal, so their advantages are zero and they add nothing to the update."""
     groups = rewards.view(-1, group_size) if len(rewards) % group_size == 0 else rewards.view(1, -1)
     stds = [g[~torch.isnan(g)].std().item() for g in groups if (~torch.isnan(g)).sum() > 1]
     within = sum(stds) / len(stds) if stds else float("nan")
+    zero_std = sum(math.isclose(s, 0.0, abs_tol=1e-8) for s in stds) / len(stds) if stds else float("nan")
     snr = within / reward_se if reward_se and reward_se == reward_se else float("nan")
-    return {"train/reward_std_within_group": within, "train/reward_se": reward_se, "train/reward_snr": snr}
+    return {
+        "train/reward_std_within_group": within,
+        "train/frac_reward_zero_std": zero_std,
+        "train/reward_se": reward_se,
+        "train/reward_snr": snr,
+    }
 
 
 class PhaseTimer:

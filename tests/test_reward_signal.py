@@ -37,3 +37,9 @@ def test_signal_to_noise_is_the_within_group_spread_over_the_standard_error():
     assert out["train/reward_std_within_group"] == pytest.approx(within)
     assert out["train/reward_snr"] == pytest.approx(within / 0.25)
     assert math.isnan(reward_signal(rewards, 3, reward_se=float("nan"))["train/reward_snr"])
+
+
+def test_the_share_of_groups_with_equal_rewards_is_the_share_that_adds_nothing_to_the_update():
+    rewards = torch.tensor([1.0, 1.0, 1.0, 0.0, 1.0, 0.0, 0.5, 0.5, float("nan"), 0.25, 0.75, 0.25])
+    assert reward_signal(rewards, 3, reward_se=0.1)["train/frac_reward_zero_std"] == pytest.approx(2 / 4)
+    assert reward_signal(torch.tensor([0.0, 1.0]), 2, reward_se=0.1)["train/frac_reward_zero_std"] == 0.0
