@@ -78,6 +78,12 @@ def target_tasks(cfg) -> list[Task]:
     return [load_task(c) for c in configs]
 
 
+def task_part(cfg, task: Task) -> str | None:
+    """In transfer mode each compared task's outputs carry its name (folder, metric prefix, run and file
+    names); comparing on the training task alone, they keep the plain names."""
+    return task.name if cfg.transfer_to else None
+
+
 def compare(cfg: DictConfig) -> dict:
     out = Path(cfg.paths.run_dir)
     config_check.check_training(cfg)  # before the task LLM loads, not when the first seed reaches training
@@ -106,8 +112,9 @@ def compare(cfg: DictConfig) -> dict:
 def report(cfg, task: Task, methods: list[str], seeds: list[dict], results_dir: Path, client, parent) -> dict:
     """results.json, results.md and curve.png of one compared task (a folder per task in transfer mode),
     and its test scores in the parent MLflow run (`test/<task>/<method>/...` in transfer mode)."""
-    prefix = f"test/{task.name}" if cfg.transfer_to else "test"
-    results_dir = results_dir / task.name if cfg.transfer_to else results_dir
+    part = task_part(cfg, task)
+    prefix = "/".join(filter(None, ["test", part]))
+    results_dir = results_dir / (part or "")
     summary = summarize(seeds, task.metric, methods)
     results_dir.mkdir(parents=True, exist_ok=True)
     (results_dir / "results.json").write_text(json.dumps({"summary": summary, "seeds": seeds}, indent=2))
@@ -119,10 +126,9 @@ def report(cfg, task: Task, methods: list[str], seeds: list[dict], results_dir: 
                 client.log_metric(parent, f"{prefix}/{method}/{task.metric}", s["test"][method], step=j)
             client.log_metric(parent, f"{prefix}/{method}/{task.metric}_mean", summary[method]["test_mean"], step=i)
             client.log_metric(parent, f"{prefix}/{method}/{task.metric}_std", summary[method]["test_std"], step=i)
-        folder = task.name if cfg.transfer_to else None
         for f in ("results.json", "results.md"):
-            client.log_artifact(parent, str(results_dir / f), folder)
-        client.log_artifact(parent, str(png), f"{folder}/plots" if folder else "plots")
+            client.log_artifact(parent, str(results_dir / f), part)
+        client.log_artifact(parent, str(png), "/".join(filter(None, [part, "plots"])))
     print(f"\n{(results_dir / 'results.md').read_text()}\nWritten to {os.path.relpath(results_dir)}")
     return summary
 
@@ -131,7 +137,7 @@ def run_seed(cfg, seed: int, targets: list[Task], backends: list, folder: Path, 
     """One seed: training, then every method chosen on each target task's dev rows and scored on its test
     rows; {task name: result}. Transfer mode: PRewrite-I spends nothing on a target, and each search
     method gets `transfer_budget` requests there; otherwise the search methods get what RL spent."""
-    done = {t.name: folder / t.name / "results.json" if cfg.transfer_to else folder / "results.json" for t in targets}
+    done = {t.name: folder / (task_part(cfg, t) or "") / "results.json" for t in targets}
     if all(path.exists() for path in done.values()):
         return {name: json.loads(path.read_text()) for name, path in done.items()}
     t0 = time.perf_counter()
@@ -231,15 +237,15 @@ def compare_on(cfg, task: Task, backend, rl_dir: Path, rl_curve: list | None, cl
             _register_prompts(cfg, task, dev_rows, len(test_rows), result, parent)
         # every method's answer and score on each test row, side by side (the parent run's Artifacts tab)
         examples = examples_table(task, list(chosen), on_test, test_rows)
-        name = f"test_examples_{task.name}_seed{seed}.json" if cfg.transfer_to else f"test_examples_seed{seed}.json"
-        client.log_table(parent, columns(examples), name)
+        name = "_".join(filter(None, ["test_examples", task_part(cfg, task), f"seed{seed}"]))
+        client.log_table(parent, columns(examples), f"{name}.json")
     return result
 
 
 def _log_search_run(client: MlflowClient, parent: str, cfg, task: Task, method: str, result: dict) -> str:
     """A child run for one baseline of one seed on one task: its curve, dev and test scores, every candidate."""
     metric, seed = task.metric, result["seed"]
-    name = f"{method}-{task.name}-seed{seed}" if cfg.transfer_to else f"{method}-seed{seed}"
+    name = "-".join(filter(None, [method, task_part(cfg, task), f"seed{seed}"]))
     tags = {MLFLOW_PARENT_RUN_ID: parent, MLFLOW_RUN_NAME: name, "prewrite.method": method, "prewrite.task": task.name}
     run = client.create_run(client.get_run(parent).info.experiment_id, tags=tags)
     run_id = run.info.run_id
