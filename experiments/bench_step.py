@@ -5,9 +5,9 @@ The identical setup on both sides: the embedded SmolLM2-135M-Instruct as the pol
 `bf16-mixed` and TRL's `bf16=True`, else fp32 on both), one prompt (PRewrite's meta prompt
 around SST-2's initial instruction, chat template), `num_generations` rewrites of at most
 `max_completion_length` tokens at temperature 1, beta 0.04 (a reference model on both sides), the
-dapo loss, the default learning rate on both, one policy epoch per rollout, and the same reward: a RewriteScorer (the hf
-task backend, accuracy on the step's `examples_per_step` SST-2 train rows, response cache off)
-called by both (the default; `task_backend=...` changes it for both). Runs alternate inside one
+dapo loss, the default learning rate on both, one policy epoch per rollout, and the same reward: a
+RewriteScorer (the hf task backend, accuracy on the step's `examples_per_step` SST-2 train rows,
+response cache off) called by both (the default; `task_backend=...` changes it for both). Runs alternate inside one
 invocation (ours, TRL, TRL, ours, ...), each in a fresh process and `--steps` steps long, repetition r
 with seed r on both sides; the first step of each run is warm-up and left out. Reported: median step
 time per side over all timed steps, the ratio ours / TRL, where the time goes, and the mean rewrite
