@@ -3,12 +3,14 @@ import sys
 from pathlib import Path
 
 import pytest
+import torch
 from hydra import compose, initialize_config_dir
 from hydra.core.hydra_config import HydraConfig
 from mlflow import MlflowClient
 from omegaconf import open_dict
 
 import prewrite  # noqa: F401  (registers the ${cwd:} resolver that conf/paths uses)
+from prewrite import model_zoo
 
 ROOT = Path(__file__).resolve().parents[1]
 CONF = ROOT / "conf"
@@ -87,3 +89,29 @@ def grid_sweep(tmp_path_factory):
     ]  # fmt: skip
     proc = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=900)
     return proc, MlflowClient(f"sqlite:///{outputs}/mlflow.db"), outputs
+
+
+@pytest.fixture(scope="session")
+def tiny_llama(tmp_path_factory):
+    """A Llama of 2 layers, 64 wide, with seeded random weights and the embedded model's tokenizer and chat
+    template, as a model folder. For the tests of machinery (resume after faults, strategies, sweeps), where
+    what the models say does not matter: the embedded model's 135M parameters cost them most of their time
+    and a 1.6 GB checkpoint each. TRL's own tests use tiny random models the same way."""
+    from transformers import AutoConfig, LlamaForCausalLM
+
+    embedded = model_zoo.resolve("embedded:smollm2-135m-instruct")
+    config = AutoConfig.from_pretrained(embedded)
+    config.update(
+        {"hidden_size": 64, "intermediate_size": 128, "num_hidden_layers": 2, "num_attention_heads": 2,
+         "num_key_value_heads": 1, "head_dim": 32}
+    )  # fmt: skip
+    path = tmp_path_factory.mktemp("tiny_llama")
+    torch.manual_seed(0)
+    LlamaForCausalLM(config).save_pretrained(path)
+    model_zoo.load_tokenizer(embedded).save_pretrained(path)
+    return path
+
+
+def on_tiny_models(path) -> list[str]:
+    """Overrides that make both the rewriter and the task model the tiny Llama at `path`."""
+    return [f"rewriter.model_name_or_path={path}", f"task_backend.model_name_or_path={path}"]

@@ -20,7 +20,14 @@ from prewrite.callbacks import LastCheckpoint, RewritesTable, check_finite
 from prewrite.runs import check_same_settings
 from prewrite.tasks.io import read_jsonl, read_rows
 from prewrite.tasks.task import load_task
-from tests.conftest import DEFAULT_EXPERIMENT, KILL_IN_WINDOW, ROOT, assert_same_histories, mlflow_histories
+from tests.conftest import (
+    DEFAULT_EXPERIMENT,
+    KILL_IN_WINDOW,
+    ROOT,
+    assert_same_histories,
+    mlflow_histories,
+    on_tiny_models,
+)
 from tests.fault_server import FaultServer
 
 ARGS = [
@@ -31,38 +38,37 @@ ARGS = [
 SAME = ["train/reward", "train/loss", "train/kl", "train/completion_length", "dev/accuracy", "dev/reward"]
 
 
-def command(outputs, run_dir, *extra, prelude=None):
-    start = ["-c", f"{prelude}\nimport runpy; runpy.run_module('prewrite.train', run_name='__main__')"]
-    return [sys.executable, *(start if prelude else ["-m", "prewrite.train"]), *ARGS,
-            f"paths.outputs_dir={outputs}", f"hydra.run.dir={run_dir}", *extra]  # fmt: skip
+@pytest.fixture(scope="module")
+def command(tiny_llama):
+    """The training command line, on the tiny models: what is tested is the resume, not the models."""
 
+    def command(outputs, run_dir, *extra, prelude=None):
+        start = ["-c", f"{prelude}\nimport runpy; runpy.run_module('prewrite.train', run_name='__main__')"]
+        return [sys.executable, *(start if prelude else ["-m", "prewrite.train"]), *ARGS, *on_tiny_models(tiny_llama),
+                f"paths.outputs_dir={outputs}", f"hydra.run.dir={run_dir}", *extra]  # fmt: skip
 
-def remove_checkpoints(run_dir):
-    for f in (run_dir / "checkpoints").glob("last.ckpt*"):
-        f.unlink()
+    return command
 
 
 @pytest.fixture(scope="module")
-def clean(tmp_path_factory):
+def clean(tmp_path_factory, command):
     """The uninterrupted run the interrupted ones must reproduce."""
     out = tmp_path_factory.mktemp("clean")
     proc = subprocess.run(command(out, out / "run"), cwd=ROOT, capture_output=True, text=True, timeout=900)
     assert proc.returncode == 0, proc.stderr[-3000:]
-    remove_checkpoints(out / "run")
     return mlflow_histories(out, SAME)[1]
 
 
 @pytest.mark.integration
-def test_sigterm_mid_step_checkpoints_marks_killed_and_resumes_exactly(tmp_path, clean):
+def test_sigterm_mid_step_checkpoints_marks_killed_and_resumes_exactly(tmp_path, clean, command):
     run_dir = tmp_path / "run"
     victim = subprocess.Popen(command(tmp_path, run_dir), cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
     try:
         deadline = time.time() + 600
         while not (run_dir / "checkpoints" / "last.ckpt").exists():  # the step-2 checkpoint: step 3 runs now
             assert time.time() < deadline and victim.poll() is None, "no checkpoint at step 2"
-            time.sleep(0.2)
-        time.sleep(1.0)  # inside step 3 (its rollout or scoring)
-        victim.send_signal(signal.SIGTERM)
+            time.sleep(0.01)
+        victim.send_signal(signal.SIGTERM)  # step 3 starts right after the checkpoint: the signal lands inside it
         sent = time.time()
         _, err = victim.communicate(timeout=300)
     finally:
@@ -81,12 +87,11 @@ def test_sigterm_mid_step_checkpoints_marks_killed_and_resumes_exactly(tmp_path,
     proc = subprocess.run(command(tmp_path, run_dir), cwd=ROOT, capture_output=True, text=True, timeout=900)
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert_same_histories(tmp_path, clean, nan_ok=True)
-    remove_checkpoints(run_dir)
 
 
 # With save_every=1 the first checkpoint is step 1's, saved between dev evaluations: the resume starts from it.
 @pytest.mark.integration
-def test_a_kill_after_a_checkpoint_before_its_metrics_resumes_with_identical_metrics(tmp_path, clean):
+def test_a_kill_after_a_checkpoint_before_its_metrics_resumes_with_identical_metrics(tmp_path, clean, command):
     run_dir = tmp_path / "run"
     proc = subprocess.run(
         command(tmp_path, run_dir, "save_every=1", prelude=KILL_IN_WINDOW), cwd=ROOT, capture_output=True, timeout=900
@@ -104,7 +109,6 @@ def test_a_kill_after_a_checkpoint_before_its_metrics_resumes_with_identical_met
     assert_same_histories(tmp_path, clean, nan_ok=True)  # one MLflow run, every step once
     rows = [json.loads(line) for line in (run_dir / "rewrites.jsonl").read_text().splitlines()]
     assert sorted(r["step"] for r in rows if r["split"] == "train") == [s for s in range(1, 6) for _ in range(3)]
-    remove_checkpoints(run_dir)
 
 
 def test_stop_signals_are_recorded_until_a_safe_point(monkeypatch):
@@ -156,7 +160,7 @@ def test_a_stopped_comparison_marks_its_mlflow_run_killed_and_stops_between_cand
 
 
 @pytest.mark.integration
-def test_nonfinite_loss_skips_the_update_and_stops_after_n_in_a_row(compose_train, tmp_path, monkeypatch):
+def test_nonfinite_loss_skips_the_update_and_stops_after_n_in_a_row(compose_train, tmp_path, monkeypatch, tiny_llama):
     import prewrite.algorithms.updates
     import prewrite.lightning_module
     from prewrite.training import train
@@ -181,7 +185,7 @@ def test_nonfinite_loss_skips_the_update_and_stops_after_n_in_a_row(compose_trai
     tiny = ["steps=3", "eval_every=3", "examples_per_step=2", "dev_examples=2", "algorithm.num_generations=2",
             "algorithm.max_completion_length=6", "save_checkpoints=false", "log_rewriter_to_mlflow=false",
             "trainer.enable_progress_bar=false", "system_metrics_interval_s=null", "max_skipped_updates_in_a_row=2",
-            f"paths.outputs_dir={tmp_path}"]  # fmt: skip
+            f"paths.outputs_dir={tmp_path}", *on_tiny_models(tiny_llama)]  # fmt: skip
     train(compose_train(*tiny))
     client = MlflowClient(f"sqlite:///{tmp_path}/mlflow.db")
     run = client.search_runs([client.get_experiment_by_name(DEFAULT_EXPERIMENT).experiment_id])[0]
@@ -197,7 +201,9 @@ def test_nonfinite_loss_skips_the_update_and_stops_after_n_in_a_row(compose_trai
 
 
 @pytest.mark.integration
-def test_a_task_model_outage_stops_with_a_checkpoint_and_a_relaunch_resumes(compose_train, tmp_path, monkeypatch):
+def test_a_task_model_outage_stops_with_a_checkpoint_and_a_relaunch_resumes(
+    compose_train, tmp_path, monkeypatch, tiny_llama
+):
     from prewrite.training import train
 
     real_save = LastCheckpoint.save
@@ -213,6 +219,7 @@ def test_a_task_model_outage_stops_with_a_checkpoint_and_a_relaunch_resumes(comp
             "algorithm.max_completion_length=6", "log_rewriter_to_mlflow=false", "trainer.enable_progress_bar=false",
             "system_metrics_interval_s=null", "task_backend=openai", f"task_backend.base_url={server.base_url}",
             "task_backend.outage_patience_s=0.5", "task_backend.backoff_max_s=0.1",
+            f"rewriter.model_name_or_path={tiny_llama}",
             f"paths.outputs_dir={tmp_path}", f"paths.run_dir={tmp_path}/run",
         ]  # fmt: skip
         with pytest.raises(faults.TaskModelDown) as info:

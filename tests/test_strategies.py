@@ -4,7 +4,6 @@ one step under DDP, ZeRO-2 and ZeRO-3; FSDP is skipped (see there)."""
 
 import json
 import os
-import shutil
 import subprocess
 import sys
 import textwrap
@@ -28,6 +27,7 @@ from tests.conftest import (
     ROOT,
     assert_same_histories,
     mlflow_histories,
+    on_tiny_models,
 )
 
 STRATEGIES = {
@@ -40,8 +40,9 @@ STRATEGIES = {
     "deepspeed_zero3_offload": DeepSpeedStrategy,
 }
 ZERO_STAGE = {"deepspeed_zero2": 2, "deepspeed_zero3": 3, "deepspeed_zero3_offload": 3}
-# the tiny training every multi-process run shares; `reward=perplexity` gives every rewrite its own
-# reward, so advantages (and weight updates) are never all zero
+# the tiny training every multi-process run shares (on the tiny models of tests/conftest.py: what is
+# tested is the strategy); `reward=perplexity` gives every rewrite its own reward, so advantages (and
+# weight updates) are never all zero
 TINY = [
     "reward=perplexity", "examples_per_step=2", "dev_examples=2",
     "algorithm.num_generations=2", "algorithm.max_completion_length=8",
@@ -186,12 +187,18 @@ DDP = ["hardware=ddp", "hardware.accelerator=cpu", "steps=2", "eval_every=1", *T
 
 
 @pytest.fixture(scope="module")
-def ddp_run(tmp_path_factory):
+def tiny(tiny_llama):
+    return on_tiny_models(tiny_llama)
+
+
+@pytest.fixture(scope="module")
+def ddp_run(tmp_path_factory, tiny):
     outputs = tmp_path_factory.mktemp("ddp")
-    proc = torchrun("-m", "prewrite.train", *DDP, f"paths.outputs_dir={outputs}", probe_callback(outputs / "probe"))
+    proc = torchrun(
+        "-m", "prewrite.train", *DDP, *tiny, f"paths.outputs_dir={outputs}", probe_callback(outputs / "probe")
+    )  # fmt: skip
     assert proc.returncode == 0, proc.stderr[-4000:]
-    yield outputs
-    shutil.rmtree(outputs)  # checkpoints of 1.6 GB
+    return outputs
 
 
 @pytest.mark.integration
@@ -227,8 +234,8 @@ def test_ddp_ranks_end_with_identical_updated_weights(ddp_run):
 
 
 @pytest.mark.integration
-def test_ddp_resumes_after_a_kill_with_the_metrics_and_weights_of_an_uninterrupted_run(ddp_run, tmp_path):
-    killed_then_resumed(tmp_path, *DDP, probe_callback(tmp_path / "probe"))
+def test_ddp_resumes_after_a_kill_with_the_metrics_and_weights_of_an_uninterrupted_run(ddp_run, tiny, tmp_path):
+    killed_then_resumed(tmp_path, *DDP, *tiny, probe_callback(tmp_path / "probe"))
     assert_same_histories(tmp_path, mlflow_histories(ddp_run, SAME)[1], rel=1e-5)
     for rank in (0, 1):
         resumed, clean = (json.loads((out / "probe" / f"rank{rank}.json").read_text()) for out in (tmp_path, ddp_run))
@@ -249,18 +256,17 @@ ZERO3 = ["hardware=deepspeed_zero3", "hardware.accelerator=cpu", CPU_DEEPSPEED, 
 
 
 @pytest.fixture(scope="module")
-def zero3_run(tmp_path_factory):
+def zero3_run(tmp_path_factory, tiny):
     outputs = tmp_path_factory.mktemp("zero3")
-    proc = torchrun("-m", "prewrite.train", *ZERO3, f"paths.outputs_dir={outputs}", env=ON_CPU)
+    proc = torchrun("-m", "prewrite.train", *ZERO3, *tiny, f"paths.outputs_dir={outputs}", env=ON_CPU)
     assert proc.returncode == 0, proc.stderr[-4000:]
-    yield outputs
-    shutil.rmtree(outputs)
+    return outputs
 
 
-def assert_whole_weights_exported(outputs, hardware):
+def assert_whole_weights_exported(outputs, hardware, base_model):
     run_dir = next((outputs / "runs" / DEFAULT_TASK).iterdir())
     exported = AutoModelForCausalLM.from_pretrained(run_dir / "rewriter")  # whole weights, not a shard
-    base = load_model("embedded:smollm2-135m-instruct", "float32")
+    base = load_model(str(base_model), "float32")
     assert sum(p.numel() for p in exported.parameters()) == sum(p.numel() for p in base.parameters())
     ckpt = run_dir / "checkpoints" / "last.ckpt"
     if hardware.startswith("deepspeed"):  # a folder of per-rank shards behind a symlink
@@ -270,17 +276,16 @@ def assert_whole_weights_exported(outputs, hardware):
 
 
 @pytest.mark.integration
-def test_zero3_trains_and_exports_a_plain_folder(zero3_run):
+def test_zero3_trains_and_exports_a_plain_folder(zero3_run, tiny_llama):
     runs, loss = mlflow_history(zero3_run, "train/loss")
     assert len(runs) == 1 and runs[0].info.status == "FINISHED" and [s for s, _ in loss] == [1, 2]
-    assert_whole_weights_exported(zero3_run, "deepspeed_zero3")
+    assert_whole_weights_exported(zero3_run, "deepspeed_zero3", tiny_llama)
 
 
 @pytest.mark.integration
-def test_zero3_resumes_after_a_kill_with_the_metrics_of_an_uninterrupted_run(zero3_run, tmp_path):
-    killed_then_resumed(tmp_path, *ZERO3, env=ON_CPU)
+def test_zero3_resumes_after_a_kill_with_the_metrics_of_an_uninterrupted_run(zero3_run, tiny, tmp_path):
+    killed_then_resumed(tmp_path, *ZERO3, *tiny, env=ON_CPU)
     assert_same_histories(tmp_path, mlflow_histories(zero3_run, SAME)[1], rel=1e-5)
-    shutil.rmtree(tmp_path / "run")
 
 
 @pytest.mark.integration
@@ -297,13 +302,12 @@ def test_zero3_resumes_after_a_kill_with_the_metrics_of_an_uninterrupted_run(zer
         ("ddp", ["rewriter.lora.enabled=true"]),
     ],
 )
-def test_a_strategy_trains_a_step(tmp_path, hardware, extra):
+def test_a_strategy_trains_a_step(tmp_path, tiny_llama, hardware, extra):
     proc = torchrun(
         "-m", "prewrite.train", f"hardware={hardware}", "hardware.accelerator=cpu", *extra,
-        "steps=1", "eval_every=1", *TINY, f"paths.outputs_dir={tmp_path}", env=ON_CPU,
+        "steps=1", "eval_every=1", *TINY, *on_tiny_models(tiny_llama), f"paths.outputs_dir={tmp_path}", env=ON_CPU,
     )  # fmt: skip
     assert proc.returncode == 0, proc.stderr[-4000:]
     runs, loss = mlflow_history(tmp_path, "train/loss")
     assert len(runs) == 1 and [s for s, _ in loss] == [1]
-    assert_whole_weights_exported(tmp_path, hardware)
-    shutil.rmtree(tmp_path)  # checkpoints of 1.6 GB
+    assert_whole_weights_exported(tmp_path, hardware, tiny_llama)
