@@ -18,7 +18,7 @@ def task():
 
 @pytest.fixture(scope="module")
 def backend():
-    return HFBackend("embedded:smollm2-135m-instruct", dtype="bfloat16", max_new_tokens=8)
+    return HFBackend("embedded:smollm2-135m-instruct", max_new_tokens=8)
 
 
 def none_on_odd_rows(prompts, completions, task, **columns):
