@@ -1,4 +1,5 @@
-"""`auto` precision: bf16 where the device computes it natively, fp32 elsewhere, an explicit value kept."""
+"""`auto` precision: bf16 where the device computes it natively, fp32 elsewhere and for training on any CPU,
+an explicit value kept."""
 
 import logging
 
@@ -47,7 +48,8 @@ def test_the_reason_names_the_cpu_capability(machine):
 
 
 @pytest.mark.parametrize(
-    ("cpu_bf16", "expected"), [(False, ("32-true", "float32")), (True, ("bf16-mixed", "bfloat16"))]
+    ("cpu_bf16", "expected"),
+    [(False, ("32-true", "float32")), (True, ("32-true", "bfloat16"))],  # a CPU trains in fp32 even with bf16
 )
 def test_config_auto_values_are_resolved_logged_and_recorded(compose_train, machine, caplog, cpu_bf16, expected):
     machine(cpu_bf16)
@@ -67,3 +69,19 @@ def test_explicit_values_are_left_alone(compose_train, machine):
     assert precision.resolve_config(cfg) == {}
     assert (cfg.hardware.precision, cfg.task_backend.dtype) == ("bf16-mixed", "bfloat16")
     assert "precision_auto" not in cfg
+
+
+@pytest.mark.parametrize(("cuda", "expected"), [("bf16", "bf16-mixed"), ("no-bf16", "32-true")])
+def test_a_gpu_trains_in_bf16_where_it_computes_it(compose_train, machine, cuda, expected):
+    machine(True, cuda)
+    cfg = compose_train("hardware=gpu")
+    precision.resolve_config(cfg)
+    assert cfg.hardware.precision == expected
+
+
+def test_a_bf16_cpu_says_why_it_trains_in_fp32(compose_train, machine):
+    machine(True, capability="AVX512")
+    cfg = compose_train()
+    precision.resolve_config(cfg)
+    assert cfg.precision_auto["hardware.precision"].startswith("32-true (CPU capability AVX512, oneDNN bf16 supported")
+    assert "learned worse" in cfg.precision_auto["hardware.precision"]
