@@ -112,6 +112,7 @@ def tiny_llama(tmp_path_factory):
     return path
 
 
-def on_tiny_models(path) -> list[str]:
-    """Overrides that make both the rewriter and the task model the tiny Llama at `path`."""
-    return [f"rewriter.model_name_or_path={path}", f"task_backend.model_name_or_path={path}"]
+@pytest.fixture(scope="session")
+def tiny_models(tiny_llama) -> list[str]:
+    """Overrides that make both the rewriter and the task model the tiny Llama."""
+    return [f"rewriter.model_name_or_path={tiny_llama}", f"task_backend.model_name_or_path={tiny_llama}"]

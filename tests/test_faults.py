@@ -26,7 +26,6 @@ from tests.conftest import (
     ROOT,
     assert_same_histories,
     mlflow_histories,
-    on_tiny_models,
 )
 from tests.fault_server import FaultServer
 
@@ -39,12 +38,12 @@ SAME = ["train/reward", "train/loss", "train/kl", "train/completion_length", "de
 
 
 @pytest.fixture(scope="module")
-def command(tiny_llama):
+def command(tiny_models):
     """The training command line, on the tiny models: what is tested is the resume, not the models."""
 
     def command(outputs, run_dir, *extra, prelude=None):
         start = ["-c", f"{prelude}\nimport runpy; runpy.run_module('prewrite.train', run_name='__main__')"]
-        return [sys.executable, *(start if prelude else ["-m", "prewrite.train"]), *ARGS, *on_tiny_models(tiny_llama),
+        return [sys.executable, *(start if prelude else ["-m", "prewrite.train"]), *ARGS, *tiny_models,
                 f"paths.outputs_dir={outputs}", f"hydra.run.dir={run_dir}", *extra]  # fmt: skip
 
     return command
@@ -160,7 +159,7 @@ def test_a_stopped_comparison_marks_its_mlflow_run_killed_and_stops_between_cand
 
 
 @pytest.mark.integration
-def test_nonfinite_loss_skips_the_update_and_stops_after_n_in_a_row(compose_train, tmp_path, monkeypatch, tiny_llama):
+def test_nonfinite_loss_skips_the_update_and_stops_after_n_in_a_row(compose_train, tmp_path, monkeypatch, tiny_models):
     import prewrite.algorithms.updates
     import prewrite.lightning_module
     from prewrite.training import train
@@ -185,7 +184,7 @@ def test_nonfinite_loss_skips_the_update_and_stops_after_n_in_a_row(compose_trai
     tiny = ["steps=3", "eval_every=3", "examples_per_step=2", "dev_examples=2", "algorithm.num_generations=2",
             "algorithm.max_completion_length=6", "save_checkpoints=false", "log_rewriter_to_mlflow=false",
             "trainer.enable_progress_bar=false", "system_metrics_interval_s=null", "max_skipped_updates_in_a_row=2",
-            f"paths.outputs_dir={tmp_path}", *on_tiny_models(tiny_llama)]  # fmt: skip
+            f"paths.outputs_dir={tmp_path}", *tiny_models]  # fmt: skip
     train(compose_train(*tiny))
     client = MlflowClient(f"sqlite:///{tmp_path}/mlflow.db")
     run = client.search_runs([client.get_experiment_by_name(DEFAULT_EXPERIMENT).experiment_id])[0]

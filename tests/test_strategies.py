@@ -27,7 +27,6 @@ from tests.conftest import (
     ROOT,
     assert_same_histories,
     mlflow_histories,
-    on_tiny_models,
 )
 
 STRATEGIES = {
@@ -187,15 +186,10 @@ DDP = ["hardware=ddp", "hardware.accelerator=cpu", "steps=2", "eval_every=1", *T
 
 
 @pytest.fixture(scope="module")
-def tiny(tiny_llama):
-    return on_tiny_models(tiny_llama)
-
-
-@pytest.fixture(scope="module")
-def ddp_run(tmp_path_factory, tiny):
+def ddp_run(tmp_path_factory, tiny_models):
     outputs = tmp_path_factory.mktemp("ddp")
     proc = torchrun(
-        "-m", "prewrite.train", *DDP, *tiny, f"paths.outputs_dir={outputs}", probe_callback(outputs / "probe")
+        "-m", "prewrite.train", *DDP, *tiny_models, f"paths.outputs_dir={outputs}", probe_callback(outputs / "probe")
     )  # fmt: skip
     assert proc.returncode == 0, proc.stderr[-4000:]
     return outputs
@@ -234,8 +228,8 @@ def test_ddp_ranks_end_with_identical_updated_weights(ddp_run):
 
 
 @pytest.mark.integration
-def test_ddp_resumes_after_a_kill_with_the_metrics_and_weights_of_an_uninterrupted_run(ddp_run, tiny, tmp_path):
-    killed_then_resumed(tmp_path, *DDP, *tiny, probe_callback(tmp_path / "probe"))
+def test_ddp_resumes_after_a_kill_with_the_metrics_and_weights_of_an_uninterrupted_run(ddp_run, tiny_models, tmp_path):
+    killed_then_resumed(tmp_path, *DDP, *tiny_models, probe_callback(tmp_path / "probe"))
     assert_same_histories(tmp_path, mlflow_histories(ddp_run, SAME)[1], rel=1e-5)
     for rank in (0, 1):
         resumed, clean = (json.loads((out / "probe" / f"rank{rank}.json").read_text()) for out in (tmp_path, ddp_run))
@@ -256,9 +250,9 @@ ZERO3 = ["hardware=deepspeed_zero3", "hardware.accelerator=cpu", CPU_DEEPSPEED, 
 
 
 @pytest.fixture(scope="module")
-def zero3_run(tmp_path_factory, tiny):
+def zero3_run(tmp_path_factory, tiny_models):
     outputs = tmp_path_factory.mktemp("zero3")
-    proc = torchrun("-m", "prewrite.train", *ZERO3, *tiny, f"paths.outputs_dir={outputs}", env=ON_CPU)
+    proc = torchrun("-m", "prewrite.train", *ZERO3, *tiny_models, f"paths.outputs_dir={outputs}", env=ON_CPU)
     assert proc.returncode == 0, proc.stderr[-4000:]
     return outputs
 
@@ -283,8 +277,8 @@ def test_zero3_trains_and_exports_a_plain_folder(zero3_run, tiny_llama):
 
 
 @pytest.mark.integration
-def test_zero3_resumes_after_a_kill_with_the_metrics_of_an_uninterrupted_run(zero3_run, tiny, tmp_path):
-    killed_then_resumed(tmp_path, *ZERO3, *tiny, env=ON_CPU)
+def test_zero3_resumes_after_a_kill_with_the_metrics_of_an_uninterrupted_run(zero3_run, tiny_models, tmp_path):
+    killed_then_resumed(tmp_path, *ZERO3, *tiny_models, env=ON_CPU)
     assert_same_histories(tmp_path, mlflow_histories(zero3_run, SAME)[1], rel=1e-5)
 
 
@@ -302,10 +296,10 @@ def test_zero3_resumes_after_a_kill_with_the_metrics_of_an_uninterrupted_run(zer
         ("ddp", ["rewriter.lora.enabled=true"]),
     ],
 )
-def test_a_strategy_trains_a_step(tmp_path, tiny_llama, hardware, extra):
+def test_a_strategy_trains_a_step(tmp_path, tiny_llama, tiny_models, hardware, extra):
     proc = torchrun(
         "-m", "prewrite.train", f"hardware={hardware}", "hardware.accelerator=cpu", *extra,
-        "steps=1", "eval_every=1", *TINY, *on_tiny_models(tiny_llama), f"paths.outputs_dir={tmp_path}", env=ON_CPU,
+        "steps=1", "eval_every=1", *TINY, *tiny_models, f"paths.outputs_dir={tmp_path}", env=ON_CPU,
     )  # fmt: skip
     assert proc.returncode == 0, proc.stderr[-4000:]
     runs, loss = mlflow_history(tmp_path, "train/loss")

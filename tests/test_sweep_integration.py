@@ -13,7 +13,7 @@ from mlflow import MlflowClient
 from mlflow.utils.mlflow_tags import MLFLOW_PARENT_RUN_ID
 
 from prewrite.sweep import ERROR, JOB, OVERRIDES, SWEEP_ID
-from tests.conftest import DEFAULT_EXPERIMENT, ROOT, TINY_TRAINING, on_tiny_models
+from tests.conftest import DEFAULT_EXPERIMENT, ROOT, TINY_TRAINING
 
 pytestmark = pytest.mark.integration
 
@@ -104,10 +104,10 @@ def test_child_run_has_namespaced_metrics_system_metrics_plot_and_rewrites_table
     assert run.data.metrics[OBJECTIVE] == max(dev.values())
 
 
-def test_optuna_sweep_maximises_the_dev_metric_train_returns(tmp_path, tiny_llama):
+def test_optuna_sweep_maximises_the_dev_metric_train_returns(tmp_path, tiny_models):
     cmd = [
         sys.executable, "-m", "prewrite.train", "-m", "sweep=optuna", "hydra/launcher=parallel",
-        "hydra.sweeper.n_trials=2", *TINY_TRAINING, *on_tiny_models(tiny_llama), f"paths.outputs_dir={tmp_path}",
+        "hydra.sweeper.n_trials=2", *TINY_TRAINING, *tiny_models, f"paths.outputs_dir={tmp_path}",
     ]  # fmt: skip
     proc = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=900)
     assert proc.returncode == 0, proc.stderr[-4000:]

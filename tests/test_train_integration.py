@@ -10,7 +10,7 @@ import pytest
 from mlflow import MlflowClient
 
 from prewrite import precision
-from tests.conftest import DEFAULT_EXPERIMENT, DEFAULT_TASK, ROOT, on_tiny_models
+from tests.conftest import DEFAULT_EXPERIMENT, DEFAULT_TASK, ROOT
 
 pytestmark = pytest.mark.integration
 
@@ -138,10 +138,10 @@ def test_rewrite_cli_reads_a_run_folder_or_an_mlflow_run_id(run):
     assert texts[0] and texts[0] == texts[1]
 
 
-def test_early_stopping_ends_a_run_that_stops_improving(tmp_path, tiny_llama):
+def test_early_stopping_ends_a_run_that_stops_improving(tmp_path, tiny_models):
     # learning_rate 0: the rewriter never changes, so dev never improves after the first evaluation
     cmd = [
-        sys.executable, "-m", "prewrite.train", *on_tiny_models(tiny_llama),
+        sys.executable, "-m", "prewrite.train", *tiny_models,
         "steps=5", "eval_every=1", "early_stopping_patience=1", "algorithm.learning_rate=0",
         "examples_per_step=2", "dev_examples=2", "algorithm.num_generations=2", "algorithm.max_completion_length=8",
         f"paths.outputs_dir={tmp_path}", "trainer.enable_progress_bar=false", "log_rewriter_to_mlflow=false",
