@@ -43,8 +43,9 @@ def capability_line(env: dict[str, str]) -> str:
     return f"get_cpu_capability()={capability}, _is_mkldnn_bf16_supported()={bf16}"
 
 
-def one_run(env: dict[str, str], args: str, seed: int) -> dict:
-    with tempfile.TemporaryDirectory(prefix="bench_make_run-") as out:
+def one_run(env: dict[str, str], args: str, seed: int, keep: Path | None = None) -> dict:
+    with tempfile.TemporaryDirectory(prefix="bench_make_run-") as tmp:
+        out = keep / f"seed{seed}" if keep else tmp  # kept: to score the run's choices on test afterwards
         start = time.perf_counter()
         proc = subprocess.run(
             ["make", "run", f"ARGS=paths.outputs_dir={out} seed={seed} {args}"],
@@ -66,6 +67,9 @@ def one_run(env: dict[str, str], args: str, seed: int) -> dict:
             "dev_best": metrics.get("dev/best/accuracy"),
             "dev_initial": metrics.get("dev/initial_instruction/accuracy"),
             "selected": run.data.tags.get("prewrite.selected"),
+            "best_rewrite": run.data.tags.get("prewrite.best_rewrite"),
+            # the greedy rewrite's dev score at each evaluation: what another eval_every would have seen
+            "dev_curve": {m.step: m.value for m in client.get_metric_history(run.info.run_id, "dev/accuracy")},
             "estimate_line": next((ln for ln in proc.stdout.splitlines() if ln.startswith("Step 1 took")), None),
         }
 
@@ -76,11 +80,12 @@ def main() -> None:
     parser.add_argument("--avx2", action="store_true", help="cap the CPU kernels at AVX2 (see above)")
     parser.add_argument("--args", default="", help="more training overrides, as make run ARGS=...")
     parser.add_argument("--out", default=None)
+    parser.add_argument("--keep", type=Path, default=None, help="keep each run's outputs in KEEP/seed<r>")
     args = parser.parse_args()
     env = AVX2 if args.avx2 else {}
     runs = []
     for rep in range(args.repeats):
-        runs.append(one_run(env, args.args, seed=rep))
+        runs.append(one_run(env, args.args, seed=rep, keep=args.keep))
         print(f"run {rep}: " + json.dumps(runs[-1]), flush=True)
     summary = {"wall_s_median": statistics.median(r["wall_s"] for r in runs), "runs": runs}
     summary["machine"] = {

@@ -151,10 +151,12 @@ class PRewriteModule(L.LightningModule):
     def train_dataloader(self) -> DataLoader:
         # Only ticks: the step number is the module's counter (kept in checkpoints), because a resumed
         # Lightning epoch continues its batch count over a fresh iterator of the same length.
-        return DataLoader(range(self.steps), batch_size=None, shuffle=False)
+        return DataLoader(range(self.steps), batch_size=None, shuffle=False, generator=torch.Generator())
 
     def val_dataloader(self) -> DataLoader:
-        return DataLoader(range(1), batch_size=None)
+        # Its own generator: each iterator draws a base seed, from the global torch stream otherwise, so
+        # every dev evaluation would shift the rollouts after it and eval_every would change what is trained.
+        return DataLoader(range(1), batch_size=None, generator=torch.Generator())
 
     def configure_optimizers(self):
         # One optimizer over everything trainable (policy or its LoRA adapter, and PPO's value head):

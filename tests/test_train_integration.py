@@ -158,6 +158,29 @@ def test_early_stopping_ends_a_run_that_stops_improving(tmp_path, tiny_models):
     assert info["step"] == 0  # the untrained rewriter was never beaten
 
 
+def test_how_often_dev_is_evaluated_does_not_change_what_is_trained(tmp_path, tiny_models):
+    """Dev evaluations only observe: the same seed samples the same rewrites whether dev is scored after
+    every step or only at the end, so eval_every is a choice of how many candidates selection sees."""
+
+    def train_rows(eval_every: int) -> list[tuple]:
+        out = tmp_path / f"every{eval_every}"
+        cmd = [
+            sys.executable, "-m", "prewrite.train", *tiny_models, "steps=3", f"eval_every={eval_every}",
+            "examples_per_step=2", "dev_examples=2", "algorithm.num_generations=2", "algorithm.max_completion_length=8",
+            f"paths.outputs_dir={out}", "trainer.enable_progress_bar=false", "log_rewriter_to_mlflow=false",
+            "save_checkpoints=false", "logger=none",
+        ]  # fmt: skip
+        proc = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=900)
+        assert proc.returncode == 0, proc.stderr[-4000:]
+        rows = (next((out / "runs" / DEFAULT_TASK).iterdir()) / "rewrites.jsonl").read_text().splitlines()
+        rows = [json.loads(line) for line in rows]
+        assert [r["step"] for r in rows if r["split"] == "dev"] == list(range(0, 4, eval_every))
+        return [(r["step"], r["rewrite"]) for r in rows if r["split"] == "train"]
+
+    every_step, at_the_end = train_rows(1), train_rows(3)
+    assert len(every_step) == 3 * 2 and every_step == at_the_end
+
+
 def test_rescore_scores_a_runs_logged_rewrites_from_its_folder_or_its_mlflow_run_id(run, compose_config, tmp_path):
     from prewrite.rescore import SOURCE_RUN_TAG, rescore
 
