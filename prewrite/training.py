@@ -243,8 +243,9 @@ def _train(cfg: DictConfig, tags: dict[str, str], backend) -> float:
                 # each stage its own seed stream, so a resumed stage replays exactly
                 seed = int(np.random.SeedSequence([cfg.seed, stage]).generate_state(1)[0])
                 best = fit_stage(cfg, members, run_dir / f"stage{stage}", seed, tags)
-                # the next stage rewrites this stage's best (config_check: one task, task-level rewrites)
-                members = [dataclasses.replace(members[0], instruction=best["rewrite"] or members[0].instruction)]
+                # the next stage rewrites what this stage handed the user: its best rewrite if it beat the
+                # stage's instruction on dev, else that instruction (config_check: one task, task-level)
+                members = [dataclasses.replace(members[0], instruction=best["selected"])]
         if parent:
             client.log_metric(parent, cfg.optimized_metric, best["score"])
             client.log_metric(parent, sweep.objective_metric(cfg.optimized_metric), best["score"])

@@ -27,10 +27,13 @@ def test_two_stages_chain_their_best_rewrites_and_log_child_runs(tmp_path):
     first = json.loads((run / "stage0" / "result.json").read_text())
     second_rows = [json.loads(line) for line in (run / "stage1" / "rewrites.jsonl").read_text().splitlines()]
     initial = next(r for r in second_rows if r["split"] == "initial")
-    assert initial["rewrite"] == first["rewrite"]  # stage 1 rewrites stage 0's best rewrite
-    assert initial["accuracy"] == first["score"]  # ... which scores on dev what it scored in stage 0
+    # stage 1 rewrites what stage 0 selected: its best rewrite only if that beat stage 0's instruction on dev
+    assert initial["rewrite"] == first["selected"]
+    assert first["selected_is_initial"] == (first["score"] <= first["initial_score"])
+    # ... which scores on dev what it scored in stage 0
+    assert initial["accuracy"] == (first["initial_score"] if first["selected_is_initial"] else first["score"])
     info = json.loads((run / "stage1" / "rewriter" / "prewrite.json").read_text())
-    assert info["instruction"] == first["rewrite"]
+    assert info["instruction"] == first["selected"]
 
     client = MlflowClient(f"sqlite:///{tmp_path}/mlflow.db")
     runs = client.search_runs([client.get_experiment_by_name(DEFAULT_EXPERIMENT).experiment_id])
