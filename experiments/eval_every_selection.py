@@ -87,7 +87,8 @@ def main() -> None:
         result["seeds"].append(entry)
         print(f"seed {seed}: initial dev {entry['initial']['dev']:.3f} {args.split} {scores[initial]:.3f}")
         for e, p in entry["picks"].items():
-            print(f"  every {e}: step {p['step']} dev {p['dev']:.3f} {args.split} {p['heldout']:.3f}", repr(p["instruction"]))
+            scored = f"dev {p['dev']:.3f} {args.split} {p['heldout']:.3f}"
+            print(f"  every {e}: step {p['step']} {scored}", repr(p["instruction"]))
     result["machine"] = {"platform": platform.platform(), "split": args.split, "rows": len(eval_rows)}
     if args.out:
         args.out.write_text(json.dumps(result, indent=1))
