@@ -70,8 +70,8 @@ def main() -> None:
         rows = [json.loads(line) for line in table.read_text().splitlines()]
         picks = selections(rows, task.metric, args.every)
         if args.split == "dev":  # every dev row but the ones the run selected on, a seeded sample of them
-            used = {r["input"] for r in task.eval_rows("dev", args.dev_examples, seed)}
-            rest = [r for r in task.splits["dev"] if r["input"] not in used]
+            used = {json.dumps(r, sort_keys=True) for r in task.eval_rows("dev", args.dev_examples, seed)}
+            rest = [r for r in task.splits["dev"] if json.dumps(r, sort_keys=True) not in used]
             rng = np.random.default_rng([seed, 1234])
             idx = rng.choice(len(rest), size=min(args.heldout, len(rest)), replace=False)
             eval_rows = [rest[i] for i in sorted(idx)]

@@ -1,5 +1,5 @@
-"""`auto` precision: bf16 where the device computes it natively, fp32 everywhere else, fp16 never by default;
-and the training itself in fp32 on every CPU.
+"""`auto` precision: bf16 where the device computes it natively and fast, fp32 everywhere else, fp16 never by
+default; and the training itself in fp32 on every CPU.
 
 On a CPU without native bf16 (AVX2 only: most laptops and older cloud VMs) bf16 is emulated, and a
 forward + backward pass of the embedded model runs ~12x slower than in fp32 (experiments/RESULTS.md),
@@ -7,11 +7,13 @@ so the precision of the Lightning trainer (`hardware.precision`), the task model
 (`task_backend.dtype`) and the vLLM rollout engine (`rollout.dtype`) default to `auto`, resolved here
 once at start by probing the device. An explicit value is left as it is.
 
-On a CPU that does compute bf16 (AVX512-BF16), bf16-mixed training saved only 10% of `make run`'s time
-and its rewriter learned worse: with the same bf16 task model, the best dev rewrite was 6 points lower on
-average over 3 seeds and above the initial instruction in none of them, against 2 of 3 with fp32 training
-(experiments/RESULTS.md, 2026-12-01). So on a CPU `auto` trains in fp32 and keeps bf16 for the frozen
-task model, which only scores.
+On a CPU that computes bf16 with AVX512-BF16 but has no AMX, bf16 bought little and cost learning
+(experiments/RESULTS.md, 2026-12-01 and 2026-12-02, 3 seeds each): bf16-mixed training saved 10% of
+`make run`'s time and its best dev rewrite was 6 points lower on average; a bf16 task model scored no
+faster than fp32, and with it the run's selection beat the initial instruction on dev in 2 of 3 seeds
+against 3 of 3 in fp32. So such a CPU runs everything in fp32, as an AVX2 CPU does (and its fp32 runs
+reproduce an AVX2 CPU's exactly). With AMX the task model, which only scores, runs in bf16 (3.7x
+faster scoring, ../DESIGN.md); training stays fp32 on every CPU.
 """
 
 from __future__ import annotations
@@ -33,8 +35,8 @@ AUTO_KEYS = {
 
 
 def bf16_is_native(device: str) -> tuple[bool, str]:
-    """(does `device` compute bf16 natively, why we think so). `device`: cpu, cuda, cuda:N, gpu or
-    None (a vLLM engine: the GPU when there is one, else the CPU)."""
+    """(does `device` compute bf16 natively and faster than fp32, why we think so). `device`: cpu, cuda,
+    cuda:N, gpu or None (a vLLM engine: the GPU when there is one, else the CPU)."""
     device = str(device or ("cuda" if torch.cuda.is_available() else "cpu"))
     if device.startswith(("cuda", "gpu")):
         if not torch.cuda.is_available():
@@ -44,9 +46,11 @@ def bf16_is_native(device: str) -> tuple[bool, str]:
             return True, f"{name} computes bf16 natively"
         return False, f"{name} has no native bf16"
     capability = torch.backends.cpu.get_cpu_capability()
-    if torch.ops.mkldnn._is_mkldnn_bf16_supported():
-        return True, f"CPU capability {capability}, oneDNN bf16 supported"
-    return False, f"CPU capability {capability}, no native bf16 in oneDNN (bf16 would be emulated, ~10x slower)"
+    if not torch.ops.mkldnn._is_mkldnn_bf16_supported():
+        return False, f"CPU capability {capability}, no native bf16 in oneDNN (bf16 would be emulated, ~10x slower)"
+    if not torch.cpu._is_amx_tile_supported():
+        return False, f"CPU capability {capability}, oneDNN bf16 without AMX (no faster than fp32, learned worse)"
+    return True, f"CPU capability {capability}, oneDNN bf16 with AMX"
 
 
 def resolve_dtype(value: str, device: str | None) -> str:
@@ -66,7 +70,7 @@ def resolve_config(cfg: DictConfig) -> dict[str, str]:
         native, why = bf16_is_native(device)
         if kind == "precision":
             if native and str(device).startswith("cpu"):
-                native, why = False, f"{why}, but on a CPU bf16-mixed training learned worse for 10% less time"
+                native, why = False, f"{why}; training stays fp32 on a CPU (bf16-mixed learned worse where measured)"
             value = "bf16-mixed" if native else "32-true"
         else:
             value = "bfloat16" if native else "float32"

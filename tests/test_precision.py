@@ -11,10 +11,12 @@ from prewrite import precision
 
 @pytest.fixture
 def machine(monkeypatch):
-    """Sets what the capability probes answer: machine(cpu_bf16=..., cuda=None | 'bf16' | 'no-bf16')."""
+    """Sets what the capability probes answer: machine(cpu_bf16=..., cuda=None | 'bf16' | 'no-bf16', amx=...);
+    cpu_bf16 without amx is an AVX512-BF16 CPU."""
 
-    def _set(cpu_bf16: bool, cuda: str | None = None, capability: str = "AVX2"):
+    def _set(cpu_bf16: bool, cuda: str | None = None, capability: str = "AVX2", amx: bool = True):
         monkeypatch.setattr(torch.ops.mkldnn, "_is_mkldnn_bf16_supported", lambda: cpu_bf16)
+        monkeypatch.setattr(torch.cpu, "_is_amx_tile_supported", lambda: cpu_bf16 and amx)
         monkeypatch.setattr(torch.backends.cpu, "get_cpu_capability", lambda: capability)
         monkeypatch.setattr(torch.cuda, "is_available", lambda: cuda is not None)
         monkeypatch.setattr(torch.cuda, "get_device_name", lambda *a: "Test GPU")
@@ -27,7 +29,7 @@ def machine(monkeypatch):
     ("cpu_bf16", "cuda", "device", "native"),
     [
         (False, None, "cpu", False),  # AVX2-only CPU: bf16 emulated
-        (True, None, "cpu", True),  # AMX / AVX512-BF16 CPU
+        (True, None, "cpu", True),  # AMX CPU
         (False, "bf16", "cuda", True),  # Ampere or newer
         (False, "no-bf16", "cuda:0", False),  # e.g. V100: fp32, never fp16 by default
         (True, None, "gpu", False),  # a GPU asked for where none is visible
@@ -40,6 +42,17 @@ def test_bf16_only_where_the_device_computes_it_natively(machine, cpu_bf16, cuda
     assert precision.bf16_is_native(device)[0] is native
     assert precision.resolve_dtype("auto", device) == ("bfloat16" if native else "float32")
     assert precision.resolve_dtype("float16", device) == "float16"  # an explicit value wins
+
+
+def test_an_avx512_bf16_cpu_without_amx_gets_fp32(compose_train, machine):
+    # bf16 computed natively, but measured no faster than fp32 for the task model there, and learned worse
+    machine(True, capability="AVX512", amx=False)
+    native, why = precision.bf16_is_native("cpu")
+    assert not native and "without AMX" in why
+    cfg = compose_train("rollout=vllm")
+    precision.resolve_config(cfg)
+    assert (cfg.hardware.precision, cfg.task_backend.dtype, cfg.rollout.dtype) == ("32-true", "float32", "float32")
+    assert cfg.precision_auto["task_backend.dtype"].startswith("float32 (CPU capability AVX512, oneDNN bf16 without")
 
 
 def test_the_reason_names_the_cpu_capability(machine):
@@ -83,5 +96,5 @@ def test_a_bf16_cpu_says_why_it_trains_in_fp32(compose_train, machine):
     machine(True, capability="AVX512")
     cfg = compose_train()
     precision.resolve_config(cfg)
-    assert cfg.precision_auto["hardware.precision"].startswith("32-true (CPU capability AVX512, oneDNN bf16 supported")
-    assert "learned worse" in cfg.precision_auto["hardware.precision"]
+    assert cfg.precision_auto["hardware.precision"].startswith("32-true (CPU capability AVX512, oneDNN bf16 with AMX")
+    assert "training stays fp32" in cfg.precision_auto["hardware.precision"]
