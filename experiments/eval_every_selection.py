@@ -6,9 +6,11 @@ the best greedy rewrite on the run's dev rows (ties: the earlier; the initial in
 beaten, as training does), then scores every distinct pick on *held-out* dev rows: dev rows the runs
 never scored, so more candidates cannot win there just by fitting the 64 selection rows.
 
-    python experiments/eval_every_selection.py /work/exp/every1 --every 5 2 1 --heldout 300 \
-        --out experiments/eval_every_selection.json
-    ... --split test --heldout 500  (once, for the setting dev chose)
+    python experiments/eval_every_selection.py /work/exp/every1 task_backend.dtype=float32 --every 5 2 1 \
+        --heldout 400 --out experiments/eval_every_selection_heldout_dev.json
+    ... --every 5 --split test --heldout 1821 --out ...test.json  (once, for the setting dev chose)
+
+Overrides are those of the runs (here the fp32 task model they trained with; `dev_examples` if not 64).
 """
 
 from __future__ import annotations
@@ -30,10 +32,9 @@ from prewrite.tasks import load_task
 ROOT = Path(__file__).resolve().parents[1]
 
 
-def selections(rows: list[dict], metric: str, every: list[int]) -> dict[int, dict]:
-    """E -> {"step", "instruction", "dev"}: what a run evaluated every E steps hands the user."""
-    initial = next(r for r in rows if r["split"] == "initial")
-    dev = [r for r in rows if r["split"] == "dev"]
+def selections(initial: dict, dev: list[dict], metric: str, every: list[int]) -> dict[int, dict]:
+    """E -> {"step", "instruction", "dev"}: what a run evaluated every E steps hands the user, from its
+    initial-instruction row and its dev rows (one per step)."""
     out = {}
     for e in every:
         seen = [r for r in dev if r["step"] % e == 0]
@@ -54,10 +55,9 @@ def main() -> None:
     parser.add_argument("--every", type=int, nargs="+", default=[5, 2, 1])
     parser.add_argument("--heldout", type=int, default=300, help="rows to score each pick on")
     parser.add_argument("--split", choices=["dev", "test"], default="dev", help="dev: rows the runs did not score")
-    parser.add_argument("--dev-examples", type=int, default=64, help="the runs' dev_examples")
     parser.add_argument("--out", type=Path, default=None)
     parser.add_argument("overrides", nargs="*", help="config overrides, as for training (task, task_backend)")
-    args = parser.parse_args()
+    args = parser.parse_intermixed_args()
     with initialize_config_dir(config_dir=str(ROOT / "conf"), version_base="1.3"):
         cfg = compose(config_name="train", overrides=["cache.enabled=false", *args.overrides])
     precision.resolve_config(cfg)
@@ -68,24 +68,28 @@ def main() -> None:
         seed = int(folder.name.removeprefix("seed"))
         (table,) = folder.glob(f"runs/{task.name}/*/rewrites.jsonl")
         rows = [json.loads(line) for line in table.read_text().splitlines()]
-        picks = selections(rows, task.metric, args.every)
+        initial = next(r for r in rows if r["split"] == "initial")
+        dev = [r for r in rows if r["split"] == "dev"]
+        picks = selections(initial, dev, task.metric, args.every)
         if args.split == "dev":  # every dev row but the ones the run selected on, a seeded sample of them
-            used = {json.dumps(r, sort_keys=True) for r in task.eval_rows("dev", args.dev_examples, seed)}
+            used = {json.dumps(r, sort_keys=True) for r in task.eval_rows("dev", cfg.dev_examples, seed)}
             rest = [r for r in task.splits["dev"] if json.dumps(r, sort_keys=True) not in used]
             rng = np.random.default_rng([seed, 1234])
             idx = rng.choice(len(rest), size=min(args.heldout, len(rest)), replace=False)
             eval_rows = [rest[i] for i in sorted(idx)]
         else:  # the same test rows for every seed
             eval_rows = task.eval_rows("test", args.heldout, 0)
-        initial = next(r["rewrite"] for r in rows if r["split"] == "initial")
-        texts = list(dict.fromkeys([initial, *(p["instruction"] for p in picks.values())]))
+        texts = list(dict.fromkeys([initial["rewrite"], *(p["instruction"] for p in picks.values())]))
         scores = dict(zip(texts, scorer(texts, eval_rows).metrics[task.metric], strict=True))
-        curve = {r["step"]: r[task.metric] for r in rows if r["split"] == "dev"}
-        initial_dev = next(r[task.metric] for r in rows if r["split"] == "initial")
-        entry = {"seed": seed, "dev_curve": curve, "initial": {"dev": initial_dev, "heldout": scores[initial]}}
-        entry["picks"] = {e: p | {"heldout": scores[p["instruction"]]} for e, p in picks.items()}
+        entry = {
+            "seed": seed,
+            "dev_curve": {r["step"]: r[task.metric] for r in dev},
+            "initial": {"dev": initial[task.metric], "heldout": scores[initial["rewrite"]]},
+            "picks": {e: p | {"heldout": scores[p["instruction"]]} for e, p in picks.items()},
+        }
         result["seeds"].append(entry)
-        print(f"seed {seed}: initial dev {entry['initial']['dev']:.3f} {args.split} {scores[initial]:.3f}")
+        first = entry["initial"]
+        print(f"seed {seed}: initial dev {first['dev']:.3f} {args.split} {first['heldout']:.3f}")
         for e, p in entry["picks"].items():
             scored = f"dev {p['dev']:.3f} {args.split} {p['heldout']:.3f}"
             print(f"  every {e}: step {p['step']} {scored}", repr(p["instruction"]))
