@@ -34,7 +34,7 @@ AUTO_KEYS = {
 }
 
 
-def bf16_is_native(device: str) -> tuple[bool, str]:
+def bf16_is_native_and_fast(device: str) -> tuple[bool, str]:
     """(does `device` compute bf16 natively and faster than fp32, why we think so). `device`: cpu, cuda,
     cuda:N, gpu or None (a vLLM engine: the GPU when there is one, else the CPU)."""
     device = str(device or ("cuda" if torch.cuda.is_available() else "cpu"))
@@ -55,7 +55,7 @@ def bf16_is_native(device: str) -> tuple[bool, str]:
 
 def resolve_dtype(value: str, device: str | None) -> str:
     """A model dtype: `auto` -> bfloat16 or float32 by the device; any other value as given."""
-    return value if value != AUTO else ("bfloat16" if bf16_is_native(device)[0] else "float32")
+    return value if value != AUTO else ("bfloat16" if bf16_is_native_and_fast(device)[0] else "float32")
 
 
 def resolve_config(cfg: DictConfig) -> dict[str, str]:
@@ -67,7 +67,7 @@ def resolve_config(cfg: DictConfig) -> dict[str, str]:
         if group not in cfg or cfg[group].get(name) != AUTO:
             continue
         device = OmegaConf.select(cfg, device_key)
-        native, why = bf16_is_native(device)
+        native, why = bf16_is_native_and_fast(device)
         if kind == "precision":
             if native and str(device).startswith("cpu"):
                 native, why = False, f"{why}; training stays fp32 on a CPU (bf16-mixed learned worse where measured)"

@@ -39,7 +39,7 @@ def machine(monkeypatch):
 )
 def test_bf16_only_where_the_device_computes_it_natively(machine, cpu_bf16, cuda, device, native):
     machine(cpu_bf16, cuda)
-    assert precision.bf16_is_native(device)[0] is native
+    assert precision.bf16_is_native_and_fast(device)[0] is native
     assert precision.resolve_dtype("auto", device) == ("bfloat16" if native else "float32")
     assert precision.resolve_dtype("float16", device) == "float16"  # an explicit value wins
 
@@ -47,7 +47,7 @@ def test_bf16_only_where_the_device_computes_it_natively(machine, cpu_bf16, cuda
 def test_an_avx512_bf16_cpu_without_amx_gets_fp32(compose_train, machine):
     # bf16 computed natively, but measured no faster than fp32 for the task model there, and learned worse
     machine(True, capability="AVX512", amx=False)
-    native, why = precision.bf16_is_native("cpu")
+    native, why = precision.bf16_is_native_and_fast("cpu")
     assert not native and "without AMX" in why
     cfg = compose_train("rollout=vllm")
     precision.resolve_config(cfg)
@@ -57,7 +57,8 @@ def test_an_avx512_bf16_cpu_without_amx_gets_fp32(compose_train, machine):
 
 def test_the_reason_names_the_cpu_capability(machine):
     machine(False, capability="AVX2")
-    assert "AVX2" in precision.bf16_is_native("cpu")[1] and "emulated" in precision.bf16_is_native("cpu")[1]
+    why = precision.bf16_is_native_and_fast("cpu")[1]
+    assert "AVX2" in why and "emulated" in why
 
 
 @pytest.mark.parametrize(
