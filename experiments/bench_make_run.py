@@ -30,17 +30,19 @@ ROOT = Path(__file__).resolve().parents[1]
 AVX2 = {"ONEDNN_MAX_CPU_ISA": "AVX2", "ATEN_CPU_CAPABILITY": "avx2", "MKL_ENABLE_INSTRUCTIONS": "AVX2"}
 PARTS = ("step", "rollout", "reward", "update")
 CAPABILITY = (
-    "import torch; print(torch.backends.cpu.get_cpu_capability(), torch.ops.mkldnn._is_mkldnn_bf16_supported())"
+    "import torch; print(torch.backends.cpu.get_cpu_capability(), torch.ops.mkldnn._is_mkldnn_bf16_supported(),"
+    " torch.cpu._is_amx_tile_supported())"
 )
 
 
 def capability_line(env: dict[str, str]) -> str:
-    """What torch sees in the runs' environment: the CPU capability and whether oneDNN computes bf16."""
+    """What torch sees in the runs' environment: the CPU capability, whether oneDNN computes bf16, and AMX
+    (what `auto` precision decides by)."""
     proc = subprocess.run(
         [str(ROOT / ".venv/bin/python"), "-c", CAPABILITY], env=os.environ | env, capture_output=True, text=True
     )
-    capability, bf16 = proc.stdout.split()
-    return f"get_cpu_capability()={capability}, _is_mkldnn_bf16_supported()={bf16}"
+    capability, bf16, amx = proc.stdout.split()
+    return f"get_cpu_capability()={capability}, _is_mkldnn_bf16_supported()={bf16}, _is_amx_tile_supported()={amx}"
 
 
 def one_run(env: dict[str, str], args: str, seed: int, keep: Path | None = None) -> dict:
