@@ -15,8 +15,9 @@ initial instruction, answered greedily by the embedded model (8 new tokens). Met
 - forward: one batched forward pass over the same whole prompts and nothing else, the compute floor
   without prefix sharing (hf and hf_constrained below it: what sharing the prefix saves).
 
-Every transformers method runs in `--dtype` (default auto: bf16 where the CPU computes it natively,
-else fp32, as the harness chooses); vllm and openai run bf16 (skip them with --skip-vllm).
+Every transformers method runs in `--dtype` (default auto: fp32 on a CPU, as the harness chooses;
+`--dtype bfloat16` measures what bf16 would give on this CPU); vllm and openai run bf16 (skip them
+with --skip-vllm).
 
 Each method's parsed answers are compared with the naive loop's (agreement rate). Run from an
 environment with vLLM (`make setup-vllm`):

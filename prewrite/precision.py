@@ -1,19 +1,16 @@
-"""`auto` precision: bf16 where the device computes it natively and fast, fp32 everywhere else, fp16 never by
-default; and the training itself in fp32 on every CPU.
+"""`auto` precision: bf16 on a GPU that computes it natively, fp32 on every CPU, fp16 never by default.
 
-On a CPU without native bf16 (AVX2 only: most laptops and older cloud VMs) bf16 is emulated, and a
-forward + backward pass of the embedded model runs ~12x slower than in fp32 (experiments/RESULTS.md),
-so the precision of the Lightning trainer (`hardware.precision`), the task model
-(`task_backend.dtype`) and the vLLM rollout engine (`rollout.dtype`) default to `auto`, resolved here
-once at start by probing the device. An explicit value is left as it is.
+The precision of the Lightning trainer (`hardware.precision`), the task model (`task_backend.dtype`)
+and the vLLM rollout engine (`rollout.dtype`) default to `auto`, resolved here once at start by
+probing the device. An explicit value is left as it is.
 
-On a CPU that computes bf16 with AVX512-BF16 but has no AMX, bf16 bought little and cost learning
-(experiments/RESULTS.md, 2026-12-01 and 2026-12-02, 3 seeds each): bf16-mixed training saved 10% of
-`make run`'s time and its best dev rewrite was 6 points lower on average; a bf16 task model scored no
-faster than fp32, and with it the run's selection beat the initial instruction on dev in 2 of 3 seeds
-against 3 of 3 in fp32. So such a CPU runs everything in fp32, as an AVX2 CPU does (and its fp32 runs
-reproduce an AVX2 CPU's exactly). With AMX the task model, which only scores, runs in bf16 (3.7x
-faster scoring, ../DESIGN.md); training stays fp32 on every CPU.
+Why fp32 on every CPU, measured with the embedded model on the three kinds of CPU this project runs on
+(experiments/RESULTS.md): on an AVX2-only CPU bf16 is emulated and a forward + backward pass runs ~12x
+slower; on an AVX512-BF16 CPU without AMX bf16 was no faster and its runs learned worse (bf16-mixed
+training: best dev 6 points lower on average; a bf16 task model: above the initial instruction in 2
+of 3 seeds against 3 of 3); on an AMX Xeon (torch 2.13) a bf16 task model scored 2.2x slower than
+fp32 and learned worse the same way. fp32 runs are also the same on all three CPUs, seed for seed.
+The probes still run on a CPU, so that the logged reason says what the machine has.
 """
 
 from __future__ import annotations
@@ -48,9 +45,8 @@ def bf16_is_native_and_fast(device: str) -> tuple[bool, str]:
     capability = torch.backends.cpu.get_cpu_capability()
     if not torch.ops.mkldnn._is_mkldnn_bf16_supported():
         return False, f"CPU capability {capability}, no native bf16 in oneDNN (bf16 would be emulated, ~10x slower)"
-    if not torch.cpu._is_amx_tile_supported():
-        return False, f"CPU capability {capability}, oneDNN bf16 without AMX (no faster than fp32, learned worse)"
-    return True, f"CPU capability {capability}, oneDNN bf16 with AMX"
+    amx = "with" if torch.cpu._is_amx_tile_supported() else "without"
+    return False, f"CPU capability {capability}, oneDNN bf16 {amx} AMX (measured no faster than fp32 on a CPU, and learned worse)"
 
 
 def resolve_dtype(value: str, device: str | None) -> str:
@@ -69,8 +65,6 @@ def resolve_config(cfg: DictConfig) -> dict[str, str]:
         device = OmegaConf.select(cfg, device_key)
         native, why = bf16_is_native_and_fast(device)
         if kind == "precision":
-            if native and str(device).startswith("cpu"):
-                native, why = False, f"{why}; training stays fp32 on a CPU (bf16-mixed learned worse where measured)"
             value = "bf16-mixed" if native else "32-true"
         else:
             value = "bfloat16" if native else "float32"
