@@ -2,11 +2,12 @@
 # Issue 18: the untrained rewriter's samples under several meta prompts, scored greedily on
 # sentence-level SST-2 dev (prewrite.probe; never reads test). Results: experiments/RESULTS.md.
 #   bash experiments/probe_meta_prompts.sh                       # paper, concise, format on vLLM (make setup-vllm)
-#   BACKEND=hf NAMES="paper persona example" bash experiments/probe_meta_prompts.sh
+#   BACKEND=hf NAMES="paper persona example" ARGS=task_backend.constrained=false bash experiments/probe_meta_prompts.sh
 set -euo pipefail
 cd "$(dirname "$0")/.."
 BACKEND=${BACKEND:-vllm}
 NAMES=${NAMES:-paper concise format}
+ARGS=${ARGS:-}  # more overrides (hf scores classification constrained unless task_backend.constrained=false)
 P="Rewrite the following instruction via rephrasing and/or adding specific requirements."
 H="Add instructions which would be helpful to solve the problem correctly."
 T="Output the new instruction only.
@@ -22,5 +23,5 @@ declare -A M=(
 )
 for name in $NAMES; do
   .venv/bin/python -m prewrite.probe task=sst2_sentences task_backend=$BACKEND num_samples=16 dev_examples=128 \
-    "meta_prompt='${M[$name]}'" "hydra.run.dir=outputs/probes/meta_${name}_$BACKEND"
+    "meta_prompt='${M[$name]}'" "hydra.run.dir=outputs/probes/meta_${name}_$BACKEND" $ARGS
 done
