@@ -97,9 +97,11 @@ def test_ppo_runs_real_steps_and_adapts_its_kl_coefficient(compose_train, tmp_pa
         assert len(values(key)) == 2, key
     kl, coef = values("train/kl"), values("train/kl_coef")
     assert coef[0] == 0.05  # the configured start
-    assert kl[0] == 0.0  # step 1 samples from the reference itself (a copy, or the adapter starting as a no-op)
+    # step 1 samples from the reference itself (a copy, or the adapter starting as a no-op): zero up to fp32
+    # rounding, which on an AMX Xeon differs between the policy's micro-batches and the reference's batch (4e-6)
+    assert abs(kl[0]) < 1e-4
     assert kl[1] > 0.001  # after a real update at lr 1e-3 the policy has left the reference
-    # the coefficient used at step 2 was adapted after step 1, whose KL (0) was under the target
+    # the coefficient used at step 2 was adapted after step 1, whose KL (~0) was under the target
     assert coef[1] == pytest.approx(0.05 * (1 - 0.2 * 4 / 10))
     # the export is a plain Hugging Face folder: merged weights, no adapter keys
     with safe_open(str(tmp_path / "run" / "rewriter" / "model.safetensors"), "pt") as f:
