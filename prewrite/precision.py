@@ -46,7 +46,8 @@ def bf16_is_native_and_fast(device: str) -> tuple[bool, str]:
     if not torch.ops.mkldnn._is_mkldnn_bf16_supported():
         return False, f"CPU capability {capability}, no native bf16 in oneDNN (bf16 would be emulated, ~10x slower)"
     amx = "with" if torch.cpu._is_amx_tile_supported() else "without"
-    return False, f"CPU capability {capability}, oneDNN bf16 {amx} AMX (measured no faster than fp32 on a CPU, and learned worse)"
+    why = "measured no faster than fp32 on a CPU, and learned worse"
+    return False, f"CPU capability {capability}, oneDNN bf16 {amx} AMX ({why})"
 
 
 def resolve_dtype(value: str, device: str | None) -> str:
