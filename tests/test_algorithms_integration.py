@@ -98,7 +98,7 @@ def test_ppo_runs_real_steps_and_adapts_its_kl_coefficient(compose_train, tmp_pa
     kl, coef = values("train/kl"), values("train/kl_coef")
     assert coef[0] == 0.05  # the configured start
     # step 1 samples from the reference itself (a copy, or the adapter starting as a no-op): zero up to fp32
-    # rounding, which on an AMX Xeon differs between the policy's micro-batches and the reference's batch (4e-6)
+    # rounding. On an AMX Xeon the policy's and its full-weight copy's log-probs of the same batch differ by 4e-6
     assert abs(kl[0]) < 1e-4
     assert kl[1] > 0.001  # after a real update at lr 1e-3 the policy has left the reference
     # the coefficient used at step 2 was adapted after step 1, whose KL (~0) was under the target
