@@ -20,6 +20,8 @@ every dev row is not scored at all.
 
 from __future__ import annotations
 
+import logging
+
 from omegaconf import DictConfig, OmegaConf
 
 from prewrite import gepa_search
@@ -27,6 +29,8 @@ from prewrite.backends import build_backend
 from prewrite.report import columns
 from prewrite.rewriter_model import Rewriter
 from prewrite.selection import DevSelection, rank_score
+
+log = logging.getLogger(__name__)
 
 METHODS = ("ape", "opro", "gepa")
 CURVE_METRIC = "curve/dev_{metric}"  # logged at step = task-LLM requests spent
@@ -80,7 +84,14 @@ def _rounds(selection: DevSelection, propose, first_round: int, patience: int) -
     rounds in a row bring nothing new."""
     round, idle = first_round, 0
     while selection.affordable() and idle < patience:
-        idle = 0 if selection.score(propose(), round) else idle + 1
+        new = selection.score(propose(), round)
+        idle = 0 if new else idle + 1
+        # A search runs for minutes between MLflow writes: this line is its progress.
+        best = f"{rank_score(selection.best):.3f}" if selection.scored else "-"
+        log.info(
+            "round %d: %d new candidates, %d of %s task-LLM requests spent, best dev %s %s",
+            round, len(new), selection.spent, selection.budget, selection.metric, best,
+        )  # fmt: skip
         round += 1
     return selection
 

@@ -71,9 +71,15 @@ def test_best_is_the_earliest_of_equal_scores_and_an_empty_selection_says_why(se
         _ = selection(budget=9).best
 
 
-def test_ape_spends_the_budget_on_new_rewrites_then_stops(selection):
+def test_ape_spends_the_budget_on_new_rewrites_then_stops(selection, caplog):
     rewriter = ScriptedRewriter([["r1", "r2", "r1"], ["r3", "say positive r4", "r5"], ["r6", "r7", "r8"]])
-    sel = baselines.ape(rewriter, selection(budget=55), "Classify.", "Rewrite: {instruction}", samples_per_round=3)
+    with caplog.at_level("INFO", logger="prewrite.baselines"):
+        sel = baselines.ape(rewriter, selection(budget=55), "Classify.", "Rewrite: {instruction}", samples_per_round=3)
+    best = f"{sel.best['dev_score']:.3f}"
+    assert [r.getMessage() for r in caplog.records] == [  # one progress line per round
+        "round 0: 2 new candidates, 20 of 55 task-LLM requests spent, best dev accuracy 0.000",
+        f"round 1: 3 new candidates, 50 of 55 task-LLM requests spent, best dev accuracy {best}",
+    ]
     assert [c["instruction"] for c in sel.scored] == ["r1", "r2", "r3", "say positive r4", "r5"]
     assert [c["round"] for c in sel.scored] == [0, 0, 1, 1, 1]
     assert sel.spent == 50 and sel.best["instruction"] == "say positive r4"
