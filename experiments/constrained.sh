@@ -1,0 +1,28 @@
+#!/bin/bash
+# Issue 18: PRewrite with constrained scoring, three seeds (default: sentence-level SST-2,
+# conf/experiment/sst2_sentences_constrained.yaml). 1. the headroom probe on dev (SST-2 only);
+# 2. three trainings (seeds 0-2), selected on dev; 3. each evaluated once on a seeded test subset.
+# Results: experiments/RESULTS.md. About 50 minutes on a 2-core CPU with AMX.
+# EXPERIMENT: the experiment config (e.g. ag_news_constrained); OUT: where the runs go;
+# ARGS: overrides for the trainings (e.g. ARGS=algorithm.learning_rate=5e-5); EVAL_ARGS: overrides for
+# the evaluations (e.g. EVAL_ARGS=num_samples=20); PROBE=0 skips step 1.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+EXPERIMENT=${EXPERIMENT:-sst2_sentences_constrained}
+OUT=${OUT:-outputs/$EXPERIMENT}
+ARGS=${ARGS:-}
+EVAL_ARGS=${EVAL_ARGS:-}
+if [ "${PROBE:-$([ "$EXPERIMENT" = sst2_sentences_constrained ] && echo 1 || echo 0)}" = 1 ]; then
+  .venv/bin/python -m prewrite.probe experiment="$EXPERIMENT" num_samples=16 dev_examples=128 \
+    'instructions=["You are a movie critic. Say whether the review below is positive or negative.","Sentiment (positive/negative):"]' \
+    "hydra.run.dir=$OUT/probe"
+fi
+for seed in 0 1 2; do
+  # shellcheck disable=SC2086  # ARGS is a list of overrides
+  .venv/bin/python -m prewrite.train experiment="$EXPERIMENT" $ARGS seed=$seed "hydra.run.dir=$OUT/seed$seed"
+done
+for seed in 0 1 2; do
+  # shellcheck disable=SC2086  # EVAL_ARGS is a list of overrides
+  .venv/bin/python -m prewrite.evaluate experiment="$EXPERIMENT" rewriter_path=$OUT/seed$seed \
+    seed=$seed dev_examples=128 test_examples=500 $EVAL_ARGS "hydra.run.dir=$OUT/eval_seed$seed"
+done
