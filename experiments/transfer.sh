@@ -2,6 +2,7 @@
 # Issue 23, transfer: one rewriter trained on a mixture of three classification tasks, evaluated on two
 # tasks it never saw (zero task-model requests on them before test for PRewrite-I), 3 seeds.
 #   bash experiments/transfer.sh [outputs folder]     then: python experiments/transfer_table.py <outputs folder>
+# SEEDS (default 0 1 2), MEMBERS, UNSEEN; ARGS: overrides for the trainings (e.g. ARGS=dev_examples=128).
 set -euo pipefail
 OUT=${1:-outputs/transfer}
 MEMBERS=${MEMBERS:-[ag_news,trec,subj]}
@@ -9,7 +10,8 @@ UNSEEN=${UNSEEN:-mr cr}
 TRAIN=(task=mixture "task.members=$MEMBERS" task_backend.constrained=true steps=15 eval_every=5
        examples_per_step=8 dev_examples=32 algorithm.learning_rate=5.0e-5 paths.outputs_dir="$OUT")
 for seed in ${SEEDS:-0 1 2}; do
-  python -m prewrite.train "${TRAIN[@]}" seed="$seed" hydra.run.dir="$OUT/train/seed$seed"
+  # shellcheck disable=SC2086  # ARGS is a list of overrides
+  python -m prewrite.train "${TRAIN[@]}" ${ARGS:-} seed="$seed" hydra.run.dir="$OUT/train/seed$seed"
   for task in $UNSEEN; do
     python -m prewrite.evaluate rewriter_path="$OUT/train/seed$seed" task="$task" seed="$seed" \
       task_backend.constrained=true num_samples=4 dev_examples=128 test_examples=500 \

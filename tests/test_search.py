@@ -52,10 +52,12 @@ def selection(task):
     return make
 
 
-def test_selection_charges_each_new_candidate_once_and_never_exceeds_the_budget(selection, task):
+def test_selection_charges_each_new_candidate_once_and_never_exceeds_the_budget(selection, task, caplog):
     sel = selection(budget=35)  # pays for 3 candidates on 10 rows, not 4
     positives = sum(task.gold(r) == 1 for r in sel.dev_rows) / 10
-    scored = sel.score(["a", "say positive", "a", "b", "c"])
+    with caplog.at_level("INFO", logger="prewrite.selection"):
+        scored = sel.score(["a", "say positive", "a", "b", "c"])
+    assert caplog.messages == ["Scoring 3 candidates on 10 dev rows (30 task-LLM requests)"]  # before the pass
     assert [c["instruction"] for c in scored] == ["a", "say positive", "b"]  # the repeat is free, "c" unaffordable
     assert sel.spent == 30 == sel.scorer.requests and sel.affordable() == 0
     assert sel.score(["d"]) == [] and sel.spent == 30
