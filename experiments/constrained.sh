@@ -5,7 +5,7 @@
 # Results: experiments/RESULTS.md. About 50 minutes on a 2-core CPU with AMX.
 # EXPERIMENT: the experiment config (e.g. ag_news_constrained); OUT: where the runs go;
 # ARGS: overrides for the trainings (e.g. ARGS=algorithm.learning_rate=5e-5); EVAL_ARGS: overrides for
-# the evaluations (e.g. EVAL_ARGS=num_samples=20); PROBE=0 skips step 1.
+# the evaluations (e.g. EVAL_ARGS=num_samples=20); SEEDS (default 0 1 2); PROBE=0 skips step 1.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 EXPERIMENT=${EXPERIMENT:-sst2_sentences_constrained}
@@ -17,11 +17,11 @@ if [ "${PROBE:-$([ "$EXPERIMENT" = sst2_sentences_constrained ] && echo 1 || ech
     'instructions=["You are a movie critic. Say whether the review below is positive or negative.","Sentiment (positive/negative):"]' \
     "hydra.run.dir=$OUT/probe"
 fi
-for seed in 0 1 2; do
+for seed in ${SEEDS:-0 1 2}; do
   # shellcheck disable=SC2086  # ARGS is a list of overrides
   .venv/bin/python -m prewrite.train experiment="$EXPERIMENT" $ARGS seed=$seed "hydra.run.dir=$OUT/seed$seed"
 done
-for seed in 0 1 2; do
+for seed in ${SEEDS:-0 1 2}; do
   # shellcheck disable=SC2086  # EVAL_ARGS is a list of overrides
   .venv/bin/python -m prewrite.evaluate experiment="$EXPERIMENT" rewriter_path=$OUT/seed$seed \
     seed=$seed dev_examples=128 test_examples=500 $EVAL_ARGS "hydra.run.dir=$OUT/eval_seed$seed"
