@@ -44,8 +44,8 @@ class DevSelection:
         if not new:
             return []
         # one pass can take many minutes on a CPU (e.g. 20 candidates x 128 AG News rows: about 20 on 2 cores)
-        log.info("Scoring %d candidates on %d dev rows (%d task-LLM requests)", len(new), len(self.dev_rows),
-                 len(new) * len(self.dev_rows))
+        requests = len(new) * len(self.dev_rows)
+        log.info("Scoring %d candidates on %d dev rows (%d task-LLM requests)", len(new), len(self.dev_rows), requests)
         values = self.scorer(new, self.dev_rows).metrics[self.metric]
         rows = []
         for instruction, value in zip(new, values, strict=True):
