@@ -12,7 +12,9 @@ EXPERIMENT=${EXPERIMENT:-sst2_sentences_constrained}
 OUT=${OUT:-outputs/$EXPERIMENT}
 ARGS=${ARGS:-}
 EVAL_ARGS=${EVAL_ARGS:-}
-if [ "${PROBE:-$([ "$EXPERIMENT" = sst2_sentences_constrained ] && echo 1 || echo 0)}" = 1 ]; then
+# the probe's hand-written instructions are SST-2's, so by default it runs for SST-2 only
+if [ "$EXPERIMENT" = sst2_sentences_constrained ]; then PROBE=${PROBE:-1}; else PROBE=${PROBE:-0}; fi
+if [ "$PROBE" = 1 ]; then
   .venv/bin/python -m prewrite.probe experiment="$EXPERIMENT" num_samples=16 dev_examples=128 \
     'instructions=["You are a movie critic. Say whether the review below is positive or negative.","Sentiment (positive/negative):"]' \
     "hydra.run.dir=$OUT/probe"
