@@ -5,6 +5,7 @@ import subprocess
 import sys
 
 import pytest
+from hydra import compose, initialize_config_dir
 from hydra.errors import MissingConfigException
 from omegaconf import OmegaConf
 
@@ -102,6 +103,23 @@ def test_evaluate_and_rewrite_configs_compose(compose_config, name):
     assert OmegaConf.to_container(cfg, resolve=True)["rewriter_path"] == "some/folder"
     with pytest.raises(Exception, match="rewriter_path"):
         OmegaConf.to_container(compose_config(name), resolve=True, throw_on_missing=True)
+
+
+@pytest.mark.parametrize("name", ["evaluate", "probe", "rescore"])
+def test_an_experiment_sets_the_tools_keys_and_each_tool_keeps_its_run_folder(compose_config, name):
+    """The experiment is applied after the tool's own file: its dev rows (and evaluate's K and test rows)
+    are the ones the tool uses, as in prewrite.compare; the run folder stays the tool's."""
+    required = {"evaluate": "rewriter_path=x", "probe": "seed=0", "rescore": "run=x"}[name]
+    plain = compose_config(name, required)
+    tuned = compose_config(name, required, "experiment=ag_news_constrained")
+    assert (plain.dev_examples, tuned.dev_examples) == (64, 128)
+    if name == "evaluate":
+        assert (plain.num_samples, tuned.num_samples) == (8, 20)
+        assert (plain.test_examples, tuned.test_examples) == (None, 500)
+    with initialize_config_dir(config_dir=str(CONF), version_base="1.3"):
+        run_dir = compose(config_name=name, overrides=[required, "task=trec"], return_hydra_config=True).hydra.run.dir
+    folder = {"evaluate": "evals", "probe": "probes", "rescore": "rescores"}[name]
+    assert f"/outputs/{folder}/trec/" in run_dir
 
 
 def test_relaunch_in_a_run_folder_must_repeat_its_settings(compose_train, tmp_path):
