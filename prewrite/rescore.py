@@ -2,7 +2,7 @@
 
 The rewrites come from the run's rewrites table (`rewrites.jsonl` in its folder, or the `rewrites.json`
 table of its MLflow run): every distinct one, the `top_k` greedy rewrites by their logged dev score, or
-those logged at given `steps`. They are scored with the configured task backend on `split`, and the
+those logged at `at_steps`. They are scored with the configured task backend on `split`, and the
 table (rewrite, where it was logged, its logged score, the new one) goes to the Hydra run folder and to
 a new MLflow run tagged with the source run.
 """
@@ -60,7 +60,7 @@ def choose(rows: list[dict], which: str, top_k: int, steps: list[int] | None) ->
     if which not in WHICH:
         raise ValueError(f"which={which!r}; expected one of {', '.join(WHICH)}")
     if which == "steps" and not steps:
-        raise ValueError("which=steps needs steps=[...], the training steps whose rewrites to score")
+        raise ValueError("which=steps needs at_steps=[...], the training steps whose rewrites to score")
     if which == "top_k" and top_k < 1:
         raise ValueError(f"top_k={top_k}; expected an integer >= 1")
     logged = [r for r in rows if r["split"] != "initial"]
@@ -78,13 +78,13 @@ def choose(rows: list[dict], which: str, top_k: int, steps: list[int] | None) ->
 
 def rescore(cfg: DictConfig) -> list[dict]:
     rows, source_run, trained_on = logged_rewrites(str(cfg.run), cfg.paths.mlflow_tracking_uri)
-    table = choose(rows, cfg.which, cfg.top_k, list(cfg.steps) if cfg.steps else None)
+    table = choose(rows, cfg.which, cfg.top_k, list(cfg.at_steps) if cfg.at_steps else None)
     if cfg.split not in ("dev", "test"):
         raise ValueError(f"split={cfg.split!r}; expected dev or test")
     if trained_on not in (None, cfg.task.name):
         raise ValueError(f"run={cfg.run} trained on task {trained_on!r}; pass task={trained_on} (and its overrides)")
     if not table:
-        raise ValueError(f"run={cfg.run}: no logged rewrites match which={cfg.which} steps={cfg.steps}")
+        raise ValueError(f"run={cfg.run}: no logged rewrites match which={cfg.which} at_steps={cfg.at_steps}")
     precision.resolve_config(cfg)
     L.seed_everything(cfg.seed, workers=True)
     task = load_task(cfg.task)

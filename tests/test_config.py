@@ -112,6 +112,11 @@ def test_an_experiment_sets_the_tools_keys_and_each_tool_keeps_its_run_folder(co
     required = {"evaluate": "rewriter_path=x", "probe": "seed=0", "rescore": "run=x"}[name]
     plain = compose_config(name, required)
     tuned = compose_config(name, required, "experiment=ag_news_constrained")
+    # train.yaml comes after the tool's file: a key of the same name there would silently replace the tool's
+    own = OmegaConf.to_container(OmegaConf.load(CONF / f"{name}.yaml"), resolve=False)
+    composed = OmegaConf.to_container(plain, resolve=False)
+    keys = set(own) - {"defaults", required.split("=")[0]}
+    assert {k: composed[k] for k in keys} == {k: own[k] for k in keys}
     assert (plain.dev_examples, tuned.dev_examples) == (64, 128)
     if name == "evaluate":
         assert (plain.num_samples, tuned.num_samples) == (8, 20)

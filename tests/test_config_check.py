@@ -119,5 +119,5 @@ def test_rescore_refuses_a_bad_choice_before_any_model_loads(tmp_path):
     assert [r["rewrite"] for r in choose(rows, "steps", 5, [1])] == ["B", "A"]
     with pytest.raises(ValueError, match=r"which='best'; expected one of all, top_k, steps"):
         choose(rows, "best", 5, None)
-    with pytest.raises(ValueError, match=r"which=steps needs steps="):
+    with pytest.raises(ValueError, match=r"which=steps needs at_steps="):
         choose(rows, "steps", 5, None)
