@@ -5,13 +5,15 @@
 # Results: experiments/RESULTS.md. About 50 minutes on a 2-core CPU with AMX.
 # EXPERIMENT: the experiment config (e.g. ag_news_constrained); OUT: where the runs go;
 # ARGS: overrides for the trainings (e.g. ARGS=algorithm.learning_rate=5e-5); EVAL_ARGS: overrides for
-# the evaluations (e.g. EVAL_ARGS=num_samples=20); SEEDS (default 0 1 2); PROBE=0 skips step 1.
+# the evaluations (e.g. EVAL_ARGS=num_samples=20); TEST_EXAMPLES: test rows (default 500 seeded rows;
+# null = the whole split); SEEDS (default 0 1 2); PROBE=0 skips step 1.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 EXPERIMENT=${EXPERIMENT:-sst2_sentences_constrained}
 OUT=${OUT:-outputs/$EXPERIMENT}
 ARGS=${ARGS:-}
 EVAL_ARGS=${EVAL_ARGS:-}
+TEST_EXAMPLES=${TEST_EXAMPLES:-500}
 # the probe's hand-written instructions are SST-2's, so by default it runs for SST-2 only
 if [ "$EXPERIMENT" = sst2_sentences_constrained ]; then PROBE=${PROBE:-1}; else PROBE=${PROBE:-0}; fi
 if [ "$PROBE" = 1 ]; then
@@ -26,5 +28,5 @@ done
 for seed in ${SEEDS:-0 1 2}; do
   # shellcheck disable=SC2086  # EVAL_ARGS is a list of overrides
   .venv/bin/python -m prewrite.evaluate experiment="$EXPERIMENT" rewriter_path=$OUT/seed$seed \
-    seed=$seed dev_examples=128 test_examples=500 $EVAL_ARGS "hydra.run.dir=$OUT/eval_seed$seed"
+    seed=$seed dev_examples=128 test_examples=$TEST_EXAMPLES $EVAL_ARGS "hydra.run.dir=$OUT/eval_seed$seed"
 done
