@@ -43,13 +43,14 @@ class VLLMRollout(RolloutEngine):
         # policy's tensors can be handed to it without serialization.
         os.environ["VLLM_ENABLE_V1_MULTIPROCESSING"] = "0"
         vllm = model_zoo.import_vllm("rollout")
-        from vllm.platforms import current_platform
+        if sleep_mode:
+            from vllm.platforms import current_platform
 
-        if sleep_mode and not current_platform.is_sleep_mode_available():
-            raise ValueError(
-                f"rollout.sleep_mode=true needs a platform with vLLM sleep mode (CUDA, ROCm, XPU); this one is "
-                f"{current_platform.device_type!r}: set rollout.sleep_mode=false"
-            )
+            if not current_platform.is_sleep_mode_available():
+                raise ValueError(
+                    f"rollout.sleep_mode=true needs a platform with vLLM sleep mode (CUDA, ROCm, XPU); this one is "
+                    f"{current_platform.device_type!r}: set rollout.sleep_mode=false"
+                )
         self.policy, self.tokenizer = policy, tokenizer
         self.sleep_mode = sleep_mode
         self.tensor_parallel_size = tensor_parallel_size
