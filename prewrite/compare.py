@@ -86,6 +86,7 @@ def task_part(cfg, task: Task) -> str | None:
 
 def compare(cfg: DictConfig) -> dict:
     out = Path(cfg.paths.run_dir)
+    config_check.check_test_rows(cfg)
     config_check.check_training(cfg)  # before the task LLM loads, not when the first seed reaches training
     precision.resolve_config(cfg)
     runs.check_same_settings(out, cfg)  # the seeds already done in `out` are reused: they must share these settings
@@ -199,7 +200,7 @@ def compare_on(cfg, task: Task, backend, rl_dir: Path, rl_curve: list | None, cl
         "prewrite_s": prewrite_s,
         "prewrite_s_or_initial": safe,
     } | {method: sel.best["instruction"] for method, sel in searched.items()}
-    test_rows = task.eval_rows("test", cfg.test_examples, seed)
+    test_rows = task.eval_rows("test", cfg.test_examples, cfg.test_seed)
     on_test = scorer(list(chosen.values()), test_rows)
     test = dict(zip(chosen, on_test.metrics[metric], strict=True))
     # a transferred PRewrite-I costs no request on this task: its curve starts at 0 with its dev score

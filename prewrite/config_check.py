@@ -48,6 +48,10 @@ def one_of(*allowed: str) -> tuple[Callable, str]:
     return (lambda v: v in allowed), f"one of {', '.join(allowed)}"
 
 
+TEST_ROWS = {  # evaluate, search and compare: which test rows are reported on
+    "test_examples": integer(1, nullable=True),
+    "test_seed": integer(0),
+}
 REWRITE_MODES = ("task", "input")  # one rewrite per task, or one per input (conf/train.yaml rewrite_mode)
 LOOP = {
     "seed": integer(0),
@@ -132,6 +136,11 @@ def check_training(cfg: DictConfig) -> None:
             f"algorithm.num_mini_batches={algo.num_mini_batches} is more than algorithm.num_generations="
             f"{algo.num_generations}: every minibatch needs at least one rewrite"
         )
+
+
+def check_test_rows(cfg: DictConfig) -> None:
+    """Raises ConfigError on a test subset that cannot be drawn, before any model loads."""
+    _check(cfg, TEST_ROWS, "")
 
 
 def _check_rewrite_mode(cfg: DictConfig) -> None:

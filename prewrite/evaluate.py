@@ -22,7 +22,7 @@ import lightning as L
 from mlflow.utils.mlflow_tags import MLFLOW_RUN_NAME
 from omegaconf import DictConfig
 
-from prewrite import plots, precision, prompt_registry, rewriter_model, runs
+from prewrite import config_check, plots, precision, prompt_registry, rewriter_model, runs
 from prewrite.backends import build_backend
 from prewrite.report import columns, examples_table, score_text
 from prewrite.rewards import RewriteScorer
@@ -33,6 +33,7 @@ log = logging.getLogger(__name__)
 
 
 def evaluate(cfg: DictConfig) -> dict[str, float]:
+    config_check.check_test_rows(cfg)
     precision.resolve_config(cfg)
     L.seed_everything(cfg.seed, workers=True)
     task = load_task(cfg.task)
@@ -44,7 +45,7 @@ def evaluate(cfg: DictConfig) -> dict[str, float]:
     if transfer:
         print(f"Transfer: the rewriter was trained on {trained_on}, never on {task.name}.")
     dev_rows = task.eval_rows("dev", cfg.dev_examples, cfg.seed)
-    test_rows = task.eval_rows("test", cfg.test_examples, cfg.seed)
+    test_rows = task.eval_rows("test", cfg.test_examples, cfg.test_seed)
     per_input = rw.info.get("rewrite_mode", "task") == "input"
     if per_input:
         methods, candidates_table, spent = _per_input(cfg, task, scorer, rw, dev_rows, test_rows)
@@ -188,7 +189,10 @@ def _report(cfg, task_name, metric, n_dev, n_test, table, candidates_table, exam
 @hydra.main(version_base="1.3", config_path="../conf", config_name="evaluate")
 def main(cfg: DictConfig) -> None:
     os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
-    evaluate(cfg)
+    try:
+        evaluate(cfg)
+    except config_check.ConfigError as e:
+        raise SystemExit(f"prewrite.evaluate: {e}") from None
 
 
 if __name__ == "__main__":

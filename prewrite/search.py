@@ -16,7 +16,7 @@ import lightning as L
 from mlflow.utils.mlflow_tags import MLFLOW_RUN_NAME
 from omegaconf import DictConfig
 
-from prewrite import precision, rewriter_model, runs
+from prewrite import config_check, precision, rewriter_model, runs
 from prewrite.backends import build_backend
 from prewrite.baselines import METHODS, log_search_run, run
 from prewrite.rewards import RewriteScorer
@@ -28,9 +28,10 @@ def search(cfg: DictConfig) -> dict:
     """`cfg.method` from the untrained rewriter at `cfg.budget` task-LLM requests, selected on dev;
     the initial and the chosen instruction scored on test afterwards."""
     if cfg.method not in METHODS:
-        raise ValueError(f"method: unknown search method {cfg.method!r}; choose from {list(METHODS)}")
+        raise config_check.ConfigError(f"method: unknown search method {cfg.method!r}; choose from {list(METHODS)}")
     if not isinstance(cfg.budget, int) or cfg.budget <= 0:
-        raise ValueError(f"budget must be a positive number of task-LLM requests, got {cfg.budget!r}")
+        raise config_check.ConfigError(f"budget must be a positive number of task-LLM requests, got {cfg.budget!r}")
+    config_check.check_test_rows(cfg)
     precision.resolve_config(cfg)
     L.seed_everything(cfg.seed)
     task = load_task(cfg.task)
@@ -42,7 +43,7 @@ def search(cfg: DictConfig) -> dict:
     selection, usage = run(cfg.method, cfg, rewriter, selection, task, cfg.seed)
     best = selection.best
     # Every choice is made; only now the test rows are scored.
-    test_rows = task.eval_rows("test", cfg.test_examples, cfg.seed)
+    test_rows = task.eval_rows("test", cfg.test_examples, cfg.test_seed)
     test_initial, test_best = scorer([task.instruction, best["instruction"]], test_rows).metrics[metric]
     result = {
         "method": cfg.method,
@@ -83,7 +84,10 @@ def search(cfg: DictConfig) -> dict:
 @hydra.main(version_base="1.3", config_path="../conf", config_name="search")
 def main(cfg: DictConfig) -> None:
     os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
-    search(cfg)
+    try:
+        search(cfg)
+    except config_check.ConfigError as e:
+        raise SystemExit(f"prewrite.search: {e}") from None
 
 
 if __name__ == "__main__":

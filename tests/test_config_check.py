@@ -6,7 +6,7 @@ import sys
 
 import pytest
 
-from prewrite.config_check import ConfigError, check_training
+from prewrite.config_check import ConfigError, check_test_rows, check_training
 from tests.conftest import CONF, ROOT
 
 
@@ -102,6 +102,32 @@ def test_the_cli_refuses_in_one_line_before_any_model_loads(tmp_path):
         assert not (tmp_path / str(list(CLI_CASES).index(override)) / "mlflow.db").exists()  # nothing started
     stdout, _ = shown.communicate(timeout=300)
     assert shown.returncode == 0 and "loss_type: dapoo" in stdout  # printing the config still works
+
+
+@pytest.mark.parametrize("tool", ["evaluate", "search", "compare"])
+def test_every_tool_checks_its_test_rows(compose_config, tool):
+    required = ["rewriter_path=x"] if tool == "evaluate" else []
+    check_test_rows(compose_config(tool, *required))
+    with pytest.raises(ConfigError, match=r"^test_seed=-1; expected an integer >= 0$"):
+        check_test_rows(compose_config(tool, *required, "test_seed=-1"))
+    with pytest.raises(ConfigError, match=r"^test_examples=0; expected an integer >= 1 or null$"):
+        check_test_rows(compose_config(tool, *required, "test_examples=0"))
+
+
+@pytest.mark.parametrize(
+    ("tool", "override", "message"),
+    [
+        ("evaluate", "test_seed=-1", "prewrite.evaluate: test_seed=-1; expected an integer >= 0"),
+        ("search", "test_examples=0", "prewrite.search: test_examples=0; expected an integer >= 1 or null"),
+    ],
+)
+def test_evaluate_and_search_refuse_bad_test_rows_in_one_line(tmp_path, tool, override, message):
+    required = ["rewriter_path=x"] if tool == "evaluate" else []
+    cmd = [sys.executable, "-m", f"prewrite.{tool}", f"paths.outputs_dir={tmp_path}", *required, override]
+    proc = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 1 and "Traceback" not in proc.stderr
+    assert proc.stderr.strip().splitlines()[-1] == message
+    assert not (tmp_path / "mlflow.db").exists()  # nothing started
 
 
 def test_rescore_refuses_a_bad_choice_before_any_model_loads(tmp_path):

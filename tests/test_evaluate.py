@@ -19,7 +19,7 @@ def test_prewrite_s_selects_on_dev_and_test_scores_only_the_three_reported(compo
     base = model_zoo.resolve("embedded:smollm2-135m-instruct")  # an untrained rewriter is a rewriter too
     cfg = compose_config(
         "evaluate", f"rewriter_path={base}", "num_samples=4", "dev_examples=6", "test_examples=8",
-        "max_new_tokens=24", f"paths.outputs_dir={tmp_path}",
+        "max_new_tokens=24", f"paths.outputs_dir={tmp_path}", "seed=3",
     )  # fmt: skip
     results = evaluate_mod.evaluate(cfg)
 
@@ -32,7 +32,9 @@ def test_prewrite_s_selects_on_dev_and_test_scores_only_the_three_reported(compo
     assert by_method["initial"]["instruction"] == "Classify the sentiment."
 
     task = evaluate_mod.load_task(cfg.task)
-    test_sentences = {r["sentence"] for r in task.sample("test", 8, seed=[cfg.seed, 1 << 31])}
+    # the test rows come from test_seed, not the run's seed: every seed and method reports on the same rows
+    test_sentences = {r["sentence"] for r in task.sample("test", 8, seed=[0, 1 << 31])}
+    assert cfg.test_seed == 0 and test_sentences != {r["sentence"] for r in task.sample("test", 8, seed=[3, 1 << 31])}
     on_test = {
         p.split("\n\nSentence: ")[0]
         for p in spies[0].prompts
