@@ -2,7 +2,7 @@
 # Issue 18: PRewrite with constrained scoring, three seeds (default: sentence-level SST-2,
 # conf/experiment/sst2_sentences_constrained.yaml). 1. the headroom probe on dev (SST-2 only);
 # 2. three trainings (seeds 0-2), selected on dev; 3. each evaluated once on a seeded test subset.
-# Results: experiments/RESULTS.md. About 50 minutes on a 2-core CPU with AMX.
+# Results: experiments/RESULTS.md (table: python experiments/constrained_table.py $OUT). About 50 minutes on a 2-core CPU with AMX.
 # EXPERIMENT: the experiment config (e.g. ag_news_constrained); OUT: where the runs go;
 # ARGS: overrides for the trainings (e.g. ARGS=algorithm.learning_rate=5e-5); EVAL_ARGS: overrides for
 # the evaluations (e.g. EVAL_ARGS=num_samples=20); TEST_EXAMPLES: test rows (default 500 seeded rows;

@@ -5,7 +5,7 @@
 # evaluations on 128 dev rows, and 8 x 128 for PRewrite-S), selected on the same 128 dev rows, then test
 # once on the same rows as the evaluations of that experiment's trainings (TEST_EXAMPLES, default 500
 # seeded rows; null = the whole test split). METHOD=ape|opro|gepa, SEEDS to run a subset.
-# Results: experiments/RESULTS.md.
+# Results: experiments/RESULTS.md (table: python experiments/constrained_table.py $OUT).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 METHOD=${METHOD:-opro}
