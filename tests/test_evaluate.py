@@ -33,8 +33,8 @@ def test_prewrite_s_selects_on_dev_and_test_scores_only_the_three_reported(compo
 
     task = evaluate_mod.load_task(cfg.task)
     # the test rows come from test_seed, not the run's seed: every seed and method reports on the same rows
-    test_sentences = {r["sentence"] for r in task.sample("test", 8, seed=[0, 1 << 31])}
-    assert cfg.test_seed == 0 and test_sentences != {r["sentence"] for r in task.sample("test", 8, seed=[3, 1 << 31])}
+    test_sentences = {r["sentence"] for r in task.eval_rows("test", 8, 0)}
+    assert cfg.test_seed == 0 and test_sentences != {r["sentence"] for r in task.eval_rows("test", 8, 3)}
     on_test = {
         p.split("\n\nSentence: ")[0]
         for p in spies[0].prompts

@@ -124,7 +124,8 @@ class Task:
 
     def eval_rows(self, split: str, n: int | None, seed: int) -> list[dict]:
         """The fixed seeded subset of dev or test that evaluations score: the same rows at every
-        evaluation, stage and script of one seed, and apart from the per-step training samples."""
+        evaluation, stage and script given the same seed (the tools pass `test_seed` for test, so every
+        run seed reports on one test subset), and apart from the per-step training samples."""
         return self.sample(split, n, seed=[seed, EVAL_SAMPLE_STREAM[split]])
 
 
