@@ -36,6 +36,7 @@ from omegaconf import DictConfig, OmegaConf
 
 from prewrite import baselines, config_check, faults, plots, precision, prompt_registry, rewriter_model, runs
 from prewrite.backends import build_backends
+from prewrite.cli import tool_main
 from prewrite.report import columns, examples_table
 from prewrite.rewards import RewriteScorer
 from prewrite.selection import DevSelection, best_so_far, or_initial, prewrite_i_and_s, requests_to_reach
@@ -340,13 +341,8 @@ def markdown(summary: dict, seeds: list[dict], task: Task, methods: list[str]) -
 
 @hydra.main(version_base="1.3", config_path="../conf", config_name="compare")
 def main(cfg: DictConfig) -> None:
-    os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
-    try:
+    with tool_main("compare"):
         compare(cfg)
-    except config_check.ConfigError as e:
-        raise SystemExit(f"prewrite.compare: {e}") from None
-    except faults.StopRequested as e:
-        faults.exit_for_resume(e, cfg.paths.run_dir)
 
 
 if __name__ == "__main__":

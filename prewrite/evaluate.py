@@ -24,6 +24,7 @@ from omegaconf import DictConfig
 
 from prewrite import config_check, plots, precision, prompt_registry, rewriter_model, runs
 from prewrite.backends import build_backend
+from prewrite.cli import tool_main
 from prewrite.report import columns, examples_table, score_text
 from prewrite.rewards import RewriteScorer
 from prewrite.selection import DevSelection, or_initial, prewrite_i_and_s
@@ -188,11 +189,8 @@ def _report(cfg, task_name, metric, n_dev, n_test, table, candidates_table, exam
 
 @hydra.main(version_base="1.3", config_path="../conf", config_name="evaluate")
 def main(cfg: DictConfig) -> None:
-    os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
-    try:
+    with tool_main("evaluate"):
         evaluate(cfg)
-    except config_check.ConfigError as e:
-        raise SystemExit(f"prewrite.evaluate: {e}") from None
 
 
 if __name__ == "__main__":

@@ -22,6 +22,7 @@ from omegaconf import DictConfig, ListConfig
 
 from prewrite import precision, rewriter_model, runs
 from prewrite.backends import build_backend
+from prewrite.cli import tool_main
 from prewrite.report import columns, score_text
 from prewrite.rewards import RewriteScorer
 from prewrite.selection import DevSelection, rank_score
@@ -183,11 +184,8 @@ def _log_to_mlflow(cfg: DictConfig, task: Task, result: dict) -> str:
 
 @hydra.main(version_base="1.3", config_path="../conf", config_name="probe")
 def main(cfg: DictConfig) -> None:
-    os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
-    try:
+    with tool_main("probe", errors=(ProbeOptionError,)):
         probe(cfg)
-    except ProbeOptionError as e:
-        raise SystemExit(f"prewrite.probe: {e}") from None
 
 
 if __name__ == "__main__":

@@ -22,6 +22,7 @@ from omegaconf import DictConfig
 
 from prewrite import precision, runs
 from prewrite.backends import build_backend
+from prewrite.cli import tool_main
 from prewrite.report import columns, score_text
 from prewrite.rewards import RewriteScorer
 from prewrite.tasks import load_task
@@ -125,11 +126,8 @@ def _report(cfg, task_name: str, metric: str, n_rows: int, table: list[dict], so
 
 @hydra.main(version_base="1.3", config_path="../conf", config_name="rescore")
 def main(cfg: DictConfig) -> None:
-    os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
-    try:
+    with tool_main("rescore", errors=(ValueError, FileNotFoundError)):
         rescore(cfg)
-    except (ValueError, FileNotFoundError) as e:
-        raise SystemExit(f"prewrite.rescore: {e}") from None
 
 
 if __name__ == "__main__":

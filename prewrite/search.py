@@ -19,6 +19,7 @@ from omegaconf import DictConfig
 from prewrite import config_check, precision, rewriter_model, runs
 from prewrite.backends import build_backend
 from prewrite.baselines import METHODS, log_search_run, run
+from prewrite.cli import tool_main
 from prewrite.rewards import RewriteScorer
 from prewrite.selection import DevSelection
 from prewrite.tasks import load_task
@@ -83,11 +84,8 @@ def search(cfg: DictConfig) -> dict:
 
 @hydra.main(version_base="1.3", config_path="../conf", config_name="search")
 def main(cfg: DictConfig) -> None:
-    os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
-    try:
+    with tool_main("search"):
         search(cfg)
-    except config_check.ConfigError as e:
-        raise SystemExit(f"prewrite.search: {e}") from None
 
 
 if __name__ == "__main__":

@@ -7,14 +7,14 @@ prewrite.sweep.run_job: a child of the sweep's MLflow run, recorded and skipped 
 from __future__ import annotations
 
 import logging
-import os
 
 import hydra
 from hydra.core.hydra_config import HydraConfig
 from hydra.types import RunMode
 from omegaconf import DictConfig
 
-from prewrite import config_check, faults, sweep
+from prewrite import sweep
+from prewrite.cli import tool_main
 from prewrite.training import train
 
 log = logging.getLogger(__name__)
@@ -22,17 +22,11 @@ log = logging.getLogger(__name__)
 
 @hydra.main(version_base="1.3", config_path="../conf", config_name="train")
 def main(cfg: DictConfig) -> float | None:
-    # artifact downloads (the MLflow table helpers) would clutter the console with progress bars
-    os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
     log.info("Run folder: %s", HydraConfig.get().runtime.output_dir)
-    try:
+    with tool_main("train"):
         if HydraConfig.get().mode == RunMode.MULTIRUN:  # a failed job is recorded and the sweep goes on
             return sweep.run_job(train, cfg)
         return train(cfg)
-    except config_check.ConfigError as e:
-        raise SystemExit(f"prewrite.train: {e}") from None
-    except faults.StopRequested as e:
-        faults.exit_for_resume(e, HydraConfig.get().runtime.output_dir)
 
 
 if __name__ == "__main__":

@@ -119,9 +119,11 @@ def test_every_tool_checks_its_test_rows(compose_config, tool):
     [
         ("evaluate", "test_seed=-1", "prewrite.evaluate: test_seed=-1; expected an integer >= 0"),
         ("search", "test_examples=0", "prewrite.search: test_examples=0; expected an integer >= 1 or null"),
+        ("compare", "test_seed=-1", "prewrite.compare: test_seed=-1; expected an integer >= 0"),
+        ("rescore", "run=.", "prewrite.rescore: run=.: no rewrites.jsonl in it (is it a training run folder?)"),
     ],
 )
-def test_evaluate_and_search_refuse_bad_test_rows_in_one_line(tmp_path, tool, override, message):
+def test_every_tool_refuses_a_bad_option_in_one_line(tmp_path, tool, override, message):
     required = ["rewriter_path=x"] if tool == "evaluate" else []
     cmd = [sys.executable, "-m", f"prewrite.{tool}", f"paths.outputs_dir={tmp_path}", *required, override]
     proc = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=300)
