@@ -1,4 +1,4 @@
-"""PPO and LoRA with the embedded model: real updates, the reference under LoRA, plain exports."""
+"""PPO and LoRA: real updates, the reference under LoRA, plain exports (the real steps on the tiny random Llama)."""
 
 import lightning as L
 import pytest
@@ -73,7 +73,7 @@ def test_ppos_value_head_is_trained_and_checkpointed_with_the_module_and_its_kl_
 @pytest.mark.parametrize(
     "weights", [["rewriter.lora.enabled=true"], ["algorithm.gradient_accumulation_steps=2"]], ids=["lora", "full"]
 )
-def test_ppo_runs_real_steps_and_adapts_its_kl_coefficient(compose_train, tmp_path, weights):
+def test_ppo_runs_real_steps_and_adapts_its_kl_coefficient(compose_train, tmp_path, weights, tiny_models):
     from prewrite.training import train
 
     train(compose_train(
@@ -85,7 +85,7 @@ def test_ppo_runs_real_steps_and_adapts_its_kl_coefficient(compose_train, tmp_pa
         "algorithm.num_generations=4", "algorithm.max_completion_length=12",
         f"paths.outputs_dir={tmp_path}", f"paths.run_dir={tmp_path}/run",
         "trainer.enable_progress_bar=false", "log_rewriter_to_mlflow=false", "save_checkpoints=false",
-        "system_metrics_interval_s=null",
+        "system_metrics_interval_s=null", *tiny_models,
     ))  # fmt: skip
     client = MlflowClient(f"sqlite:///{tmp_path}/mlflow.db")
     run = client.search_runs([client.get_experiment_by_name(DEFAULT_EXPERIMENT).experiment_id])[0]
@@ -100,7 +100,9 @@ def test_ppo_runs_real_steps_and_adapts_its_kl_coefficient(compose_train, tmp_pa
     # step 1 samples from the reference itself (a copy, or the adapter starting as a no-op): zero up to fp32
     # rounding. On an AMX Xeon the policy's and its full-weight copy's log-probs of the same batch differ by 4e-6
     assert abs(kl[0]) < 1e-4
-    assert kl[1] > 0.001  # after a real update at lr 1e-3 the policy has left the reference
+    # after a real update at lr 1e-3 the policy has left the reference. The k1 estimate over 4 samples is
+    # signed: on the tiny model's near-uniform policy its noise can outweigh the (positive) true KL
+    assert abs(kl[1]) > 0.001
     # the coefficient used at step 2 was adapted after step 1, whose KL (~0) was under the target
     assert coef[1] == pytest.approx(0.05 * (1 - 0.2 * 4 / 10))
     # the export is a plain Hugging Face folder: merged weights, no adapter keys

@@ -1,4 +1,5 @@
-"""prewrite.compare end to end on the real embedded model (hf task backend), at its smallest: the
+"""prewrite.compare end to end on the tiny random Llama (hf task backend; tests/conftest.py: what the models
+say does not matter to this machinery), at its smallest: the
 baselines get exactly the task-LLM requests RL spent, every choice is made on dev before test is
 scored, everything lands in MLflow, and a re-run in the same folder redoes nothing."""
 
@@ -16,7 +17,7 @@ from tests.fake_backend import spy_on_backends
 pytestmark = pytest.mark.integration
 
 
-def test_equal_budget_dev_only_selection_mlflow_and_resume(compose_config, monkeypatch, tmp_path):
+def test_equal_budget_dev_only_selection_mlflow_and_resume(compose_config, monkeypatch, tmp_path, tiny_models):
     spies = spy_on_backends(monkeypatch, prewrite.backends)
     cfg = compose_config(
         "compare", "seeds=[0]", "steps=2", "eval_every=1", "examples_per_step=2", "algorithm.num_generations=2",
@@ -24,6 +25,7 @@ def test_equal_budget_dev_only_selection_mlflow_and_resume(compose_config, monke
         "num_samples=3", "ape.samples_per_round=4", "opro.proposals_per_round=4", "gepa.reflection_minibatch_size=2",
         "save_checkpoints=false",
         "system_metrics_interval_s=null", "trainer.enable_progress_bar=false", f"paths.outputs_dir={tmp_path}",
+        *tiny_models,
     )  # fmt: skip
     summary = compare_mod.compare(cfg)
 
@@ -113,7 +115,9 @@ def test_equal_budget_dev_only_selection_mlflow_and_resume(compose_config, monke
     assert len(spies) == 2
 
 
-def test_transfer_mode_compares_a_mixture_trained_rewriter_on_an_unseen_task(compose_config, monkeypatch, tmp_path):
+def test_transfer_mode_compares_a_mixture_trained_rewriter_on_an_unseen_task(
+    compose_config, monkeypatch, tmp_path, tiny_models
+):
     spies = spy_on_backends(monkeypatch, prewrite.backends)
     cfg = compose_config(
         "compare", "seeds=[0]", "task=mixture", "task.members=[trec,subj]", "transfer_to=[cr]", "transfer_budget=14",
@@ -121,6 +125,7 @@ def test_transfer_mode_compares_a_mixture_trained_rewriter_on_an_unseen_task(com
         "algorithm.max_completion_length=8", "max_new_tokens=8", "dev_examples=4", "test_examples=6",
         "num_samples=2", "ape.samples_per_round=4", "save_checkpoints=false", "register_prompts=false",
         "system_metrics_interval_s=null", "trainer.enable_progress_bar=false", f"paths.outputs_dir={tmp_path}",
+        *tiny_models,
     )  # fmt: skip
     summary = compare_mod.compare(cfg)
 

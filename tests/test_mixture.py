@@ -84,10 +84,11 @@ def test_one_model_answers_each_member_by_its_own_labels_counting_usage_apart(co
 
 
 @pytest.mark.integration
-def test_a_mixture_trains_on_each_member_in_turn_and_reports_dev_per_member(compose_train, tmp_path):
+def test_a_mixture_trains_on_each_member_in_turn_and_reports_dev_per_member(compose_train, tmp_path, tiny_models):
     cfg = compose_train(
         *TINY_TRAINING, "steps=4", "eval_every=2", "task=mixture", "task.members=[trec,subj]",
         f"paths.outputs_dir={tmp_path}", f"paths.run_dir={tmp_path}/run", "system_metrics_interval_s=null",
+        *tiny_models,
     )  # fmt: skip
     score = train(cfg)
     client = MlflowClient(f"sqlite:///{tmp_path}/mlflow.db")

@@ -56,11 +56,13 @@ def test_the_rewriter_sees_the_input_beside_the_instruction(compose_train, sst2)
 
 
 @pytest.mark.integration
-def test_per_input_training_groups_rewrites_by_input_and_evaluates_every_test_input(compose_config, tmp_path):
+def test_per_input_training_groups_rewrites_by_input_and_evaluates_every_test_input(
+    compose_config, tmp_path, tiny_llama, tiny_models
+):
     from prewrite.evaluate import evaluate
     from prewrite.training import train
 
-    outputs = [f"paths.outputs_dir={tmp_path}", "system_metrics_interval_s=null"]
+    outputs = [f"paths.outputs_dir={tmp_path}", "system_metrics_interval_s=null", *tiny_models]
     train(compose_config("train", *TINY_TRAINING, "rewrite_mode=input", f"paths.run_dir={tmp_path}/run", *outputs))
     rows = [json.loads(line) for line in (tmp_path / "run" / "rewrites.jsonl").read_text().splitlines()]
     train_rows = [r for r in rows if r["split"] == "train"]
@@ -73,7 +75,7 @@ def test_per_input_training_groups_rewrites_by_input_and_evaluates_every_test_in
     # evaluated on a task it was not trained on: a transfer, every test input rewritten for itself
     cfg = compose_config(
         "evaluate", f"rewriter_path={tmp_path}/run", "task=cr", "dev_examples=4", "test_examples=6",
-        "max_new_tokens=8", f"paths.outputs_dir={tmp_path}",
+        "max_new_tokens=8", f"paths.outputs_dir={tmp_path}", f"task_backend.model_name_or_path={tiny_llama}",
     )  # fmt: skip
     results = evaluate(cfg)
     report = json.loads((tmp_path / "evaluation.json").read_text())

@@ -13,13 +13,13 @@ from tests.conftest import DEFAULT_EXPERIMENT, ROOT
 pytestmark = pytest.mark.integration
 
 
-def test_two_stages_chain_their_best_rewrites_and_log_child_runs(tmp_path):
+def test_two_stages_chain_their_best_rewrites_and_log_child_runs(tmp_path, tiny_models):
     cmd = [
         sys.executable, "-m", "prewrite.train", "stages=2",
         "steps=2", "eval_every=1", "examples_per_step=2", "dev_examples=4",
         "algorithm.num_generations=2", "algorithm.max_completion_length=12",
         f"paths.outputs_dir={tmp_path}", f"hydra.run.dir={tmp_path}/run",
-        "trainer.enable_progress_bar=false", "log_rewriter_to_mlflow=false", "save_checkpoints=false",
+        "trainer.enable_progress_bar=false", "log_rewriter_to_mlflow=false", "save_checkpoints=false", *tiny_models,
     ]  # fmt: skip
     proc = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=900)
     assert proc.returncode == 0, proc.stderr[-3000:]
