@@ -1,4 +1,4 @@
-"""The frame `python -m prewrite.<tool>` runs its work in (every entry point but rewrite, which exits on its own).
+"""The frame every `python -m prewrite.<tool>` runs its work in.
 
 A bad option should end the command with one line naming the tool and the option, not a traceback; a
 stop signal (SLURM, Ctrl+C) with how to resume; and MLflow's artifact downloads (the table helpers)

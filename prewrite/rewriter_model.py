@@ -3,14 +3,18 @@
 from __future__ import annotations
 
 import json
+import re
 from dataclasses import dataclass, field
 from pathlib import Path
 
 from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
 from prewrite import chat, model_zoo
+from prewrite.config_check import ConfigError
 from prewrite.rollout.hf_rollout import HFRollout
 from prewrite.usage import Usage
+
+RUN_ID = re.compile(r"[0-9a-f]{32}")  # how MLflow names its runs (uuid4 hex)
 
 
 @dataclass
@@ -56,23 +60,24 @@ class Rewriter:
 
 def locate(spec: str, tracking_uri: str | None = None) -> Path:
     """A Hugging Face folder for `spec`: that folder, a training run folder's `rewriter/`, or the
-    `rewriter` artifact of an MLflow run id (downloaded)."""
+    `rewriter` artifact of an MLflow run id (downloaded). A spec that is none of these is an option error
+    (ConfigError), so the tools end with one line naming `rewriter_path`."""
     path = Path(spec).expanduser()
     if (path / "config.json").exists():
         return path
     if (path / "rewriter" / "config.json").exists():
         return path / "rewriter"
     if path.exists():
-        raise FileNotFoundError(f"{path} holds no rewriter: expected config.json in it or in {path / 'rewriter'}")
+        raise ConfigError(f"rewriter_path={spec!r} holds no rewriter: expected config.json in it or in rewriter/")
+    if not RUN_ID.fullmatch(spec):  # not worth opening (and so creating) the MLflow store for
+        raise ConfigError(f"rewriter_path={spec!r}: no such folder, nor an MLflow run id (32 hex digits)")
     import mlflow
 
     try:
         local = mlflow.artifacts.download_artifacts(run_id=spec, artifact_path="rewriter", tracking_uri=tracking_uri)
     except Exception as e:
-        raise FileNotFoundError(
-            f"rewriter_path={spec!r} is neither a folder nor an MLflow run with a `rewriter` artifact in "
-            f"{tracking_uri}: {e}"
-        ) from None
+        message = f"rewriter_path={spec!r}: no MLflow run with a rewriter artifact in {tracking_uri}: {e}"
+        raise ConfigError(message) from None
     return Path(local)
 
 

@@ -114,22 +114,35 @@ def test_every_tool_checks_its_test_rows(compose_config, tool):
         check_test_rows(compose_config(tool, *required, "test_examples=0"))
 
 
-@pytest.mark.parametrize(
-    ("tool", "override", "message"),
-    [
-        ("evaluate", "test_seed=-1", "prewrite.evaluate: test_seed=-1; expected an integer >= 0"),
-        ("search", "test_examples=0", "prewrite.search: test_examples=0; expected an integer >= 1 or null"),
-        ("compare", "test_seed=-1", "prewrite.compare: test_seed=-1; expected an integer >= 0"),
-        ("rescore", "run=.", "prewrite.rescore: run=.: no rewrites.jsonl in it (is it a training run folder?)"),
-    ],
-)
-def test_every_tool_refuses_a_bad_option_in_one_line(tmp_path, tool, override, message):
-    required = ["rewriter_path=x"] if tool == "evaluate" else []
-    cmd = [sys.executable, "-m", f"prewrite.{tool}", f"paths.outputs_dir={tmp_path}", *required, override]
-    proc = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=300)
-    assert proc.returncode == 1 and "Traceback" not in proc.stderr
-    assert proc.stderr.strip().splitlines()[-1] == message
-    assert not (tmp_path / "mlflow.db").exists()  # nothing started
+# (tool, overrides, the last line it must print)
+TOOL_CASES = [
+    ("evaluate", ["rewriter_path=x", "test_seed=-1"], "prewrite.evaluate: test_seed=-1; expected an integer >= 0"),
+    ("search", ["test_examples=0"], "prewrite.search: test_examples=0; expected an integer >= 1 or null"),
+    ("compare", ["test_seed=-1"], "prewrite.compare: test_seed=-1; expected an integer >= 0"),
+    ("rescore", ["run=."], "prewrite.rescore: run=.: no rewrites.jsonl in it (is it a training run folder?)"),
+    (
+        "evaluate",
+        ["rewriter_path=."],  # the repository root: a folder, and no rewriter in it
+        "prewrite.evaluate: rewriter_path='.' holds no rewriter: expected config.json in it or in rewriter/",
+    ),
+    (
+        "rewrite",
+        ["rewriter_path=nope"],
+        "prewrite.rewrite: rewriter_path='nope': no such folder, nor an MLflow run id (32 hex digits)",
+    ),
+]
+
+
+def test_every_tool_refuses_a_bad_option_in_one_line(tmp_path):
+    procs = []
+    for i, (tool, overrides, _) in enumerate(TOOL_CASES):  # all at once, as above
+        cmd = [sys.executable, "-m", f"prewrite.{tool}", f"paths.outputs_dir={tmp_path / str(i)}", *overrides]
+        procs.append(subprocess.Popen(cmd, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True))
+    for i, ((tool, overrides, message), proc) in enumerate(zip(TOOL_CASES, procs, strict=True)):
+        _, stderr = proc.communicate(timeout=300)
+        assert proc.returncode == 1 and "Traceback" not in stderr, (tool, overrides, stderr[-2000:])
+        assert stderr.strip().splitlines()[-1] == message
+        assert not (tmp_path / str(i) / "mlflow.db").exists()  # nothing started
 
 
 def test_rescore_refuses_a_bad_choice_before_any_model_loads(tmp_path):

@@ -147,14 +147,22 @@ def test_a_sweep_that_stops_early_leaves_its_parent_failed_not_running(sweep_env
 
 
 def test_a_failing_job_stops_a_single_run_but_not_a_sweep(tmp_path):
-    bad = ["task=jsonl", "task.path=/nonexistent/rows.jsonl", f"paths.outputs_dir={tmp_path}"]
     train = [sys.executable, "-m", "prewrite.train"]
-    single = subprocess.run([*train, *bad], cwd=ROOT, capture_output=True, text=True, timeout=300)
-    assert single.returncode != 0 and "Task data file not found" in single.stderr
+    bad = ["task=jsonl", "task.path=/nonexistent/rows.jsonl"]
+    # both at once, each in its own outputs folder: each is a fresh interpreter that mostly imports
+    single, multi = (
+        subprocess.Popen(cmd, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        for cmd in (
+            [*train, *bad, f"paths.outputs_dir={tmp_path / 'single'}"],
+            [*train, "-m", *bad, "seed=0,1", f"paths.outputs_dir={tmp_path}"],
+        )
+    )
+    _, stderr = single.communicate(timeout=300)
+    assert single.returncode != 0 and "Task data file not found" in stderr
 
-    multi = subprocess.run([*train, "-m", *bad, "seed=0,1"], cwd=ROOT, capture_output=True, text=True, timeout=300)
+    _, stderr = multi.communicate(timeout=300)
     # every job ran (the sweep went on), then the multirun exited non-zero, naming the failed jobs
-    assert multi.returncode == 1 and "2 job(s) of the multirun failed" in multi.stderr, multi.stderr[-3000:]
+    assert multi.returncode == 1 and "2 job(s) of the multirun failed" in stderr, stderr[-3000:]
     client = MlflowClient(f"sqlite:///{tmp_path}/mlflow.db")
     runs = client.search_runs([client.get_experiment_by_name("prewrite-jsonl").experiment_id])
     children = [r for r in runs if MLFLOW_PARENT_RUN_ID in r.data.tags]
