@@ -13,15 +13,17 @@ from hydra.core.hydra_config import HydraConfig
 from hydra.types import RunMode
 from omegaconf import DictConfig
 
-from prewrite import sweep
-from prewrite.cli import tool_main
-from prewrite.training import train
-
 log = logging.getLogger(__name__)
 
 
 @hydra.main(version_base="1.3", config_path="../conf", config_name="train")
 def main(cfg: DictConfig) -> float | None:
+    # Imported here rather than above (they load torch, Lightning and MLflow, ~10 s on 2 cores), so that
+    # `--help`, `--cfg job` and a mistyped option answer at once.
+    from prewrite import sweep
+    from prewrite.cli import tool_main
+    from prewrite.training import train
+
     log.info("Run folder: %s", HydraConfig.get().runtime.output_dir)
     with tool_main("train"):
         if HydraConfig.get().mode == RunMode.MULTIRUN:  # a failed job is recorded and the sweep goes on
