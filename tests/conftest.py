@@ -19,6 +19,23 @@ DEFAULT_TASK = "sst2_sentences"
 DEFAULT_EXPERIMENT = f"prewrite-{DEFAULT_TASK}"
 
 
+def run_at_once(*cmds: list[str], timeout: float = 300) -> list[subprocess.CompletedProcess]:
+    """Runs the commands side by side from the repository root, as `subprocess.run(cmd,
+    capture_output=True, text=True)` would one after another: each is a fresh interpreter that spends most
+    of its time importing, so on 2 cores they overlap well."""
+    procs = [subprocess.Popen(c, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True) for c in cmds]
+    done = []
+    try:
+        for p in procs:
+            stdout, stderr = p.communicate(timeout=timeout)
+            done.append(subprocess.CompletedProcess(p.args, p.returncode, stdout, stderr))
+        return done
+    finally:
+        for p in procs:
+            p.kill()  # only those a timeout left running; a finished one ignores it
+            p.wait()
+
+
 @pytest.fixture
 def compose_config(tmp_path):
     """Compose conf/<name>.yaml with overrides, as `python -m prewrite.<name>` would; ${hydra:...}

@@ -1,13 +1,12 @@
 """Config values that cannot work are refused before any model loads, with the key, what is allowed and
 the value; every shipped algorithm, experiment and sweep setting passes."""
 
-import subprocess
 import sys
 
 import pytest
 
 from prewrite.config_check import ConfigError, check_test_rows, check_training
-from tests.conftest import CONF, ROOT
+from tests.conftest import CONF, run_at_once
 
 
 @pytest.mark.parametrize("algorithm", sorted(f.stem for f in (CONF / "algorithm").glob("*.yaml")))
@@ -87,21 +86,19 @@ CLI_CASES = {  # the rules a user meets first, each through the command line
 
 
 def test_the_cli_refuses_in_one_line_before_any_model_loads(tmp_path):
-    def launch(*args, out):
-        cmd = [sys.executable, "-m", "prewrite.train", f"paths.outputs_dir={out}", *args]
-        return subprocess.Popen(cmd, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    def command(*args, out):
+        return [sys.executable, "-m", "prewrite.train", f"paths.outputs_dir={out}", *args]
 
-    # all at once: each is a fresh interpreter that spends its time importing
-    procs = {o: launch(o, out=tmp_path / str(i)) for i, o in enumerate(CLI_CASES)}
-    shown = launch("algorithm.loss_type=dapoo", "--cfg", "job", out=tmp_path / "cfg")
-    for override, proc in procs.items():
-        _, stderr = proc.communicate(timeout=300)
+    *refused, shown = run_at_once(
+        *(command(o, out=tmp_path / str(i)) for i, o in enumerate(CLI_CASES)),
+        command("algorithm.loss_type=dapoo", "--cfg", "job", out=tmp_path / "cfg"),
+    )
+    for i, (override, proc) in enumerate(zip(CLI_CASES, refused, strict=True)):
         assert proc.returncode == 1, override
-        assert "Traceback" not in stderr, override
-        assert stderr.strip().splitlines()[-1] == f"prewrite.train: {CLI_CASES[override]}"
-        assert not (tmp_path / str(list(CLI_CASES).index(override)) / "mlflow.db").exists()  # nothing started
-    stdout, _ = shown.communicate(timeout=300)
-    assert shown.returncode == 0 and "loss_type: dapoo" in stdout  # printing the config still works
+        assert "Traceback" not in proc.stderr, override
+        assert proc.stderr.strip().splitlines()[-1] == f"prewrite.train: {CLI_CASES[override]}"
+        assert not (tmp_path / str(i) / "mlflow.db").exists()  # nothing started
+    assert shown.returncode == 0 and "loss_type: dapoo" in shown.stdout  # printing the config still works
 
 
 @pytest.mark.parametrize("tool", ["evaluate", "search", "compare"])
@@ -134,14 +131,13 @@ TOOL_CASES = [
 
 
 def test_every_tool_refuses_a_bad_option_in_one_line(tmp_path):
-    procs = []
-    for i, (tool, overrides, _) in enumerate(TOOL_CASES):  # all at once, as above
-        cmd = [sys.executable, "-m", f"prewrite.{tool}", f"paths.outputs_dir={tmp_path / str(i)}", *overrides]
-        procs.append(subprocess.Popen(cmd, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True))
+    procs = run_at_once(
+        *([sys.executable, "-m", f"prewrite.{tool}", f"paths.outputs_dir={tmp_path / str(i)}", *overrides]
+          for i, (tool, overrides, _) in enumerate(TOOL_CASES))
+    )  # fmt: skip
     for i, ((tool, overrides, message), proc) in enumerate(zip(TOOL_CASES, procs, strict=True)):
-        _, stderr = proc.communicate(timeout=300)
-        assert proc.returncode == 1 and "Traceback" not in stderr, (tool, overrides, stderr[-2000:])
-        assert stderr.strip().splitlines()[-1] == message
+        assert proc.returncode == 1 and "Traceback" not in proc.stderr, (tool, overrides, proc.stderr[-2000:])
+        assert proc.stderr.strip().splitlines()[-1] == message
         assert not (tmp_path / str(i) / "mlflow.db").exists()  # nothing started
 
 

@@ -4,7 +4,6 @@ job's record (prewrite.sweep, driven directly); a failing job stops a single run
 import atexit
 import json
 import math
-import subprocess
 import sys
 
 import pytest
@@ -15,7 +14,7 @@ from mlflow.utils.mlflow_tags import MLFLOW_PARENT_RUN_ID, MLFLOW_RUN_NAME
 from omegaconf import OmegaConf, open_dict
 
 from prewrite import sweep
-from tests.conftest import CONF, DEFAULT_EXPERIMENT, ROOT
+from tests.conftest import CONF, DEFAULT_EXPERIMENT, run_at_once
 
 GROUPS = {p.name for p in CONF.iterdir() if p.is_dir()}
 
@@ -149,20 +148,13 @@ def test_a_sweep_that_stops_early_leaves_its_parent_failed_not_running(sweep_env
 def test_a_failing_job_stops_a_single_run_but_not_a_sweep(tmp_path):
     train = [sys.executable, "-m", "prewrite.train"]
     bad = ["task=jsonl", "task.path=/nonexistent/rows.jsonl"]
-    # both at once, each in its own outputs folder: each is a fresh interpreter that mostly imports
-    single, multi = (
-        subprocess.Popen(cmd, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-        for cmd in (
-            [*train, *bad, f"paths.outputs_dir={tmp_path / 'single'}"],
-            [*train, "-m", *bad, "seed=0,1", f"paths.outputs_dir={tmp_path}"],
-        )
+    single, multi = run_at_once(  # each in its own outputs folder
+        [*train, *bad, f"paths.outputs_dir={tmp_path / 'single'}"],
+        [*train, "-m", *bad, "seed=0,1", f"paths.outputs_dir={tmp_path}"],
     )
-    _, stderr = single.communicate(timeout=300)
-    assert single.returncode != 0 and "Task data file not found" in stderr
-
-    _, stderr = multi.communicate(timeout=300)
+    assert single.returncode != 0 and "Task data file not found" in single.stderr
     # every job ran (the sweep went on), then the multirun exited non-zero, naming the failed jobs
-    assert multi.returncode == 1 and "2 job(s) of the multirun failed" in stderr, stderr[-3000:]
+    assert multi.returncode == 1 and "2 job(s) of the multirun failed" in multi.stderr, multi.stderr[-3000:]
     client = MlflowClient(f"sqlite:///{tmp_path}/mlflow.db")
     runs = client.search_runs([client.get_experiment_by_name("prewrite-jsonl").experiment_id])
     children = [r for r in runs if MLFLOW_PARENT_RUN_ID in r.data.tags]

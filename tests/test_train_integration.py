@@ -10,7 +10,7 @@ import pytest
 from mlflow import MlflowClient
 
 from prewrite import precision
-from tests.conftest import DEFAULT_EXPERIMENT, DEFAULT_TASK, ROOT
+from tests.conftest import DEFAULT_EXPERIMENT, DEFAULT_TASK, ROOT, run_at_once
 
 pytestmark = pytest.mark.integration
 
@@ -130,14 +130,12 @@ def test_rewrite_cli_reads_a_run_folder_or_an_mlflow_run_id(run):
     run_id = client.search_runs([client.get_experiment_by_name(DEFAULT_EXPERIMENT).experiment_id])[0].info.run_id
     run_dir = next((outputs / "runs" / DEFAULT_TASK).iterdir())
     texts = []
-    procs = []
-    for spec in (str(run_dir), run_id):  # both at once: each is a fresh interpreter that mostly imports
-        cmd = [sys.executable, "-m", "prewrite.rewrite", f"rewriter_path={spec}", f"paths.outputs_dir={outputs}"]
-        procs.append(subprocess.Popen(cmd, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True))
-    for proc in procs:
-        stdout, stderr = proc.communicate(timeout=300)
-        assert proc.returncode == 0, stderr[-3000:]
-        texts.append(stdout.strip().splitlines()[-1])
+    for proc in run_at_once(
+        *([sys.executable, "-m", "prewrite.rewrite", f"rewriter_path={spec}", f"paths.outputs_dir={outputs}"]
+          for spec in (str(run_dir), run_id))
+    ):  # fmt: skip
+        assert proc.returncode == 0, proc.stderr[-3000:]
+        texts.append(proc.stdout.strip().splitlines()[-1])
     assert texts[0] and texts[0] == texts[1]
 
 
