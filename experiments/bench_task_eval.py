@@ -7,23 +7,27 @@ initial instruction, answered greedily by the embedded model (8 new tokens). Met
 - naive: one prompt at a time through transformers' generate, as the earlier PPO code scored;
 - hf: the hf backend, batched (32), each rewrite's shared prompt prefix computed once;
 - hf_constrained: the hf backend choosing between the label verbalizers (one forward pass);
-- vllm: the in-process vllm backend (bf16), hosted in a child process because vLLM binds the OpenMP
+- vllm: the in-process vllm backend, hosted in a child process because vLLM binds the OpenMP
   threads of the process it runs in, which would slow the transformers methods timed here;
-- openai: the openai backend against `vllm.entrypoints.openai.api_server` (bf16) on 127.0.0.1;
+- vllm_constrained: the same engine choosing between the label verbalizers (one generated token with
+  their log-probabilities);
+- openai: the openai backend against `vllm.entrypoints.openai.api_server` on 127.0.0.1;
 - cache_cold / cache_warm: the hf backend behind the response cache, first pass on an empty cache
   file, then the identical pass served from it;
 - forward: one batched forward pass over the same whole prompts and nothing else, the compute floor
   without prefix sharing (hf and hf_constrained below it: what sharing the prefix saves).
 
 Every transformers method runs in `--dtype` (default auto: fp32 on a CPU, as the harness chooses;
-`--dtype bfloat16` measures what bf16 would give on this CPU); vllm and openai run bf16 (skip them
-with --skip-vllm).
+`--dtype bfloat16` measures what bf16 would give on this CPU); vllm, vllm_constrained and openai run
+`--vllm-dtype` (default bfloat16; skip them with --skip-vllm).
 
 Each method's parsed answers are compared with the naive loop's (agreement rate). Run from an
 environment with vLLM (`make setup-vllm`):
 
     python experiments/bench_task_eval.py --rows 256 --repeats 3 --out experiments/bench_task_eval.json
     python experiments/bench_task_eval.py --dtype float32 --skip-vllm --out experiments/bench_task_eval_fp32.json
+    python experiments/bench_task_eval.py --dtype float32 --vllm-dtype float32 \
+        --out experiments/bench_task_eval_fp32_vllm.json
 """
 
 from __future__ import annotations
@@ -53,16 +57,18 @@ ROOT = Path(__file__).resolve().parents[1]
 MODEL = "embedded:smollm2-135m-instruct"
 
 
-def vllm_worker(conn, max_new_tokens: int) -> None:
-    """Hosts the in-process vllm backend in its own process; answers ("generate", prompts) with
+def vllm_worker(conn, max_new_tokens: int, dtype: str, labels: list[str]) -> None:
+    """Hosts the in-process vllm backend in its own process; answers (constrained, prompts) with
     (seconds, answers), timed inside the process as a caller of the backend would see it."""
     from prewrite.backends.vllm import VLLMBackend
 
-    backend = VLLMBackend(MODEL, dtype="bfloat16", max_new_tokens=max_new_tokens)
+    greedy = VLLMBackend(MODEL, dtype=dtype, max_new_tokens=max_new_tokens)
+    chooser = greedy.with_choices(labels)  # the same engine
     conn.send("ready")
     while (msg := conn.recv()) is not None:
+        constrained, prompts = msg
         start = time.perf_counter()
-        answers = backend.generate(msg)
+        answers = (chooser if constrained else greedy).generate(prompts)
         conn.send((time.perf_counter() - start, answers))
 
 
@@ -85,6 +91,7 @@ def main() -> None:
     parser.add_argument("--out", default=None, help="write every timing and the summary as JSON here")
     parser.add_argument("--dtype", default="auto", help="the transformers methods' dtype (auto: as the harness picks)")
     parser.add_argument("--skip-vllm", action="store_true", help="leave out the vllm and openai methods")
+    parser.add_argument("--vllm-dtype", default="bfloat16", help="the vllm and openai methods' dtype")
     args = parser.parse_args()
     dtype = precision.resolve_dtype(args.dtype, "cpu")
 
@@ -113,17 +120,17 @@ def main() -> None:
         ctx = multiprocessing.get_context("spawn")
         conn, child_conn = ctx.Pipe()
         start = time.perf_counter()
-        worker = ctx.Process(target=vllm_worker, args=(child_conn, n_new))
+        worker = ctx.Process(target=vllm_worker, args=(child_conn, n_new, args.vllm_dtype, labels))
         worker.start()
         assert conn.recv() == "ready"
         startup["vllm"] = time.perf_counter() - start
 
-    def run_vllm(ps):
-        conn.send(ps)
+    def run_vllm(constrained, ps):
+        conn.send((constrained, ps))
         seconds, answers = conn.recv()
         return seconds, answers
 
-    with contextlib.nullcontext() if args.skip_vllm else timed_server(tmp, startup) as base_url:
+    with contextlib.nullcontext() if args.skip_vllm else timed_server(tmp, startup, args.vllm_dtype) as base_url:
         api = (
             None
             if args.skip_vllm
@@ -136,18 +143,19 @@ def main() -> None:
             "hf": lambda: hf.generate(prompts),
             "hf_constrained": lambda: constrained.generate(prompts),
             "vllm": None,  # timed inside its process
+            "vllm_constrained": None,
             "openai": lambda: api.generate(prompts),
             "cache_cold": None,  # timed in pairs below
             "forward": lambda: forward_floor(hf, prompts),
         }
         if args.skip_vllm:
-            del methods["vllm"], methods["openai"]
+            del methods["vllm"], methods["vllm_constrained"], methods["openai"]
         times: dict[str, list[float]] = {m: [] for m in [*methods, "cache_warm"]}
         answers: dict[str, list[str]] = {}
         for rep in range(args.repeats):
             for name, run in methods.items():
-                if name == "vllm":
-                    seconds, out = run_vllm(prompts)
+                if name in ("vllm", "vllm_constrained"):
+                    seconds, out = run_vllm(name == "vllm_constrained", prompts)
                 elif name == "cache_cold":
                     cached = CachedBackend(hf, ResponseCache(tmp / f"cache-{rep}.sqlite"))
                     start = time.perf_counter()
@@ -245,10 +253,10 @@ def print_table(summary: dict) -> None:
 
 
 @contextlib.contextmanager
-def timed_server(tmp: Path, startup: dict[str, float]):
+def timed_server(tmp: Path, startup: dict[str, float], dtype: str):
     """The vLLM OpenAI server for the openai method, its start-up time recorded."""
     start = time.perf_counter()
-    with serve(model_zoo.resolve(MODEL), "smollm2", tmp / "server.log", dtype="bfloat16") as url:
+    with serve(model_zoo.resolve(MODEL), "smollm2", tmp / "server.log", dtype=dtype) as url:
         startup["openai"] = time.perf_counter() - start
         yield url
 

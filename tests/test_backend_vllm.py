@@ -54,8 +54,12 @@ def test_openai_backend_against_a_real_vllm_server_answers_as_hf_greedy(server_u
     assert usage["retries"] == 0
 
 
-def test_in_process_vllm_backend_answers_and_scores_as_hf(prompts, hf_answers):
-    backend = VLLMBackend(MODEL, dtype="float32", max_new_tokens=MAX_NEW_TOKENS)
+@pytest.fixture(scope="module")
+def backend():
+    return VLLMBackend(MODEL, dtype="float32", max_new_tokens=MAX_NEW_TOKENS)
+
+
+def test_in_process_vllm_backend_answers_and_scores_as_hf(backend, prompts, hf_answers):
     assert backend.generate(prompts + prompts[:2]) == hf_answers + hf_answers[:2]
     assert backend.num_calls == len(prompts)  # the repeats ran once
     # The log-likelihood pass agrees with hf's to float rounding.
@@ -66,3 +70,20 @@ def test_in_process_vllm_backend_answers_and_scores_as_hf(prompts, hf_answers):
     assert got[-1] is None and want[-1] is None
     assert got[:-1] == pytest.approx(want[:-1], abs=1e-3)
     assert backend.cache_identity()["backend"] == "vllm"
+
+
+def test_in_process_vllm_backend_chooses_labels_as_hf(backend, prompts):
+    """Constrained answering on the engine above (with_choices: no second engine) picks the verbalizer hf's
+    constrained mode picks, for single-token verbalizers and for multi-token ones sharing a prefix."""
+    # single-token verbalizers, two sharing their first token, and one sharing a prefix with nothing
+    choices = ["positive", "negative", "very positive", "very negative", "neutral sentiment"]
+    hf = HFBackend(MODEL, dtype="float32", constrained=True, choices=choices)
+    assert len(hf._choice_ids[2]) > 1 and hf._choice_ids[2][0] == hf._choice_ids[3][0]
+    chooser = backend.with_choices(choices)
+    answers = chooser.generate(prompts + prompts[:2])
+    assert answers == hf.generate(prompts) + answers[:2]
+    assert len(set(answers)) > 1  # the prompts do not all get one label
+    assert chooser.num_calls == len(prompts) and chooser.usage_snapshot()["completion_tokens"] == 0
+    assert chooser.cache_identity() == {**backend.cache_identity(), "decoding": "constrained", "choices": choices}
+    # the twin shares the engine; the greedy backend still decodes
+    assert chooser.llm is backend.llm and not backend.constrained

@@ -3,7 +3,6 @@ classification task), batched with left padding."""
 
 from __future__ import annotations
 
-import copy
 import hashlib
 import logging
 from collections.abc import Iterator
@@ -15,7 +14,7 @@ from transformers import DynamicCache
 
 from prewrite import chat, model_zoo, precision
 from prewrite.backends.base import TaskBackend
-from prewrite.usage import Usage
+from prewrite.backends.labels import LabelChoosing, choice_prefixes
 
 log = logging.getLogger(__name__)
 
@@ -90,7 +89,7 @@ def prefix_groups(seqs: list[list[int]], keep: int = 1) -> list[tuple[int, list[
     return out
 
 
-class HFBackend(TaskBackend):
+class HFBackend(LabelChoosing, TaskBackend):
     """Answers user messages with the frozen task LLM.
 
     Prompts are deduplicated and sorted by length before batching, so a batch holds prompts of
@@ -115,32 +114,17 @@ class HFBackend(TaskBackend):
         price_per_1m_prompt_tokens: float | None = None,
         price_per_1m_completion_tokens: float | None = None,
     ):
-        if constrained and not choices:
-            raise ValueError(
-                "task_backend.constrained=true needs the label verbalizers of a classification task (choices), "
-                f"got {choices!r}; build the backend with build_backend(..., task=task) or set constrained=false"
-            )
         super().__init__(price_per_1m_prompt_tokens, price_per_1m_completion_tokens)
         self.model_name_or_path = model_name_or_path
         dtype = precision.resolve_dtype(dtype, device)
         self.tokenizer = model_zoo.load_tokenizer(model_name_or_path, chat_template)
+        self._set_choices(constrained, choices)  # before the model loads: a bad verbalizer is refused at once
         self.chat_template = chat_template
         self.model = model_zoo.load_model(model_name_or_path, dtype).to(device).eval().requires_grad_(False)
         self.dtype = dtype
         self.batch_size = batch_size
         self.max_new_tokens = max_new_tokens
         self.device = device
-        self.constrained = constrained
-        self.choices = list(choices) if constrained else None
-        self._choice_ids = self._encode_choices(self.choices) if constrained else None
-
-    def with_choices(self, choices: list[str] | None) -> HFBackend:
-        twin = copy.copy(self)  # the model and tokenizer are shared, not loaded again
-        twin.usage = Usage(self.usage.price_per_1m_prompt_tokens, self.usage.price_per_1m_completion_tokens)
-        twin.constrained = choices is not None
-        twin.choices = list(choices) if twin.constrained else None
-        twin._choice_ids = self._encode_choices(twin.choices) if twin.constrained else None
-        return twin
 
     def cache_identity(self) -> dict:
         """Everything that decides an answer, for the response cache's key: the model (a fingerprint of
@@ -160,29 +144,17 @@ class HFBackend(TaskBackend):
                     resolved,
                 )
             model = {"hub_id": resolved, "revision": revision}
-        # Constrained answers depend on the choices (and their order: ties go to the first), greedy ones do
-        # not; the greedy identity is left as it was so existing cache entries stay valid.
-        decoding = {"decoding": "constrained", "choices": self.choices} if self.constrained else {"decoding": "greedy"}
         return {
             "backend": "hf",
             **model,
             "dtype": self.dtype,
-            **decoding,
+            **self.decoding_identity(),
             "max_new_tokens": self.max_new_tokens,
             "prompt_format": chat.prompt_format(self.tokenizer, self.chat_template),
         }
 
     def _encode(self, prompts: list[str]) -> list[list[int]]:
         return chat.encode_all(self.tokenizer, prompts)
-
-    def _encode_choices(self, choices: list[str]) -> list[list[int]]:
-        ids = [self.tokenizer(c, add_special_tokens=False)["input_ids"] for c in choices]
-        empty = [c for c, i in zip(choices, ids, strict=True) if not i]
-        if empty:
-            raise ValueError(f"task_backend.constrained=true: the verbalizers {empty} encode to no tokens")
-        if len({tuple(i) for i in ids}) < len(ids):
-            raise ValueError(f"task_backend.constrained=true: two verbalizers of {choices} encode to the same tokens")
-        return ids
 
     def _batches(self, seqs: list[list[int]], keep: int = 1) -> Iterator[SharedPrefixBatch]:
         """Batches of `batch_size` rows whose shared prefixes (prefix_groups) run through the model once per
@@ -252,15 +224,12 @@ class HFBackend(TaskBackend):
 
     @torch.inference_mode()
     def _choose(self, prompts: list[str]) -> list[str]:
-        """The verbalizer with the highest summed log-probability after each prompt.
-
-        A verbalizer's last token needs no input position of its own, so verbalizers are grouped by
-        their tokens but the last: single-token verbalizers (the usual case) all read the prompt's
-        next-token distribution from one row, and verbalizers sharing leading tokens share a row. Rows
-        of every prompt go through one forward pass per batch; only the last k positions get logits."""
+        """The verbalizer with the highest summed log-probability after each prompt: one row per prompt and
+        verbalizer prefix (labels.choice_prefixes), every row through one forward pass per batch; only
+        the last k positions get logits."""
         unique = list(dict.fromkeys(prompts))
         encoded = self._encode(unique)
-        prefixes = list(dict.fromkeys(tuple(ids[:-1]) for ids in self._choice_ids))
+        prefixes = choice_prefixes(self._choice_ids)
         rows = [(u, prefix) for u in range(len(unique)) for prefix in prefixes]
         k = max(len(p) for p in prefixes) + 1
         logps: dict[tuple[int, tuple[int, ...]], torch.Tensor] = {}  # (prompt, prefix) -> [k, vocab]
@@ -275,7 +244,7 @@ class HFBackend(TaskBackend):
                 row = logps[(u, tuple(ids[:-1]))]
                 n = len(ids)
                 scores.append(sum(row[-n + j, tok].item() for j, tok in enumerate(ids)))
-            answers[prompt] = self.choices[max(range(len(scores)), key=scores.__getitem__)]
+            answers[prompt] = self.best_choice(scores)
         self.usage.add(calls=len(unique), prompt_tokens=sum(len(e) for e in encoded))
         return [answers[p] for p in prompts]
 

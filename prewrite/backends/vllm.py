@@ -1,4 +1,5 @@
-"""In-process task LLM on a vLLM engine (`vllm.LLM`): greedy, continuous batching, paged KV cache.
+"""In-process task LLM on a vLLM engine (`vllm.LLM`): greedy (or constrained to the label verbalizers of a
+classification task, as the hf backend), continuous batching, paged KV cache with prefix caching.
 
 Prompts are encoded with the model's chat template by the same function as the hf backend and handed
 to vLLM as token ids, and answers are decoded by the same tokenizer, so the two backends see and
@@ -15,18 +16,27 @@ from pathlib import Path
 from prewrite import chat, model_zoo, precision
 from prewrite.backends.base import TaskBackend
 from prewrite.backends.hf import folder_fingerprint
+from prewrite.backends.labels import LabelChoosing, choice_prefixes
 
 log = logging.getLogger(__name__)
 
 
-class VLLMBackend(TaskBackend):
-    """Answers user messages with a frozen model on an in-process vLLM engine."""
+class VLLMBackend(LabelChoosing, TaskBackend):
+    """Answers user messages with a frozen model on an in-process vLLM engine.
+
+    With `constrained=True` and `choices` (passed by `build_backend`), as on the hf backend: the answer is
+    the verbalizer with the highest summed log-probability as the start of the reply. One request per
+    prompt (and verbalizer prefix) generates one token and returns the log-probabilities of exactly the
+    verbalizers' tokens (`logprob_token_ids`); the shared chat header and instruction come from vLLM's
+    prefix cache."""
 
     def __init__(
         self,
         model_name_or_path: str,
         dtype: str = "auto",
         max_new_tokens: int = 4,
+        constrained: bool = False,
+        choices: list[str] | None = None,
         gpu_memory_utilization: float = 0.3,
         max_model_len: int = 1024,
         enforce_eager: bool = True,
@@ -47,6 +57,7 @@ class VLLMBackend(TaskBackend):
         self.model_name_or_path = model_name_or_path
         self.resolved = model_zoo.resolve(model_name_or_path)
         self.tokenizer = model_zoo.load_tokenizer(model_name_or_path, chat_template)
+        self._set_choices(constrained, choices)  # before the engine starts: a bad verbalizer is refused at once
         self.chat_template = chat_template
         self.dtype = dtype = precision.resolve_dtype(dtype, None)  # vLLM's own "auto" would mean the model's dtype
         self.max_new_tokens = max_new_tokens
@@ -68,6 +79,7 @@ class VLLMBackend(TaskBackend):
         # least vLLM allows.
         self._scoring = vllm.SamplingParams(temperature=0.0, max_tokens=1, prompt_logprobs=0)
         self._tokens_prompt = vllm.inputs.TokensPrompt
+        self._sampling_params = vllm.SamplingParams
 
     def __repr__(self) -> str:
         return f"VLLMBackend({self.model_name_or_path!r}, dtype={self.dtype!r})"
@@ -85,7 +97,7 @@ class VLLMBackend(TaskBackend):
             "backend": "vllm",
             **model,
             "dtype": self.dtype,
-            "decoding": "greedy",
+            **self.decoding_identity(),
             "max_new_tokens": self.max_new_tokens,
             "prompt_format": chat.prompt_format(self.tokenizer, self.chat_template),
         }
@@ -96,6 +108,8 @@ class VLLMBackend(TaskBackend):
         )
 
     def generate(self, prompts: list[str]) -> list[str]:
+        if self.constrained:
+            return self._choose(prompts)
         unique = list(dict.fromkeys(prompts))
         if not unique:
             return []
@@ -109,6 +123,40 @@ class VLLMBackend(TaskBackend):
             prompt_tokens=sum(len(e) for e in encoded),
             completion_tokens=sum(len(g) for g in generated),
         )
+        return [answers[p] for p in prompts]
+
+    def _choose(self, prompts: list[str]) -> list[str]:
+        """The verbalizer with the highest summed log-probability after each prompt: one request per prompt
+        and verbalizer prefix (labels.choice_prefixes), whose prefix tokens are scored as prompt positions
+        and whose next token's log-probabilities are read for the verbalizers' last tokens."""
+        unique = list(dict.fromkeys(prompts))
+        encoded = chat.encode_all(self.tokenizer, unique)
+        prefixes = choice_prefixes(self._choice_ids)
+        params = {
+            prefix: self._sampling_params(
+                temperature=0.0,
+                max_tokens=1,
+                logprob_token_ids=[ids[-1] for ids in self._choice_ids if tuple(ids[:-1]) == prefix],
+                # prompt log-probabilities bypass the prefix cache: asked for only where a prefix needs them
+                prompt_logprobs=0 if prefix else None,
+            )
+            for prefix in prefixes
+        }
+        rows = [(u, prefix) for u in range(len(unique)) for prefix in prefixes]
+        outputs = self._run([encoded[u] + list(prefix) for u, prefix in rows], [params[p] for _, p in rows])
+        logps = {}  # (prompt, prefix) -> (the prefix's summed log-probability, {last token: log-probability})
+        for (u, prefix), out in zip(rows, outputs, strict=True):
+            head = out.prompt_logprobs[-len(prefix) :] if prefix else []
+            start = sum(pos[tok].logprob for pos, tok in zip(head, prefix, strict=True))
+            logps[(u, prefix)] = (start, {tok: lp.logprob for tok, lp in out.outputs[0].logprobs[0].items()})
+        answers = {}
+        for u, prompt in enumerate(unique):
+            scores = []
+            for ids in self._choice_ids:
+                start, last = logps[(u, tuple(ids[:-1]))]
+                scores.append(start + last[ids[-1]])
+            answers[prompt] = self.best_choice(scores)
+        self.usage.add(calls=len(unique), prompt_tokens=sum(len(e) for e in encoded))
         return [answers[p] for p in prompts]
 
     def loglikelihood(self, prompts: list[str], continuations: list[str]) -> list[float | None]:
