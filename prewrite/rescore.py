@@ -44,6 +44,7 @@ def logged_rewrites(spec: str, tracking_uri: str) -> tuple[list[dict], str | Non
         run_id = run_id_file.read_text().strip() if run_id_file.exists() else None
         task = json.loads(settings.read_text()).get("task.name") if settings.exists() else None
         return [json.loads(line) for line in table.read_text().splitlines() if line.strip()], run_id, task
+    runs.require_run_id(spec, "run")
     try:
         client = MlflowClient(tracking_uri)
         task = client.get_run(spec).data.params.get("task.name")

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import re
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -12,9 +11,8 @@ from transformers import PreTrainedModel, PreTrainedTokenizerBase
 from prewrite import chat, model_zoo
 from prewrite.config_check import ConfigError
 from prewrite.rollout.hf_rollout import HFRollout
+from prewrite.runs import require_run_id
 from prewrite.usage import Usage
-
-RUN_ID = re.compile(r"[0-9a-f]{32}")  # how MLflow names its runs (uuid4 hex)
 
 
 @dataclass
@@ -69,8 +67,7 @@ def locate(spec: str, tracking_uri: str | None = None) -> Path:
         return path / "rewriter"
     if path.exists():
         raise ConfigError(f"rewriter_path={spec!r} holds no rewriter: expected config.json in it or in rewriter/")
-    if not RUN_ID.fullmatch(spec):  # not worth opening (and so creating) the MLflow store for
-        raise ConfigError(f"rewriter_path={spec!r}: no such folder, nor an MLflow run id (32 hex digits)")
+    require_run_id(spec, "rewriter_path")
     import mlflow
 
     try:

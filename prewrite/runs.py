@@ -8,6 +8,7 @@ was made with) and, once finished, `RESULT_FILE`.
 from __future__ import annotations
 
 import json
+import re
 from pathlib import Path
 
 from lightning.pytorch.utilities import rank_zero_only
@@ -17,8 +18,10 @@ from mlflow.utils.validation import MAX_PARAM_VAL_LENGTH
 from omegaconf import DictConfig, OmegaConf
 
 from prewrite import fsio
+from prewrite.config_check import ConfigError
 from prewrite.loggers import mlflow_experiment
 
+RUN_ID = re.compile(r"[0-9a-f]{32}")  # how MLflow names its runs (uuid4 hex)
 RUN_ID_FILE = "mlflow_run_id"  # in a run (or stage) folder: the MLflow run a resume continues
 RESULT_FILE = "result.json"  # in a run (or stage) folder: written when it finished
 SETTINGS_FILE = "settings.json"  # in a run folder: the settings a re-launch in that folder must repeat
@@ -32,6 +35,13 @@ RELAUNCH_MAY_CHANGE = (
     "seeds", "results_dir", "multirun_fails_on_job_error", "max_skipped_updates_in_a_row", "register_prompts",
     "save_every",
 )  # fmt: skip
+
+
+def require_run_id(spec: str, option: str) -> None:
+    """Refuses (ConfigError) a spec, already found to be no folder, that is not an MLflow run id either:
+    before the MLflow store is opened, which would create it."""
+    if not RUN_ID.fullmatch(spec):
+        raise ConfigError(f"{option}={spec!r}: no such folder, nor an MLflow run id (32 hex digits)")
 
 
 def flatten(cfg: dict, prefix: str = "") -> dict[str, str]:

@@ -117,6 +117,7 @@ TOOL_CASES = [
     ("search", ["test_examples=0"], "prewrite.search: test_examples=0; expected an integer >= 1 or null"),
     ("compare", ["test_seed=-1"], "prewrite.compare: test_seed=-1; expected an integer >= 0"),
     ("rescore", ["run=."], "prewrite.rescore: run=.: no rewrites.jsonl in it (is it a training run folder?)"),
+    ("rescore", ["run=nope"], "prewrite.rescore: run='nope': no such folder, nor an MLflow run id (32 hex digits)"),
     (
         "evaluate",
         ["rewriter_path=."],  # the repository root: a folder, and no rewriter in it
@@ -138,6 +139,7 @@ def test_every_tool_refuses_a_bad_option_in_one_line(tmp_path):
     for i, ((tool, overrides, message), proc) in enumerate(zip(TOOL_CASES, procs, strict=True)):
         assert proc.returncode == 1 and "Traceback" not in proc.stderr, (tool, overrides, proc.stderr[-2000:])
         assert proc.stderr.strip().splitlines()[-1] == message
+        assert not (tmp_path / str(i) / "mlflow.db").exists(), (tool, overrides)  # refused before the store opens
         assert not (tmp_path / str(i) / "mlflow.db").exists()  # nothing started
 
 
