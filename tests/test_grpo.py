@@ -138,3 +138,47 @@ def test_completion_logprobs_pick_the_next_token_under_temperature():
         [torch.log_softmax(logits[:, t - 1] / 2.0, -1).gather(1, ids[:, t : t + 1]).squeeze(1) for t in (3, 4)], 1
     )
     assert torch.allclose(got, want, atol=1e-6)
+
+
+def test_rows_sharing_a_prompt_get_the_log_probs_and_gradients_of_one_pass_over_each_row(tiny_llama):
+    """completion_logprobs runs each distinct prompt once (a GRPO group's rows share theirs): its log-probs
+    and gradients equal those of one pass over every whole row, for left-padded prompts of two lengths."""
+    from transformers import AutoModelForCausalLM
+
+    from prewrite.algorithms import logprobs as lp
+
+    torch.manual_seed(0)
+    model = AutoModelForCausalLM.from_pretrained(tiny_llama, dtype=torch.float32).train()
+    vocab = model.config.vocab_size
+    long, short = torch.randint(3, vocab, (7,)), torch.randint(3, vocab, (4,))
+    short_row = torch.cat([torch.zeros(3, dtype=torch.long), short])  # left-padded to the long prompt
+    prompt_ids = torch.stack([long, long, long, short_row, short_row])
+    prompt_mask = torch.ones_like(prompt_ids)
+    prompt_mask[3:, :3] = 0
+    completion_ids = torch.randint(3, vocab, (5, 6))
+    completion_mask = torch.ones_like(completion_ids)
+    completion_mask[1, 4:] = 0  # a row that ended early
+    ids = torch.cat([prompt_ids, completion_ids], 1)
+    mask = torch.cat([prompt_mask, completion_mask], 1)
+    weights = torch.randn(5, 6)
+
+    def run(shared: bool):
+        model.zero_grad()
+        if shared:
+            logps = lp.completion_logprobs(model, ids, mask, 6, temperature=0.7)
+        else:
+            logits = model(input_ids=ids, attention_mask=mask, logits_to_keep=7).logits[:, :-1]
+            logps = lp._token_logprobs(logits, ids, 6, 0.7)
+        (logps * weights * completion_mask).sum().backward()
+        return logps.detach(), torch.cat([p.grad.flatten() for p in model.parameters()])
+
+    calls = []
+    hook = model.register_forward_pre_hook(
+        lambda _, args, kwargs: calls.append(kwargs["input_ids"].shape), with_kwargs=True
+    )
+    shared_logps, shared_grad = run(shared=True)
+    hook.remove()
+    assert calls == [torch.Size([2, 7]), torch.Size([5, 6])]  # the two prompts once, then the completions
+    full_logps, full_grad = run(shared=False)
+    torch.testing.assert_close(shared_logps, full_logps, atol=1e-5, rtol=0)
+    assert ((shared_grad - full_grad).norm() / full_grad.norm()) < 1e-5

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import torch
+from transformers import DynamicCache
 
 
 def completion_logprobs(
@@ -15,10 +16,45 @@ def completion_logprobs(
     """log p(token) for the last `num_completion_tokens` positions of input_ids: [B, T].
 
     Logits are divided by the sampling temperature so the log-probs are those of the distribution
-    the completions were sampled from (as TRL does).
-    """
-    logits = model(input_ids=input_ids, attention_mask=attention_mask, logits_to_keep=num_completion_tokens + 1).logits
-    return _token_logprobs(logits, input_ids, num_completion_tokens, temperature)
+    the completions were sampled from (as TRL does). Rows that share their prompt (a GRPO group's
+    completions) share its forward pass (`_shared_prompt_logits`)."""
+    n = num_completion_tokens
+    prompt_part = torch.cat([input_ids[:, :-n], attention_mask[:, :-n]], 1)  # ids, then mask
+    prompts, inverse = torch.unique(prompt_part, dim=0, return_inverse=True)
+    if len(prompts) < len(prompt_part) and not getattr(model, "is_gradient_checkpointing", False):
+        width = input_ids.size(1) - n
+        logits = _shared_prompt_logits(
+            model, prompts[:, :width], prompts[:, width:], input_ids, attention_mask, inverse
+        )
+    else:
+        logits = model(input_ids=input_ids, attention_mask=attention_mask, logits_to_keep=n + 1).logits[:, :-1]
+    return _token_logprobs(logits, input_ids, n, temperature)
+
+
+def _shared_prompt_logits(
+    model: torch.nn.Module,
+    prompt_ids: torch.Tensor,
+    prompt_mask: torch.Tensor,
+    input_ids: torch.Tensor,
+    attention_mask: torch.Tensor,
+    inverse: torch.Tensor,
+) -> torch.Tensor:
+    """The logits [B, n, V] that predict the completion tokens (input_ids after the prompt width), with each
+    distinct prompt (`prompt_ids`, `prompt_mask`; `inverse`: row -> its prompt) run once: its keys and values,
+    taken for every row that has it, are the cache the completions attend to, and gradients reach the
+    prompt's pass through them. Positions are those of one pass over the whole rows (by column, padding
+    included), so the logits equal that pass's up to rounding."""
+    prompt = model(input_ids=prompt_ids, attention_mask=prompt_mask, use_cache=True, logits_to_keep=1)
+    layers = [(layer.keys[inverse], layer.values[inverse]) for layer in prompt.past_key_values.layers]
+    n = input_ids.size(1) - prompt_ids.size(1)
+    tail = model(
+        input_ids=input_ids[:, -n:],
+        attention_mask=attention_mask,
+        past_key_values=DynamicCache(layers, config=model.config),
+        logits_to_keep=n,
+    )
+    # the prompt's last position predicts the first completion token; the last completion position predicts none
+    return torch.cat([prompt.logits[inverse], tail.logits[:, :-1]], 1)
 
 
 def completion_logprobs_and_values(
@@ -35,10 +71,10 @@ def completion_logprobs_and_values(
     out = model(input_ids=input_ids, attention_mask=attention_mask, logits_to_keep=n + 1, output_hidden_states=True)
     hidden = out.hidden_states[-1][:, -(n + 1) : -1]
     values = value_head(hidden.to(value_head.weight.dtype)).squeeze(-1)
-    return _token_logprobs(out.logits, input_ids, n, temperature), values
+    return _token_logprobs(out.logits[:, :-1], input_ids, n, temperature), values
 
 
 def _token_logprobs(logits: torch.Tensor, input_ids: torch.Tensor, n: int, temperature: float) -> torch.Tensor:
-    logits = logits[:, :-1, :] / temperature  # position t predicts token t + 1
+    """log p of the last n tokens of input_ids from `logits` [B, n, V], position t predicting token t."""
     targets = input_ids[:, -n:]
-    return torch.gather(logits.log_softmax(-1), -1, targets.unsqueeze(-1)).squeeze(-1)
+    return torch.gather((logits / temperature).log_softmax(-1), -1, targets.unsqueeze(-1)).squeeze(-1)
