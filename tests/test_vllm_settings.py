@@ -7,6 +7,7 @@ from unittest import mock
 from hydra.utils import instantiate
 
 from prewrite import model_zoo
+from prewrite.backends import build_backend
 
 
 def recording_vllm(monkeypatch):
@@ -25,7 +26,7 @@ def test_tensor_parallel_size_reaches_the_task_models_and_the_rollouts_engine(co
     engines = recording_vllm(monkeypatch)
     cfg = compose_train("task_backend=vllm", "task_backend.tensor_parallel_size=2", "rollout=vllm",
                         "rollout.tensor_parallel_size=4")  # fmt: skip
-    instantiate(cfg.task_backend)
+    build_backend(cfg.task_backend, None, task=None)  # as a run builds it (no task: nothing to choose among)
     policy = SimpleNamespace(name_or_path="folder", device=SimpleNamespace(type="cuda"))
     rollout = instantiate(cfg.rollout, policy=policy, tokenizer=None)
     assert [e["tensor_parallel_size"] for e in engines] == [2, 4]
