@@ -3,7 +3,8 @@
 from __future__ import annotations
 
 import torch
-from transformers import DynamicCache
+
+from prewrite import prefix_cache
 
 
 def completion_logprobs(
@@ -44,17 +45,16 @@ def _shared_prompt_logits(
     taken for every row that has it, are the cache the completions attend to, and gradients reach the
     prompt's pass through them. Positions are those of one pass over the whole rows (by column, padding
     included), so the logits equal that pass's up to rounding."""
-    prompt = model(input_ids=prompt_ids, attention_mask=prompt_mask, use_cache=True, logits_to_keep=1)
-    layers = [(layer.keys[inverse], layer.values[inverse]) for layer in prompt.past_key_values.layers]
+    prompt_logits, layers = prefix_cache.run_prefixes(model, prompt_ids, prompt_mask)
     n = input_ids.size(1) - prompt_ids.size(1)
     tail = model(
         input_ids=input_ids[:, -n:],
         attention_mask=attention_mask,
-        past_key_values=DynamicCache(layers, config=model.config),
+        past_key_values=prefix_cache.cache_for_rows(layers, inverse, model.config),
         logits_to_keep=n,
     )
     # the prompt's last position predicts the first completion token; the last completion position predicts none
-    return torch.cat([prompt.logits[inverse], tail.logits[:, :-1]], 1)
+    return torch.cat([prompt_logits[inverse], tail.logits[:, :-1]], 1)
 
 
 def completion_logprobs_and_values(

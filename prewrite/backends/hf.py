@@ -12,7 +12,7 @@ from pathlib import Path
 import torch
 from transformers import DynamicCache
 
-from prewrite import chat, model_zoo, precision
+from prewrite import chat, model_zoo, precision, prefix_cache
 from prewrite.backends.base import TaskBackend
 from prewrite.backends.labels import LabelChoosing, choice_prefixes
 
@@ -56,7 +56,7 @@ class SharedPrefixBatch:
 
     def suffix_inputs(self) -> dict:
         """Inputs for a plain forward over the suffixes (a generate call takes input_ids and the mask whole)."""
-        positions = (self.attention_mask.cumsum(-1) - 1).clamp(min=0)[:, self.prefix_width :]
+        positions = prefix_cache.left_padded_positions(self.attention_mask)[:, self.prefix_width :]
         return dict(
             input_ids=self.input_ids[:, self.prefix_width :],
             attention_mask=self.attention_mask,
@@ -169,14 +169,9 @@ class HFBackend(LabelChoosing, TaskBackend):
             prefix_mask = torch.tensor([[0] * (width - p) + [1] * p for p, _ in chunk])
             layers = None
             if width:
-                out = self.model(
-                    input_ids=prefix_ids.to(self.device),
-                    attention_mask=prefix_mask.to(self.device),
-                    position_ids=(prefix_mask.cumsum(-1) - 1).clamp(min=0).to(self.device),
-                    use_cache=True,
-                    logits_to_keep=1,
-                )
-                layers = [(layer.keys, layer.values) for layer in out.past_key_values.layers]
+                on_device = prefix_mask.to(self.device)
+                positions = prefix_cache.left_padded_positions(on_device)
+                _, layers = prefix_cache.run_prefixes(self.model, prefix_ids.to(self.device), on_device, positions)
             rows = [(g, i) for g, (_, members) in enumerate(chunk) for i in members]
             rows.sort(key=lambda r: len(seqs[r[1]]) - chunk[r[0]][0])
             for b in range(0, len(rows), self.batch_size):
@@ -188,8 +183,7 @@ class HFBackend(LabelChoosing, TaskBackend):
                 mask = [[0] * (s_width - len(x)) + [1] * len(x) for x in suffixes]
                 cache = None
                 if layers is not None:
-                    sel = g_idx.to(self.device)
-                    cache = DynamicCache([(k[sel], v[sel]) for k, v in layers], config=self.model.config)
+                    cache = prefix_cache.cache_for_rows(layers, g_idx.to(self.device), self.model.config)
                 yield SharedPrefixBatch(
                     idx=[i for _, i in part],
                     input_ids=torch.cat([prefix_ids[g_idx], torch.tensor(ids)], 1).to(self.device),

@@ -5,6 +5,7 @@ from __future__ import annotations
 import torch
 from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
+from prewrite import prefix_cache
 from prewrite.rollout.base import Rollout, RolloutEngine, to_rollout
 
 
@@ -27,17 +28,29 @@ class HFRollout(RolloutEngine):
     ) -> Rollout:
         device = next(self.policy.parameters()).device
         batch = self.tokenizer.pad({"input_ids": prompt_ids}, return_tensors="pt").to(device)
+        ids, mask = batch["input_ids"], batch["attention_mask"]
         sampling = {"temperature": temperature, "top_p": top_p, "top_k": None} if do_sample else {}
+        cache, repeats = None, num_generations
+        if num_generations > 1 and int(mask.sum(1).min()) > 1:
+            # A group's prompt runs once (generate would run it for each of the G rows): its keys and values
+            # but the last token's, which generate needs to start from, serve the whole group.
+            _, layers = prefix_cache.run_prefixes(
+                self.policy, ids[:, :-1], mask[:, :-1], prefix_cache.left_padded_positions(mask[:, :-1])
+            )
+            rows = torch.arange(len(ids), device=device).repeat_interleave(num_generations)
+            cache = prefix_cache.cache_for_rows(layers, rows, self.policy.config)
+            ids, mask, repeats = ids[rows], mask[rows], 1
         out = self.policy.generate(
-            **batch,
+            input_ids=ids,
+            attention_mask=mask,
+            past_key_values=cache,
             do_sample=do_sample,
-            num_return_sequences=num_generations,
+            num_return_sequences=repeats,
             max_new_tokens=max_new_tokens,
             pad_token_id=self.tokenizer.pad_token_id,
             **sampling,
         )
-        prompt_len = batch["input_ids"].shape[1]
-        return to_rollout(self.tokenizer, batch, out[:, prompt_len:], num_generations)
+        return to_rollout(self.tokenizer, batch, out[:, ids.shape[1] :], num_generations)
 
     def sync(self, policy: PreTrainedModel) -> None:
         # Nothing to copy; keeping the reference follows a policy the caller has replaced (e.g. wrapped).
