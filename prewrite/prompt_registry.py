@@ -56,7 +56,7 @@ def scored_on(metric: str, dev_rows: list[dict], task_backend: Mapping, task) ->
     digest = hashlib.sha256(json.dumps(dev_rows, sort_keys=True, default=str).encode()).hexdigest()[:12]
     model = str(task_backend.get("model_name_or_path") or task_backend.get("model"))
     if label_scoring(task_backend, task):  # label scoring answers differently from generation
-        model += " (constrained)"
+        model += " (constrained, calibrated)" if task_backend.get("content_free_inputs") else " (constrained)"
     return {"dev_metric": metric, "dev_rows": f"{len(dev_rows)} rows, sha256 {digest}", "task_model": model}
 
 

@@ -59,9 +59,12 @@ def plan(cfg: DictConfig, members: list[Member], resumed: bool) -> str:
     chosen = "; ".join(f"{k}={v}" for k, v in (cfg.get("precision_auto") or {}).items())
     tasks = [m.task for m in members]
     constrained = [label_scoring(cfg.task_backend, t) for t in tasks]
-    answers = "read as the likeliest label (constrained)" if all(constrained) else "decoded"
+    label = "read as the likeliest label (constrained)"
+    if cfg.task_backend.get("content_free_inputs"):
+        label += f", calibrated on content-free inputs {list(cfg.task_backend.content_free_inputs)}"
+    answers = label if all(constrained) else "decoded"
     if any(constrained) and not all(constrained):
-        answers = "read as the likeliest label (constrained) on classification tasks, else decoded"
+        answers = f"{label} on classification tasks, else decoded"
     what = ", ".join(f"{t.name} ({t.kind}) from {m.instruction!r}" for t, m in zip(tasks, members, strict=True))
     if len(members) > 1:
         what = f"a mixture ({cfg.task.sampling}) of {what}"

@@ -21,6 +21,12 @@ def label_scoring(backend_cfg, task) -> bool:
 def label_choices(backend_cfg, task) -> list[str] | None:
     """The label verbalizers the backend chooses among for `task`, or None when it decodes."""
     if not label_scoring(backend_cfg, task):
+        if backend_cfg.get("content_free_inputs"):
+            raise ValueError(
+                f"task_backend.content_free_inputs={list(backend_cfg.content_free_inputs)} calibrates the choice "
+                f"among a classification task's labels, but answers to {getattr(task, 'name', None)!r} are decoded "
+                "(constrained=false, or a qa or math task under auto); set task_backend.content_free_inputs=[]"
+            )
         return None
     if task is None or task.kind != "classification":
         kind = "no task" if task is None else f"task {task.name!r} of kind {task.kind!r}"

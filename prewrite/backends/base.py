@@ -34,8 +34,14 @@ class FailedAnswer(str):
 
 class TaskBackend(ABC):
     """The frozen task LLM: answers user messages (`generate`) and, where it can, scores a given reply
-    (`loglikelihood`). `usage` counts what it ran: calls are prompts answered by the model after
-    deduplication (a cache hit or a repeat inside one call costs none)."""
+    (`loglikelihood`) or a classification task's labels (`label_scores`). `usage` counts what it ran: calls
+    are prompts answered by the model after deduplication (a cache hit or a repeat inside one call costs
+    none)."""
+
+    # Inputs that carry no content ("N/A", ""): when set, the scorer reads a classification answer as the
+    # label whose score rises most above its score on these inputs under the same instruction (contextual
+    # calibration, Zhao et al. 2021), so an instruction that only shifts the label prior gains nothing.
+    content_free_inputs: tuple[str, ...] = ()
 
     def __init__(
         self, price_per_1m_prompt_tokens: float | None = None, price_per_1m_completion_tokens: float | None = None
@@ -50,6 +56,11 @@ class TaskBackend(ABC):
         """Mean log-probability per token of each continuation as the reply to its prompt (None for an
         empty continuation). The `perplexity` and label rewards need it."""
         raise NotImplementedError(f"{type(self).__name__} cannot score log-likelihoods; use task_backend=hf for it")
+
+    def label_scores(self, prompts: list[str]) -> list[list[float]]:
+        """Per prompt, each label verbalizer's summed log-probability as the start of the reply, in the
+        order of `choices`: what constrained answering takes the best of."""
+        raise NotImplementedError(f"{type(self).__name__} does not score labels; use task_backend=hf or vllm")
 
     @abstractmethod
     def cache_identity(self) -> dict:

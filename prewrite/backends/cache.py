@@ -220,6 +220,10 @@ class CachedBackend(TaskBackend):
     def cache_identity(self) -> dict:
         return self.inner.cache_identity()
 
+    @property
+    def content_free_inputs(self) -> tuple[str, ...]:
+        return self.inner.content_free_inputs
+
     def with_choices(self, choices: list[str] | None) -> CachedBackend:
         return CachedBackend(self.inner.with_choices(choices), self.cache)
 
@@ -245,6 +249,10 @@ class CachedBackend(TaskBackend):
         return self._serve(
             keys, lambda idx: self.inner.loglikelihood([prompts[i] for i in idx], [continuations[i] for i in idx])
         )
+
+    def label_scores(self, prompts: list[str]) -> list[list[float]]:
+        keys = [self.key("label_scores", p) for p in prompts]
+        return self._serve(keys, lambda idx: self.inner.label_scores([prompts[i] for i in idx]))
 
     def _serve(self, keys: Sequence[str], run: Callable[[list[int]], list]) -> list:
         answers = self.cache.get_many(keys)

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import hashlib
 import logging
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -110,6 +110,7 @@ class HFBackend(LabelChoosing, TaskBackend):
         device: str = "cpu",
         constrained: bool = False,
         choices: list[str] | None = None,
+        content_free_inputs: Sequence[str] = (),
         chat_template: str | None = None,
         price_per_1m_prompt_tokens: float | None = None,
         price_per_1m_completion_tokens: float | None = None,
@@ -118,7 +119,8 @@ class HFBackend(LabelChoosing, TaskBackend):
         self.model_name_or_path = model_name_or_path
         dtype = precision.resolve_dtype(dtype, device)
         self.tokenizer = model_zoo.load_tokenizer(model_name_or_path, chat_template)
-        self._set_choices(constrained, choices)  # before the model loads: a bad verbalizer is refused at once
+        # before the model loads: a bad verbalizer is refused at once
+        self._set_choices(constrained, choices, content_free_inputs)
         self.chat_template = chat_template
         self.model = model_zoo.load_model(model_name_or_path, dtype).to(device).eval().requires_grad_(False)
         self.dtype = dtype
@@ -217,10 +219,10 @@ class HFBackend(LabelChoosing, TaskBackend):
         return [answers[p] for p in prompts]
 
     @torch.inference_mode()
-    def _choose(self, prompts: list[str]) -> list[str]:
-        """The verbalizer with the highest summed log-probability after each prompt: one row per prompt and
-        verbalizer prefix (labels.choice_prefixes), every row through one forward pass per batch; only
-        the last k positions get logits."""
+    def label_scores(self, prompts: list[str]) -> list[list[float]]:
+        """Each verbalizer's summed log-probability after each prompt: one row per prompt and verbalizer
+        prefix (labels.choice_prefixes), every row through one forward pass per batch; only the last k
+        positions get logits."""
         unique = list(dict.fromkeys(prompts))
         encoded = self._encode(unique)
         prefixes = choice_prefixes(self._choice_ids)
@@ -230,17 +232,15 @@ class HFBackend(LabelChoosing, TaskBackend):
         for batch in self._batches([encoded[u] + list(prefix) for u, prefix in rows], keep=k):
             out = self.model(**batch.suffix_inputs(), logits_to_keep=k).logits.float().log_softmax(-1)
             logps.update({rows[r]: out[row] for row, r in enumerate(batch.idx)})
-        answers = {}
+        scores = {}
         for u, prompt in enumerate(unique):
-            scores = []
-            for ids in self._choice_ids:
+            scores[prompt] = [
                 # Left padding puts the row's end last: position -n + j predicts the verbalizer's token j.
-                row = logps[(u, tuple(ids[:-1]))]
-                n = len(ids)
-                scores.append(sum(row[-n + j, tok].item() for j, tok in enumerate(ids)))
-            answers[prompt] = self.best_choice(scores)
+                sum(logps[(u, tuple(ids[:-1]))][-len(ids) + j, tok].item() for j, tok in enumerate(ids))
+                for ids in self._choice_ids
+            ]
         self.usage.add(calls=len(unique), prompt_tokens=sum(len(e) for e in encoded))
-        return [answers[p] for p in prompts]
+        return [scores[p] for p in prompts]
 
     def _count_generated(self, generated: torch.Tensor) -> int:
         """Generated tokens up to and including each row's first stop token; what follows is padding."""

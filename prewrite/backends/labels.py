@@ -4,6 +4,7 @@ label verbalizer with the highest summed log-probability as the start of the rep
 from __future__ import annotations
 
 import copy
+from collections.abc import Sequence
 
 from prewrite.usage import Usage
 
@@ -27,10 +28,13 @@ def choice_prefixes(choice_ids: list[list[int]]) -> list[tuple[int, ...]]:
 
 
 class LabelChoosing:
-    """A backend's constrained mode: `constrained`, `choices` and their token ids, the twin for another
-    task's labels, and the mode's part of the cache key. The backend sets `tokenizer` and `usage`."""
+    """A backend's constrained mode: `constrained`, `choices` and their token ids, the content-free inputs
+    its answers are calibrated against, the twin for another task's labels, and the mode's part of the
+    cache key. The backend sets `tokenizer` and `usage` and computes `label_scores`."""
 
-    def _set_choices(self, constrained: bool, choices: list[str] | None) -> None:
+    def _set_choices(
+        self, constrained: bool, choices: list[str] | None, content_free_inputs: Sequence[str] = ()
+    ) -> None:
         if constrained and not choices:
             raise ValueError(
                 "task_backend.constrained=true needs the label verbalizers of a classification task (choices), "
@@ -39,17 +43,21 @@ class LabelChoosing:
         self.constrained = constrained
         self.choices = list(choices) if constrained else None
         self._choice_ids = encode_choices(self.tokenizer, self.choices) if constrained else None
+        self.content_free_inputs = tuple(content_free_inputs) if constrained else ()  # calibrates a choice
 
     def with_choices(self, choices: list[str] | None):
         twin = copy.copy(self)  # the model and tokenizer are shared, not loaded again
         twin.usage = Usage(self.usage.price_per_1m_prompt_tokens, self.usage.price_per_1m_completion_tokens)
-        twin._set_choices(choices is not None, choices)
+        twin._set_choices(choices is not None, choices, self.content_free_inputs)
         return twin
 
     def decoding_identity(self) -> dict:
         """Constrained answers depend on the choices (and their order: ties go to the first), greedy ones do not."""
         return {"decoding": "constrained", "choices": self.choices} if self.constrained else {"decoding": "greedy"}
 
-    def best_choice(self, scores: list[float]) -> str:
+    def best_choice(self, scores: Sequence[float]) -> str:
         """The verbalizer with the highest score (scores in the order of `choices`); a tie goes to the first."""
         return self.choices[max(range(len(scores)), key=scores.__getitem__)]
+
+    def _choose(self, prompts: list[str]) -> list[str]:
+        return [self.best_choice(scores) for scores in self.label_scores(prompts)]

@@ -11,6 +11,7 @@ from __future__ import annotations
 import logging
 import multiprocessing.util as mp_util
 import os
+from collections.abc import Sequence
 from pathlib import Path
 
 from prewrite import chat, model_zoo, precision
@@ -37,6 +38,7 @@ class VLLMBackend(LabelChoosing, TaskBackend):
         max_new_tokens: int = 4,
         constrained: bool = False,
         choices: list[str] | None = None,
+        content_free_inputs: Sequence[str] = (),
         gpu_memory_utilization: float = 0.3,
         max_model_len: int = 1024,
         enforce_eager: bool = True,
@@ -57,7 +59,8 @@ class VLLMBackend(LabelChoosing, TaskBackend):
         self.model_name_or_path = model_name_or_path
         self.resolved = model_zoo.resolve(model_name_or_path)
         self.tokenizer = model_zoo.load_tokenizer(model_name_or_path, chat_template)
-        self._set_choices(constrained, choices)  # before the engine starts: a bad verbalizer is refused at once
+        # before the engine starts: a bad verbalizer is refused at once
+        self._set_choices(constrained, choices, content_free_inputs)
         self.chat_template = chat_template
         self.dtype = dtype = precision.resolve_dtype(dtype, None)  # vLLM's own "auto" would mean the model's dtype
         self.max_new_tokens = max_new_tokens
@@ -125,8 +128,8 @@ class VLLMBackend(LabelChoosing, TaskBackend):
         )
         return [answers[p] for p in prompts]
 
-    def _choose(self, prompts: list[str]) -> list[str]:
-        """The verbalizer with the highest summed log-probability after each prompt: one request per prompt
+    def label_scores(self, prompts: list[str]) -> list[list[float]]:
+        """Each verbalizer's summed log-probability after each prompt: one request per prompt
         and verbalizer prefix (labels.choice_prefixes), whose prefix tokens are scored as prompt positions
         and whose next token's log-probabilities are read for the verbalizers' last tokens."""
         unique = list(dict.fromkeys(prompts))
@@ -149,15 +152,14 @@ class VLLMBackend(LabelChoosing, TaskBackend):
             head = out.prompt_logprobs[-len(prefix) :] if prefix else []
             start = sum(pos[tok].logprob for pos, tok in zip(head, prefix, strict=True))
             logps[(u, prefix)] = (start, {tok: lp.logprob for tok, lp in out.outputs[0].logprobs[0].items()})
-        answers = {}
+        scores = {}
         for u, prompt in enumerate(unique):
-            scores = []
+            scores[prompt] = []
             for ids in self._choice_ids:
                 start, last = logps[(u, tuple(ids[:-1]))]
-                scores.append(start + last[ids[-1]])
-            answers[prompt] = self.best_choice(scores)
+                scores[prompt].append(start + last[ids[-1]])
         self.usage.add(calls=len(unique), prompt_tokens=sum(len(e) for e in encoded))
-        return [answers[p] for p in prompts]
+        return [scores[p] for p in prompts]
 
     def loglikelihood(self, prompts: list[str], continuations: list[str]) -> list[float | None]:
         """Mean log-probability per token of each continuation as the assistant's reply to its prompt

@@ -65,6 +65,13 @@ def _mean(values: Sequence[float | None]) -> float | None:
     return sum(valid) / len(valid) if valid else None
 
 
+def _normalized(log_scores: Sequence[float]) -> list[float]:
+    """Probabilities over the labels from their log-scores (a softmax)."""
+    top = max(log_scores)
+    exp = [math.exp(s - top) for s in log_scores]
+    return [e / sum(exp) for e in exp]
+
+
 def gold_text(task: Task, gold) -> str:
     """The gold answer as text: what the perplexity metric scores the likelihood of."""
     if task.kind == "classification":
@@ -132,7 +139,12 @@ class RewriteScorer:
         gold = [self.task.gold(row) for row in rows]
         rewrite = [rw for rw, _ in pairs]
         columns = {k: [row[k] for row in rows] for k in rows[0]}
-        answers = self.backend.generate(prompts) if "generation" in needs else [""] * len(prompts)
+        if "generation" not in needs:
+            answers = [""] * len(prompts)
+        elif self.backend.content_free_inputs:
+            answers = self._calibrated_answers(rewrite, prompts)
+        else:
+            answers = self.backend.generate(prompts)
         if "loglikelihood" in needs:
             columns["loglikelihoods"] = self.backend.loglikelihood(prompts, [gold_text(self.task, g) for g in gold])
         if "label_loglikelihoods" in needs:
@@ -163,6 +175,27 @@ class RewriteScorer:
         answers_by_group = [answers[chunk] for chunk in chunks]
         reward_se = [self._standard_error(per_example, i) for i in range(len(groups))]
         return Scores(rewards, per_metric, answers_by_group, none_values, per_example, reward_se)
+
+    def _calibrated_answers(self, instructions: Sequence[str], prompts: Sequence[str]) -> list[str]:
+        """Contextual calibration (Zhao et al. 2021): the label whose score on the input rises most above
+        the log of its mean probability (normalized over the labels) on the backend's content-free inputs
+        under the same instruction. Those prompts are task-model requests like any other."""
+        texts = self.backend.content_free_inputs
+        distinct = list(dict.fromkeys(instructions))
+        empty = [self.task.prompt(rw, dict.fromkeys(self.task.input_fields, t)) for rw in distinct for t in texts]
+        self.requests += len(empty)
+        scores = self.backend.label_scores([*prompts, *empty])
+        prior = {}
+        for j, rw in enumerate(distinct):
+            start = len(prompts) + j * len(texts)
+            probs = [_normalized(s) for s in scores[start : start + len(texts)]]
+            prior[rw] = [math.log(sum(p) / len(p)) for p in zip(*probs, strict=True)]
+        labels = list(self.task.labels.values())  # the backend's choices, in its order (label_choices)
+        answers = []
+        for rw, label_scores in zip(instructions, scores[: len(prompts)], strict=True):
+            shifted = [s - p for s, p in zip(label_scores, prior[rw], strict=True)]
+            answers.append(labels[max(range(len(labels)), key=shifted.__getitem__)])  # a tie goes to the first
+        return answers
 
     def _standard_error(self, per_example: dict, i: int) -> float | None:
         """Standard error of rewrite i's reward, from its per-example weighted values."""
