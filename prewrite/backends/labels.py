@@ -4,6 +4,7 @@ label verbalizer with the highest summed log-probability as the start of the rep
 from __future__ import annotations
 
 import copy
+import math
 from collections.abc import Sequence
 
 from prewrite.usage import Usage
@@ -25,6 +26,18 @@ def choice_prefixes(choice_ids: list[list[int]]) -> list[tuple[int, ...]]:
     of its own, so one row per prefix scores every verbalizer that shares it (single-token verbalizers,
     the usual case, all read the prompt's next-token distribution from one row)."""
     return list(dict.fromkeys(tuple(ids[:-1]) for ids in choice_ids))
+
+
+def best_index(scores: Sequence[float]) -> int:
+    """The position of the highest score; a tie goes to the first."""
+    return max(range(len(scores)), key=scores.__getitem__)
+
+
+def label_softmax(log_scores: Sequence[float]) -> list[float]:
+    """Probabilities over a task's labels from their log-scores (a softmax, stable at any scale)."""
+    top = max(log_scores)
+    weights = [math.exp(v - top) for v in log_scores]
+    return [w / sum(weights) for w in weights]
 
 
 class LabelChoosing:
@@ -57,7 +70,7 @@ class LabelChoosing:
 
     def best_choice(self, scores: Sequence[float]) -> str:
         """The verbalizer with the highest score (scores in the order of `choices`); a tie goes to the first."""
-        return self.choices[max(range(len(scores)), key=scores.__getitem__)]
+        return self.choices[best_index(scores)]
 
     def _choose(self, prompts: list[str]) -> list[str]:
         return [self.best_choice(scores) for scores in self.label_scores(prompts)]

@@ -25,6 +25,7 @@ import string
 import threading
 from collections import Counter
 
+from prewrite.backends.labels import label_softmax
 from prewrite.tasks import Task
 
 log = logging.getLogger(__name__)
@@ -161,9 +162,7 @@ def label_prob(prompts, completions, task: Task, gold, label_loglikelihoods, **c
         if i is None:
             out.append(None)
             continue
-        top = max(lls)
-        weights = [math.exp(v - top) for v in lls]
-        out.append(weights[i] / sum(weights))
+        out.append(label_softmax(lls)[i])
     return out
 
 

@@ -13,6 +13,7 @@ from dataclasses import dataclass, field
 from hydra.utils import get_method, instantiate
 
 from prewrite.backends.base import TaskBackend
+from prewrite.backends.labels import best_index, label_softmax
 from prewrite.rewards import metrics
 from prewrite.tasks import Task
 
@@ -63,13 +64,6 @@ def _as_tuple(value: str | Sequence[str]) -> tuple[str, ...]:
 def _mean(values: Sequence[float | None]) -> float | None:
     valid = [v for v in values if v is not None and not math.isnan(v)]
     return sum(valid) / len(valid) if valid else None
-
-
-def _normalized(log_scores: Sequence[float]) -> list[float]:
-    """Probabilities over the labels from their log-scores (a softmax)."""
-    top = max(log_scores)
-    exp = [math.exp(s - top) for s in log_scores]
-    return [e / sum(exp) for e in exp]
 
 
 def gold_text(task: Task, gold) -> str:
@@ -188,13 +182,13 @@ class RewriteScorer:
         prior = {}
         for j, rw in enumerate(distinct):
             start = len(prompts) + j * len(texts)
-            probs = [_normalized(s) for s in scores[start : start + len(texts)]]
+            probs = [label_softmax(s) for s in scores[start : start + len(texts)]]
             prior[rw] = [math.log(sum(p) / len(p)) for p in zip(*probs, strict=True)]
         labels = list(self.task.labels.values())  # the backend's choices, in its order (label_choices)
         answers = []
         for rw, label_scores in zip(instructions, scores[: len(prompts)], strict=True):
             shifted = [s - p for s, p in zip(label_scores, prior[rw], strict=True)]
-            answers.append(labels[max(range(len(labels)), key=shifted.__getitem__)])  # a tie goes to the first
+            answers.append(labels[best_index(shifted)])
         return answers
 
     def _standard_error(self, per_example: dict, i: int) -> float | None:
