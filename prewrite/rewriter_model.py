@@ -30,14 +30,22 @@ class Rewriter:
         return self.complete(meta_prompt.format(instruction=instruction), num, temperature, max_new_tokens)
 
     def rewrite_each(
-        self, instruction: str, meta_prompt: str, inputs: list[str], max_new_tokens: int = 48, batch_size: int = 16
+        self,
+        instruction: str,
+        meta_prompt: str,
+        inputs: list[str],
+        max_new_tokens: int = 48,
+        batch_size: int = 16,
+        num: int = 0,
+        temperature: float = 1.0,
     ) -> list[str]:
-        """The greedy rewrite of `instruction` for each input (a rewriter trained with rewrite_mode=input)."""
+        """The greedy rewrite (num=0) of `instruction` for each input, or `num` sampled ones in a row per
+        input, as training groups them (a rewriter trained with rewrite_mode=input)."""
         texts = []
         for start in range(0, len(inputs), batch_size):
             chunk = inputs[start : start + batch_size]
             prompts = [chat.encode(self.tokenizer, meta_prompt.format(instruction=instruction, input=x)) for x in chunk]
-            texts += self._generate(prompts, 0, 1.0, max_new_tokens)
+            texts += self._generate(prompts, num, temperature, max_new_tokens)
         return texts
 
     def complete(self, message: str, num: int = 1, temperature: float = 1.0, max_new_tokens: int = 48) -> list[str]:

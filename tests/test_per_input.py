@@ -90,3 +90,18 @@ def test_per_input_training_groups_rewrites_by_input_and_evaluates_every_test_in
     (run,) = client.search_runs([client.get_experiment_by_name("prewrite-cr").experiment_id])
     assert run.data.tags["prewrite.transfer"] == "true" and run.data.tags["prewrite.trained_on"] == "sst2_sentences"
     assert run.data.metrics["test/prewrite_i/accuracy"] == by_method["prewrite_i"]["test_accuracy"]
+
+
+def test_rewrite_each_samples_a_group_per_input_in_input_order():
+    from prewrite import rewriter_model
+
+    rw = rewriter_model.load_untrained("embedded:smollm2-135m-instruct")
+    meta = "Rewrite: {instruction}\nInput: {input}"
+    inputs = ["a fine film", "dull and long", "the plot"]
+    greedy = [rw.rewrite_each("Classify.", meta, [x], max_new_tokens=8)[0] for x in inputs]
+    assert len(set(greedy)) == 3  # different inputs, different rewrites: the order below is observable
+    assert rw.rewrite_each("Classify.", meta, inputs, max_new_tokens=8, batch_size=2) == greedy
+    # near-zero temperature: every sample is its input's greedy rewrite, num of them in a row per input
+    sampled = rw.rewrite_each("Classify.", meta, inputs, max_new_tokens=8, batch_size=2, num=2, temperature=1e-4)
+    assert sampled == [g for g in greedy for _ in range(2)]
+    assert rw.usage.calls == 3 + 3 + 6
