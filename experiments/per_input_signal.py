@@ -74,13 +74,12 @@ def main() -> None:
             num=g, temperature=temperature,
         )  # fmt: skip
         scores = scorer.score_groups([[(rw, rows[i // g])] for i, rw in enumerate(rewrites)])
-        groups = [
-            group_stats(
-                rewrites[k * g : (k + 1) * g], scores.metrics["accuracy"][k * g : (k + 1) * g],
-                scores.metrics["label_prob"][k * g : (k + 1) * g], [a[0] for a in scores.answers[k * g : (k + 1) * g]],
-            )  # fmt: skip
-            for k in range(len(rows))
-        ]
+        groups = []
+        for k in range(len(rows)):
+            part = slice(k * g, (k + 1) * g)
+            answers = [a[0] for a in scores.answers[part]]
+            accuracy, prob = scores.metrics["accuracy"][part], scores.metrics["label_prob"][part]
+            groups.append(group_stats(rewrites[part], accuracy, prob, answers))
         summary = {
             "flat_groups": statistics.fmean(s["flat"] for s in groups),
             "distinct_rewrites_per_group": statistics.fmean(s["distinct_rewrites"] for s in groups),
