@@ -147,17 +147,15 @@ class VLLMBackend(LabelChoosing, TaskBackend):
         }
         rows = [(u, prefix) for u in range(len(unique)) for prefix in prefixes]
         outputs = self._run([encoded[u] + list(prefix) for u, prefix in rows], [params[p] for _, p in rows])
-        logps = {}  # (prompt, prefix) -> (the prefix's summed log-probability, {last token: log-probability})
+        logps = {}  # (prompt, prefix) -> {last token: the prefix's and its summed log-probability}
         for (u, prefix), out in zip(rows, outputs, strict=True):
             head = out.prompt_logprobs[-len(prefix) :] if prefix else []
             start = sum(pos[tok].logprob for pos, tok in zip(head, prefix, strict=True))
-            logps[(u, prefix)] = (start, {tok: lp.logprob for tok, lp in out.outputs[0].logprobs[0].items()})
-        scores = {}
-        for u, prompt in enumerate(unique):
-            scores[prompt] = []
-            for ids in self._choice_ids:
-                start, last = logps[(u, tuple(ids[:-1]))]
-                scores[prompt].append(start + last[ids[-1]])
+            logps[(u, prefix)] = {tok: start + lp.logprob for tok, lp in out.outputs[0].logprobs[0].items()}
+        scores = {
+            prompt: [logps[(u, tuple(ids[:-1]))][ids[-1]] for ids in self._choice_ids]
+            for u, prompt in enumerate(unique)
+        }
         self.usage.add(calls=len(unique), prompt_tokens=sum(len(e) for e in encoded))
         return [scores[p] for p in prompts]
 
