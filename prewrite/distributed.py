@@ -170,14 +170,15 @@ def full_state_dict(trainer: L.Trainer, model: torch.nn.Module) -> dict[str, tor
 
 
 def adamw(trainer: L.Trainer, params, **kwargs) -> torch.optim.Optimizer:
-    """torch's AdamW, or DeepSpeed's CPU AdamW where the DeepSpeed config offloads the optimizer to
-    the CPU (DeepSpeed refuses other optimizers there: the step runs on the CPU)."""
+    """torch's fused AdamW (one kernel over all parameters; TRL's default, `adamw_torch_fused`), or
+    DeepSpeed's CPU AdamW where the DeepSpeed config offloads the optimizer to the CPU (DeepSpeed
+    refuses other optimizers there: the step runs on the CPU)."""
     config = trainer.strategy.config if isinstance(trainer.strategy, DeepSpeedStrategy) else {}
     if config.get("zero_optimization", {}).get("offload_optimizer", {}).get("device") in ("cpu", "nvme"):
         from deepspeed.ops.adam import DeepSpeedCPUAdam
 
         return DeepSpeedCPUAdam(params, adamw_mode=True, **kwargs)
-    return torch.optim.AdamW(params, **kwargs)
+    return torch.optim.AdamW(params, fused=True, **kwargs)
 
 
 def _zero_stage_3(trainer: L.Trainer) -> bool:
