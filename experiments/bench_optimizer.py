@@ -17,7 +17,7 @@ VARIANTS = {"default": {}, "foreach": {"foreach": True}, "fused": {"fused": True
 
 def main() -> None:
     torch.manual_seed(0)
-    params = [p for p in model_zoo.load_model("embedded:smollm2-135m-instruct", "float32").parameters()]
+    params = list(model_zoo.load_model("embedded:smollm2-135m-instruct", "float32").parameters())
     for p in params:
         p.grad = torch.randn_like(p) * 1e-3
     print(f"torch {torch.__version__}, {torch.get_num_threads()} threads, CPU capability "

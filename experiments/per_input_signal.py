@@ -9,7 +9,7 @@ holds, the share of groups where the rewrites give different answers (the ones t
 accuracy of the rewrites and of the initial instruction on the same rows, the best-of-G accuracy (the
 headroom a perfect ranking could reach), and the within-group spread of `label_prob`.
 
-    python experiments/per_input_signal.py task=ag_news --out experiments/per_input_signal_ag_news.json
+    python experiments/per_input_signal.py --out experiments/per_input_signal_ag_news.json -- task=ag_news
 """
 
 from __future__ import annotations
