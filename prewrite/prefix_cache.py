@@ -15,20 +15,31 @@ def left_padded_positions(attention_mask: torch.Tensor) -> torch.Tensor:
     return (attention_mask.cumsum(-1) - 1).clamp(min=0)
 
 
+def keep_last(k: int, width: int, device: torch.device | str) -> torch.Tensor:
+    """`logits_to_keep` for the last k of `width` positions, as indices: transformers then gathers those
+    hidden states into a contiguous tensor. Given k as an int it slices them, and on a CPU the strided slice
+    of a batch goes through the vocabulary projection as a batched product that reads the whole projection
+    once per row (0.11 s against 0.014 s for 32 rows of the embedded model)."""
+    return torch.arange(width - k, width, device=device)
+
+
 def run_prefixes(
     model: torch.nn.Module,
     input_ids: torch.Tensor,
     attention_mask: torch.Tensor,
     position_ids: torch.Tensor | None = None,
+    past_key_values: DynamicCache | None = None,
 ) -> tuple[torch.Tensor, Layers]:
-    """One forward over the distinct prefixes: the logits at each one's last position [P, 1, V] and the
-    layers' keys and values. Gradients flow through both when the caller has them on."""
+    """One forward over the distinct prefixes, after `past_key_values` if given (then `attention_mask`
+    covers its columns too): the logits at each one's last position [P, 1, V] and the layers' keys and
+    values, the cache's included. Gradients flow through both when the caller has them on."""
     out = model(
         input_ids=input_ids,
         attention_mask=attention_mask,
         position_ids=position_ids,
+        past_key_values=past_key_values,
         use_cache=True,
-        logits_to_keep=1,
+        logits_to_keep=keep_last(1, input_ids.size(1), input_ids.device),
     )
     return out.logits, [(layer.keys, layer.values) for layer in out.past_key_values.layers]
 

@@ -5,7 +5,7 @@ import pytest
 import torch
 from omegaconf import OmegaConf
 
-from prewrite.backends.hf import HFBackend, prefix_groups
+from prewrite.backends.hf import HFBackend, own_prefix_width, prefix_groups
 from prewrite.tasks import load_task
 from tests.conftest import CONF
 
@@ -23,11 +23,24 @@ def test_prefix_groups_split_where_rows_diverge():
     header = [1, 2, 3]
     a, b = header + [10, 11, 12], header + [20, 21]
     seqs = [a + [7], b + [8, 9], a + [5, 6], b + [4], a + [5]]
-    groups = dict((tuple(sorted(m)), p) for p, m in prefix_groups(seqs))
-    assert groups == {(0, 2, 4): len(a), (1, 3): len(b)}
+    shared, groups = prefix_groups(seqs)
+    assert shared == len(header)
+    assert dict((tuple(sorted(m)), p) for p, m in groups) == {(0, 2, 4): len(a), (1, 3): len(b)}
     # each member keeps `keep` tokens of its own: the shared prefix shrinks to fit the shortest
-    assert dict((tuple(sorted(m)), p) for p, m in prefix_groups(seqs, keep=2)) == {(0, 2, 4): 5, (1, 3): 4}
-    assert prefix_groups([[1, 2], [3, 4]]) == [(0, [0, 1])]  # nothing shared: plain batches
+    shared, groups = prefix_groups(seqs, keep=2)
+    assert dict((tuple(sorted(m)), p) for p, m in groups) == {(0, 2, 4): 5, (1, 3): 4}
+    assert prefix_groups([[1, 2], [3, 4]]) == (0, [(0, [0, 1])])  # nothing shared: plain batches
+    assert prefix_groups([[1, 2], [1, 2, 3]], keep=2) == (0, [(0, [0, 1])])  # [1, 2] keeps both its tokens
+
+
+def test_own_prefix_width_runs_a_group_prefix_only_where_it_saves():
+    # (own prefix length, rows): rewrites of 30-40 tokens with 8 examples each share all of it
+    assert own_prefix_width([(30, 8), (40, 8), (35, 8)]) == 40
+    # one instruction: rows share at most a first word, and a padded group row per word costs as much
+    assert own_prefix_width([(1, 2), (0, 1), (0, 1), (2, 1), (1, 1)]) == 0
+    # one long own prefix among short ones is cut to where the padding of the others stops paying
+    assert own_prefix_width([(30, 4), (30, 4), (2, 1), (0, 1), (0, 1), (0, 1)]) == 30
+    assert own_prefix_width([(30, 2), (1, 3), (1, 3), (0, 1), (0, 1), (0, 1)]) == 1
 
 
 @pytest.fixture(scope="module")
@@ -93,13 +106,37 @@ def test_loglikelihood_equals_each_prompt_alone(backend, prompts, task):
         assert value == pytest.approx(logps.gather(-1, torch.tensor(target)[:, None]).mean().item(), abs=1e-4)
 
 
+def chosen_alone(backend, prompts: list[str], choices: list[str]) -> list[str]:
+    first = [backend.tokenizer(c, add_special_tokens=False)["input_ids"][0] for c in choices]
+    return [
+        choices[int(torch.argmax(backend.model(input_ids=alone(backend, p)).logits[0, -1, first]))] for p in prompts
+    ]
+
+
 @torch.inference_mode()
 def test_constrained_choice_equals_each_prompt_alone(prompts):
     choices = ["negative", "positive"]
     constrained = HFBackend(MODEL, dtype="float32", batch_size=8, constrained=True, choices=choices)
-    expected = []
-    for p in prompts:
-        logps = constrained.model(input_ids=alone(constrained, p)).logits[0, -1].log_softmax(-1)
-        first = [constrained.tokenizer(c, add_special_tokens=False)["input_ids"][0] for c in choices]
-        expected.append(choices[int(torch.argmax(logps[first]))])
-    assert constrained.generate(prompts) == expected
+    assert constrained.generate(prompts) == chosen_alone(constrained, prompts, choices)
+
+
+@torch.inference_mode()
+def test_one_instructions_rows_run_header_and_instruction_once(task):
+    """One instruction's rows (an evaluation of it) share header and instruction; rows that also share a
+    first word must not run header and instruction again for each such group."""
+    choices = ["negative", "positive"]
+    prompts = [task.prompt(task.instruction, r) for r in task.eval_rows("test", 24, 0)]
+    constrained = HFBackend(MODEL, dtype="float32", batch_size=8, constrained=True, choices=choices)
+    encoded = constrained._encode(prompts)
+    shared, groups = prefix_groups(encoded)
+    instruction = constrained.tokenizer(task.instruction, add_special_tokens=False)["input_ids"]
+    assert shared > len(instruction) and len(groups) > 1  # rows sharing a first word make groups of their own
+    expected = chosen_alone(constrained, prompts, choices)
+    seen, hook = count_tokens_run(constrained.model)
+    try:
+        assert constrained.generate(prompts) == expected
+    finally:
+        hook.remove()
+    own = sum(len(e) - shared for e in encoded)
+    # the shared prefix ran once, then the rows' own tokens in 3 length-sorted batches (and their padding)
+    assert seen[0] == shared and len(seen) == 4 and sum(seen[1:]) < 1.3 * own, (shared, own, seen)

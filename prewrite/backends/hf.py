@@ -43,8 +43,8 @@ def common_prefix_length(a: list[int], b: list[int]) -> int:
 
 @dataclass
 class SharedPrefixBatch:
-    """Rows laid out as [left-padded prefix | left-padded suffix]: the prefixes' keys and values are
-    computed once per group of rows that share them (`cache`, covering the first `prefix_width` columns);
+    """Rows laid out as [prefix | left-padded suffix], a prefix being [shared by all | left-padded own]: the
+    prefixes' keys and values are computed once per group of rows that share them (`cache`, covering the first `prefix_width` columns);
     only the suffixes go through the model again. Positions count real tokens only, as in a plain
     left-padded batch, so a row computes what it would alone."""
 
@@ -65,14 +65,16 @@ class SharedPrefixBatch:
         )
 
 
-def prefix_groups(seqs: list[list[int]], keep: int = 1) -> list[tuple[int, list[int]]]:
-    """(prefix length, member indices) groups of sequences that share their leading tokens, e.g. the chat
-    header and one rewrite's instruction across that rewrite's examples. Sequences are sorted
-    lexicographically (so those sharing a prefix are adjacent) and split where they diverge right after
-    the prefix common to all; a group's prefix is its members' common prefix, short enough to leave
-    each member `keep` tokens of its own. A prefix length of 0 everywhere means nothing is shared."""
+def prefix_groups(seqs: list[list[int]], keep: int = 1) -> tuple[int, list[tuple[int, list[int]]]]:
+    """The length of the prefix every sequence shares (e.g. the chat header, or header and instruction
+    when all rows have one instruction) and (prefix length, member indices) groups of sequences that share
+    more, e.g. one rewrite's examples. Sequences are sorted lexicographically (so those sharing a prefix
+    are adjacent) and split where they diverge right after the prefix common to all; a group's prefix is
+    its members' common prefix. Every prefix leaves each of its sequences `keep` tokens of its own. A
+    prefix length of 0 everywhere means nothing is shared."""
     order = sorted(range(len(seqs)), key=seqs.__getitem__)
-    common = common_prefix_length(seqs[order[0]], seqs[order[-1]])
+    common = min(common_prefix_length(seqs[order[0]], seqs[order[-1]]), min(map(len, seqs)) - keep)
+    common = max(0, common)
     groups: list[list[int]] = []
     for i in order:
         if groups and common_prefix_length(seqs[groups[-1][0]], seqs[i]) > common:
@@ -83,10 +85,19 @@ def prefix_groups(seqs: list[list[int]], keep: int = 1) -> list[tuple[int, list[
     for members in groups:
         # a row alone shares only what every row shares: its own longer prefix would save nothing
         shared = common_prefix_length(seqs[members[0]], seqs[members[-1]]) if len(members) > 1 else common
-        out.append((max(0, min(shared, min(len(seqs[m]) for m in members) - keep)), members))
-    if any(p == 0 for p, _ in out):  # an empty prefix would be a row of padding only
-        return [(0, [i for _, members in out for i in members])]
-    return out
+        out.append((max(common, min(shared, min(len(seqs[m]) for m in members) - keep)), members))
+    if any(p == 0 for p, _ in out):  # an empty prefix would be a row of padding only (never when common > 0)
+        return 0, [(0, [i for _, members in out for i in members])]
+    return common, out
+
+
+def own_prefix_width(groups: list[tuple[int, int]]) -> int:
+    """How many of each group's own prefix tokens (those after the prefix all rows share) to run once for
+    the group, from (own prefix length, rows) per group: at width w a group of m rows saves m * min(e, w)
+    positions of its rows' suffixes and costs w (its left-padded prefix row). The best w, the smallest if
+    several tie; 0 when sharing saves nothing (one instruction, rows that share a first word at most)."""
+    widths = sorted({0} | {e for e, _ in groups})
+    return max(widths, key=lambda w: sum(m * min(e, w) - w for e, m in groups))
 
 
 class HFBackend(LabelChoosing, TaskBackend):
@@ -159,39 +170,57 @@ class HFBackend(LabelChoosing, TaskBackend):
         return chat.encode_all(self.tokenizer, prompts)
 
     def _batches(self, seqs: list[list[int]], keep: int = 1) -> Iterator[SharedPrefixBatch]:
-        """Batches of `batch_size` rows whose shared prefixes (prefix_groups) run through the model once per
-        group: the keys and values of up to `batch_size` groups' prefixes at a time, then their rows'
-        suffixes, sorted by length so that a batch holds suffixes of similar length."""
+        """Batches of `batch_size` rows, laid out as [shared | own | suffix]: the prefix every row shares runs
+        through the model once; each group's own prefix after it (prefix_groups, up to own_prefix_width
+        tokens) once per group, up to `batch_size` groups at a time; then their rows' suffixes, sorted by
+        length so that a batch holds suffixes of similar length."""
         pad = self.tokenizer.pad_token_id
-        groups = prefix_groups(seqs, keep)
+        shared, groups = prefix_groups(seqs, keep)
+        limit = own_prefix_width([(p - shared, len(m)) for p, m in groups])
+        if not limit:  # one group: all rows' suffixes sorted together
+            groups = [(shared, [i for _, members in groups for i in members])]
+        head = seqs[0][:shared]
+        head_layers = None
+        if shared:
+            ids = torch.tensor([head], device=self.device)
+            _, head_layers = prefix_cache.run_prefixes(self.model, ids, torch.ones_like(ids))
         for start in range(0, len(groups), self.batch_size):
             chunk = groups[start : start + self.batch_size]
-            width = max(p for p, _ in chunk)
-            prefix_ids = torch.tensor([[pad] * (width - p) + seqs[m[0]][:p] for p, m in chunk])
-            prefix_mask = torch.tensor([[0] * (width - p) + [1] * p for p, _ in chunk])
-            layers = None
+            own = [seqs[m[0]][shared : min(p, shared + limit)] for p, m in chunk]
+            width = max(map(len, own))
+            # long: with nothing shared these are [groups, 0], which torch.tensor would make float
+            prefix_ids = torch.tensor([head + [pad] * (width - len(o)) + o for o in own], dtype=torch.long)
+            prefix_mask = torch.tensor(
+                [[1] * shared + [0] * (width - len(o)) + [1] * len(o) for o in own], dtype=torch.long
+            )
+            layers, which = head_layers, torch.zeros(len(chunk), dtype=torch.long)  # group -> its row of layers
             if width:
                 on_device = prefix_mask.to(self.device)
-                positions = prefix_cache.left_padded_positions(on_device)
-                _, layers = prefix_cache.run_prefixes(self.model, prefix_ids.to(self.device), on_device, positions)
+                positions = prefix_cache.left_padded_positions(on_device)[:, shared:]
+                cache = None
+                if head_layers is not None:
+                    cache = prefix_cache.cache_for_rows(head_layers, which.to(self.device), self.model.config)
+                own_ids = prefix_ids[:, shared:].to(self.device)
+                _, layers = prefix_cache.run_prefixes(self.model, own_ids, on_device, positions, cache)
+                which = torch.arange(len(chunk))
             rows = [(g, i) for g, (_, members) in enumerate(chunk) for i in members]
-            rows.sort(key=lambda r: len(seqs[r[1]]) - chunk[r[0]][0])
+            rows.sort(key=lambda r: len(seqs[r[1]]) - shared - len(own[r[0]]))
             for b in range(0, len(rows), self.batch_size):
                 part = rows[b : b + self.batch_size]
-                suffixes = [seqs[i][chunk[g][0] :] for g, i in part]
+                suffixes = [seqs[i][shared + len(own[g]) :] for g, i in part]
                 s_width = max(map(len, suffixes))
                 g_idx = torch.tensor([g for g, _ in part])
                 ids = [[pad] * (s_width - len(x)) + x for x in suffixes]
                 mask = [[0] * (s_width - len(x)) + [1] * len(x) for x in suffixes]
                 cache = None
                 if layers is not None:
-                    cache = prefix_cache.cache_for_rows(layers, g_idx.to(self.device), self.model.config)
+                    cache = prefix_cache.cache_for_rows(layers, which[g_idx].to(self.device), self.model.config)
                 yield SharedPrefixBatch(
                     idx=[i for _, i in part],
                     input_ids=torch.cat([prefix_ids[g_idx], torch.tensor(ids)], 1).to(self.device),
                     attention_mask=torch.cat([prefix_mask[g_idx], torch.tensor(mask)], 1).to(self.device),
                     cache=cache,
-                    prefix_width=width,
+                    prefix_width=shared + width,
                 )
 
     @torch.inference_mode()
@@ -230,7 +259,9 @@ class HFBackend(LabelChoosing, TaskBackend):
         k = max(len(p) for p in prefixes) + 1
         logps: dict[tuple[int, tuple[int, ...]], torch.Tensor] = {}  # (prompt, prefix) -> [k, vocab]
         for batch in self._batches([encoded[u] + list(prefix) for u, prefix in rows], keep=k):
-            out = self.model(**batch.suffix_inputs(), logits_to_keep=k).logits.float().log_softmax(-1)
+            inputs = batch.suffix_inputs()
+            keep = prefix_cache.keep_last(k, inputs["input_ids"].size(1), self.device)
+            out = self.model(**inputs, logits_to_keep=keep).logits.float().log_softmax(-1)
             logps.update({rows[r]: out[row] for row, r in enumerate(batch.idx)})
         scores = {}
         for u, prompt in enumerate(unique):
@@ -265,7 +296,9 @@ class HFBackend(LabelChoosing, TaskBackend):
         seqs = [c + t for c, t in zip(contexts, targets, strict=True)]
         for batch in self._batches(seqs, keep=k):
             # Left padding puts every continuation at the end: only the last k positions need logits.
-            logps = self.model(**batch.suffix_inputs(), logits_to_keep=k).logits[:, :-1].float().log_softmax(-1)
+            inputs = batch.suffix_inputs()
+            keep = prefix_cache.keep_last(k, inputs["input_ids"].size(1), self.device)
+            logps = self.model(**inputs, logits_to_keep=keep).logits[:, :-1].float().log_softmax(-1)
             for row, i in enumerate(batch.idx):
                 n = len(targets[i])
                 if n == 0:
