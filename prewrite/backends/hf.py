@@ -45,8 +45,8 @@ def common_prefix_length(a: list[int], b: list[int]) -> int:
 class SharedPrefixBatch:
     """Rows laid out as [prefix | left-padded suffix], a prefix being [shared by all | left-padded own]: the
     prefixes' keys and values are computed once per group of rows that share them (`cache`, covering the
-    first `prefix_width` columns); only the suffixes go through the model again. Positions count real tokens only, as in a plain
-    left-padded batch, so a row computes what it would alone."""
+    first `prefix_width` columns); only the suffixes go through the model again. Positions count real
+    tokens only, as in a plain left-padded batch, so a row computes what it would alone."""
 
     idx: list[int]  # the rows' indices in the sequences given
     input_ids: torch.Tensor  # [B, prefix_width + suffix_width]
