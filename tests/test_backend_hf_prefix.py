@@ -29,6 +29,11 @@ def test_prefix_groups_split_where_rows_diverge():
     # each member keeps `keep` tokens of its own: the shared prefix shrinks to fit the shortest
     shared, groups = prefix_groups(seqs, keep=2)
     assert dict((tuple(sorted(m)), p) for p, m in groups) == {(0, 2, 4): 5, (1, 3): 4}
+    # two rewrites that start with the same word keep their own prefixes (not one cut after that word)
+    c, d, e = header + [10, 30, 31, 32], header + [10, 40, 41, 42], header + [50, 51]
+    shared, groups = prefix_groups([c + [5], d + [5], e + [5], c + [6], d + [6], e + [6], c + [7], d + [7]])
+    assert shared == len(header)
+    assert sorted(groups) == [(len(e), [2, 5]), (len(c), [0, 3, 6]), (len(d), [1, 4, 7])]
     assert prefix_groups([[1, 2], [3, 4]]) == (0, [(0, [0, 1])])  # nothing shared: plain batches
     assert prefix_groups([[1, 2], [1, 2, 3]], keep=2) == (0, [(0, [0, 1])])  # [1, 2] keeps both its tokens
 

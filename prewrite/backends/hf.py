@@ -69,23 +69,24 @@ def prefix_groups(seqs: list[list[int]], keep: int = 1) -> tuple[int, list[tuple
     """The length of the prefix every sequence shares (e.g. the chat header, or header and instruction
     when all rows have one instruction) and (prefix length, member indices) groups of sequences that share
     more, e.g. one rewrite's examples. Sequences are sorted lexicographically (so those sharing a prefix
-    are adjacent) and split where they diverge right after the prefix common to all; a group's prefix is
-    its members' common prefix. Every prefix leaves each of its sequences `keep` tokens of its own. A
-    prefix length of 0 everywhere means nothing is shared."""
+    are adjacent); a row joins the group before it unless that would cut the group's prefix by more than
+    a prefix row of its own costs (two rewrites that start with the same word stay two groups). A group's
+    prefix is its members' common prefix; a row alone gets only the shared one. Every prefix leaves each
+    of its sequences `keep` tokens of its own. A prefix length of 0 everywhere means nothing is shared."""
     order = sorted(range(len(seqs)), key=seqs.__getitem__)
-    common = min(common_prefix_length(seqs[order[0]], seqs[order[-1]]), min(map(len, seqs)) - keep)
-    common = max(0, common)
-    groups: list[list[int]] = []
-    for i in order:
-        if groups and common_prefix_length(seqs[groups[-1][0]], seqs[i]) > common:
-            groups[-1].append(i)
-        else:
-            groups.append([i])
-    out = []
-    for members in groups:
-        # a row alone shares only what every row shares: its own longer prefix would save nothing
-        shared = common_prefix_length(seqs[members[0]], seqs[members[-1]]) if len(members) > 1 else common
-        out.append((max(common, min(shared, min(len(seqs[m]) for m in members) - keep)), members))
+    room = [len(s) - keep for s in seqs]  # the longest prefix each row can give up
+    common = max(0, min(common_prefix_length(seqs[order[0]], seqs[order[-1]]), min(room)))
+    groups: list[tuple[int, list[int]]] = []
+    for prev, i in zip([None, *order], order, strict=False):
+        if prev is not None:
+            prefix, members = groups[-1]
+            shared = min(common_prefix_length(seqs[prev], seqs[i]), room[i])
+            # joining costs each member (prefix - shared) more suffix tokens; leaving, about one prefix row
+            if len(members) * (prefix - shared) < prefix - common:
+                groups[-1] = (min(prefix, shared), [*members, i])
+                continue
+        groups.append((room[i], [i]))
+    out = [(p if len(members) > 1 else common, members) for p, members in groups]
     if any(p == 0 for p, _ in out):  # an empty prefix would be a row of padding only (never when common > 0)
         return 0, [(0, [i for _, members in out for i in members])]
     return common, out
@@ -239,6 +240,7 @@ class HFBackend(LabelChoosing, TaskBackend):
                 do_sample=False,
                 max_new_tokens=self.max_new_tokens,
                 pad_token_id=self.tokenizer.pad_token_id,
+                logits_to_keep=prefix_cache.keep_last(1, self.device),
             )
             generated = out[:, batch.input_ids.shape[1] :]
             texts = self.tokenizer.batch_decode(generated, skip_special_tokens=True)
@@ -259,9 +261,8 @@ class HFBackend(LabelChoosing, TaskBackend):
         k = max(len(p) for p in prefixes) + 1
         logps: dict[tuple[int, tuple[int, ...]], torch.Tensor] = {}  # (prompt, prefix) -> [k, vocab]
         for batch in self._batches([encoded[u] + list(prefix) for u, prefix in rows], keep=k):
-            inputs = batch.suffix_inputs()
-            keep = prefix_cache.keep_last(k, inputs["input_ids"].size(1), self.device)
-            out = self.model(**inputs, logits_to_keep=keep).logits.float().log_softmax(-1)
+            keep = prefix_cache.keep_last(k, self.device)
+            out = self.model(**batch.suffix_inputs(), logits_to_keep=keep).logits.float().log_softmax(-1)
             logps.update({rows[r]: out[row] for row, r in enumerate(batch.idx)})
         scores = {}
         for u, prompt in enumerate(unique):
@@ -296,9 +297,8 @@ class HFBackend(LabelChoosing, TaskBackend):
         seqs = [c + t for c, t in zip(contexts, targets, strict=True)]
         for batch in self._batches(seqs, keep=k):
             # Left padding puts every continuation at the end: only the last k positions need logits.
-            inputs = batch.suffix_inputs()
-            keep = prefix_cache.keep_last(k, inputs["input_ids"].size(1), self.device)
-            logps = self.model(**inputs, logits_to_keep=keep).logits[:, :-1].float().log_softmax(-1)
+            keep = prefix_cache.keep_last(k, self.device)
+            logps = self.model(**batch.suffix_inputs(), logits_to_keep=keep).logits[:, :-1].float().log_softmax(-1)
             for row, i in enumerate(batch.idx):
                 n = len(targets[i])
                 if n == 0:
