@@ -77,7 +77,7 @@ def prefix_groups(seqs: list[list[int]], keep: int = 1) -> tuple[int, list[tuple
     room = [len(s) - keep for s in seqs]  # the longest prefix each row can give up
     common = max(0, min(common_prefix_length(seqs[order[0]], seqs[order[-1]]), min(room)))
     groups: list[tuple[int, list[int]]] = []
-    for prev, i in zip([None, *order], order, strict=False):
+    for prev, i in zip([None, *order[:-1]], order, strict=True):
         if prev is not None:
             prefix, members = groups[-1]
             shared = min(common_prefix_length(seqs[prev], seqs[i]), room[i])
