@@ -231,6 +231,7 @@ class HFBackend(LabelChoosing, TaskBackend):
         unique = list(dict.fromkeys(prompts))
         encoded = self._encode(unique)
         answers: dict[str, str] = {}
+        last = prefix_cache.keep_last(1, self.device)
         for batch in self._batches(encoded):
             # generate runs only the columns the cache does not cover, and stops once every row has ended
             out = self.model.generate(
@@ -240,7 +241,7 @@ class HFBackend(LabelChoosing, TaskBackend):
                 do_sample=False,
                 max_new_tokens=self.max_new_tokens,
                 pad_token_id=self.tokenizer.pad_token_id,
-                logits_to_keep=prefix_cache.keep_last(1, self.device),
+                logits_to_keep=last,
             )
             generated = out[:, batch.input_ids.shape[1] :]
             texts = self.tokenizer.batch_decode(generated, skip_special_tokens=True)
@@ -260,8 +261,8 @@ class HFBackend(LabelChoosing, TaskBackend):
         rows = [(u, prefix) for u in range(len(unique)) for prefix in prefixes]
         k = max(len(p) for p in prefixes) + 1
         logps: dict[tuple[int, tuple[int, ...]], torch.Tensor] = {}  # (prompt, prefix) -> [k, vocab]
+        keep = prefix_cache.keep_last(k, self.device)
         for batch in self._batches([encoded[u] + list(prefix) for u, prefix in rows], keep=k):
-            keep = prefix_cache.keep_last(k, self.device)
             out = self.model(**batch.suffix_inputs(), logits_to_keep=keep).logits.float().log_softmax(-1)
             logps.update({rows[r]: out[row] for row, r in enumerate(batch.idx)})
         scores = {}
@@ -295,9 +296,9 @@ class HFBackend(LabelChoosing, TaskBackend):
         # the suffix of each row must hold its whole continuation and the token before it
         k = max(len(t) for t in targets) + 1
         seqs = [c + t for c, t in zip(contexts, targets, strict=True)]
+        keep = prefix_cache.keep_last(k, self.device)
         for batch in self._batches(seqs, keep=k):
             # Left padding puts every continuation at the end: only the last k positions need logits.
-            keep = prefix_cache.keep_last(k, self.device)
             logps = self.model(**batch.suffix_inputs(), logits_to_keep=keep).logits[:, :-1].float().log_softmax(-1)
             for row, i in enumerate(batch.idx):
                 n = len(targets[i])
