@@ -46,7 +46,7 @@ from pathlib import Path
 import torch
 from omegaconf import OmegaConf
 
-from prewrite import model_zoo, precision
+from prewrite import model_zoo, precision, prefix_cache
 from prewrite.backends.cache import CachedBackend, ResponseCache
 from prewrite.backends.hf import HFBackend
 from prewrite.backends.openai import OpenAIBackend
@@ -77,10 +77,11 @@ def forward_floor(backend: HFBackend, prompts: list[str]) -> list[str]:
     """One forward pass per batch of 32 length-sorted prompts, keeping only the last position's logits."""
     encoded = backend._encode(prompts)
     order = sorted(range(len(prompts)), key=lambda i: len(encoded[i]))
+    last = prefix_cache.keep_last(1, backend.device)  # as the backend does: an int would slice (prefix_cache)
     for start in range(0, len(order), backend.batch_size):
         idx = order[start : start + backend.batch_size]
         batch = backend.tokenizer.pad({"input_ids": [encoded[i] for i in idx]}, return_tensors="pt")
-        backend.model(**batch, logits_to_keep=1)
+        backend.model(**batch, logits_to_keep=last)
     return [""] * len(prompts)  # no answers: the floor is not compared
 
 

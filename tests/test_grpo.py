@@ -125,7 +125,9 @@ class FixedLogits(torch.nn.Module):
         self.logits = logits
 
     def forward(self, input_ids, attention_mask, logits_to_keep):
-        return type("Out", (), {"logits": self.logits[:, -logits_to_keep:]})()
+        # as transformers reads it: an int keeps the last that many positions, a tensor indexes them
+        keep = slice(-logits_to_keep, None) if isinstance(logits_to_keep, int) else logits_to_keep
+        return type("Out", (), {"logits": self.logits[:, keep]})()
 
 
 def test_completion_logprobs_pick_the_next_token_under_temperature():

@@ -28,7 +28,8 @@ def completion_logprobs(
             model, prompts[:, :width], prompts[:, width:], input_ids, attention_mask, inverse
         )
     else:
-        logits = model(input_ids=input_ids, attention_mask=attention_mask, logits_to_keep=n + 1).logits[:, :-1]
+        keep = prefix_cache.keep_last(n + 1, input_ids.device)
+        logits = model(input_ids=input_ids, attention_mask=attention_mask, logits_to_keep=keep).logits[:, :-1]
     return _token_logprobs(logits, input_ids, n, temperature)
 
 
@@ -68,7 +69,8 @@ def completion_logprobs_and_values(
     """Log-probs as above and the value head's estimate [B, T] from the same forward pass: values[:, t]
     is read at the position that predicts completion token t (the state before it is generated)."""
     n = num_completion_tokens
-    out = model(input_ids=input_ids, attention_mask=attention_mask, logits_to_keep=n + 1, output_hidden_states=True)
+    keep = prefix_cache.keep_last(n + 1, input_ids.device)
+    out = model(input_ids=input_ids, attention_mask=attention_mask, logits_to_keep=keep, output_hidden_states=True)
     hidden = out.hidden_states[-1][:, -(n + 1) : -1]
     values = value_head(hidden.to(value_head.weight.dtype)).squeeze(-1)
     return _token_logprobs(out.logits[:, :-1], input_ids, n, temperature), values
