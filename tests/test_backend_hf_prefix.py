@@ -123,6 +123,14 @@ def test_constrained_choice_equals_each_prompt_alone(prompts):
     choices = ["negative", "positive"]
     constrained = HFBackend(MODEL, dtype="float32", batch_size=8, constrained=True, choices=choices)
     assert constrained.generate(prompts) == chosen_alone(constrained, prompts, choices)
+    assert constrained.generate([]) == [] and constrained.label_scores([]) == []
+
+
+def test_nothing_to_score_gives_empty_answers(backend):
+    before = backend.usage.snapshot()
+    assert backend.generate([]) == []
+    assert backend.loglikelihood([], []) == []
+    assert backend.usage.snapshot() == before  # no call, no token counted
 
 
 @torch.inference_mode()

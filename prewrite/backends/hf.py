@@ -175,6 +175,8 @@ class HFBackend(LabelChoosing, TaskBackend):
         through the model once; each group's own prefix after it (prefix_groups, up to own_prefix_width
         tokens) once per group, up to `batch_size` groups at a time; then their rows' suffixes, sorted by
         length so that a batch holds suffixes of similar length."""
+        if not seqs:  # nothing to score (as the vllm and openai backends answer an empty list)
+            return
         pad = self.tokenizer.pad_token_id
         shared, groups = prefix_groups(seqs, keep)
         limit = own_prefix_width([(p - shared, len(m)) for p, m in groups])
@@ -294,7 +296,7 @@ class HFBackend(LabelChoosing, TaskBackend):
         targets = [self.tokenizer(c, add_special_tokens=False)["input_ids"] for _, c in pairs]
         result: dict[tuple[str, str], float | None] = {}
         # the suffix of each row must hold its whole continuation and the token before it
-        k = max(len(t) for t in targets) + 1
+        k = max((len(t) for t in targets), default=0) + 1
         seqs = [c + t for c, t in zip(contexts, targets, strict=True)]
         keep = prefix_cache.keep_last(k, self.device)
         for batch in self._batches(seqs, keep=k):
