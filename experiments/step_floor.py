@@ -4,10 +4,13 @@ A step is rollout + scoring + update, and bench_step.py's scoring is one object 
 the lowest ratio ours / TRL is (its scoring + our rollout's floor + our update's floor) / TRL's step.
 Measured here in fp32 on the embedded model, in bench_step.py's setup (the meta prompt around SST-2's
 instruction, G rewrites of at most max_completion_length tokens, a reference model):
-- rollout: HFRollout's whole rollout, and each decoding step's linear layers alone (G rows through every
-  weight matrix: the weights are read once per step), through F.linear and through the alternatives torch
-  offers on a CPU (MKL's packed weights; q/k/v and gate/up fused into one matrix each), beside a read of
-  the same bytes (the memory bound) and a large product (the compute bound);
+- rollout: HFRollout's whole rollout, the same with transformers' preallocated StaticCache in place of the
+  DynamicCache, and each decoding step's linear layers alone (G rows through every weight matrix: the
+  weights are read once per step), through F.linear and through the alternatives torch offers on a CPU
+  (MKL's packed weights; q/k/v and gate/up fused into one matrix each), beside a read of the same bytes
+  (the memory bound) and a large product (the compute bound); then the rest of a decoding step (norms,
+  rotary, cache write, attention, activation, residuals, sampling) in the fewest eager ops torch has, as a
+  lower bound on what any decoding loop spends besides its products;
 - update: the reference pass, the policy's forward and backward, and the optimizer step, on that rollout.
 
     PYTHONPATH=. python experiments/step_floor.py --step-json experiments/bench_step_fp32_shared_head.json \
@@ -28,8 +31,9 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 from hydra import compose, initialize_config_dir
+from transformers import StaticCache
 
-from prewrite import model_zoo
+from prewrite import model_zoo, prefix_cache
 from prewrite.algorithms.logprobs import completion_logprobs
 from prewrite.rollout.base import rewriter_prompt
 from prewrite.rollout.hf_rollout import HFRollout
@@ -85,6 +89,68 @@ def decoding_linears(model, rows: int, repeats: int) -> dict[str, float]:
     return out
 
 
+def decoding_other_work(config, rows: int, context: int, repeats: int) -> dict[str, float]:
+    """Seconds per decoding step of the work between the products, each part in the fewest eager ops torch
+    offers (fused rms_norm, rotary as two products and a cat, a preallocated cache written in place, sdpa
+    with grouped keys, and a sampler drawing one number per row by the inverse CDF): a lower bound on it for
+    any decoding loop without a compiler, with the context at its longest (prompt + completion)."""
+    heads, kv_heads, width = config.num_attention_heads, config.num_key_value_heads, config.hidden_size
+    dim, eps = width // heads, config.rms_norm_eps
+    x, weight = torch.randn(rows, 1, width), torch.ones(width)
+    q, k, v = torch.randn(rows, heads, 1, dim), torch.randn(rows, kv_heads, 1, dim), torch.randn(rows, kv_heads, 1, dim)
+    cos, sin = torch.randn(1, 1, 1, dim), torch.randn(1, 1, 1, dim)
+    keys, values = torch.zeros(rows, kv_heads, context, dim), torch.zeros(rows, kv_heads, context, dim)
+    slot = torch.tensor([context - 1])
+    gate, up = torch.randn(rows, 1, config.intermediate_size), torch.randn(rows, 1, config.intermediate_size)
+    logits = torch.randn(rows, config.vocab_size)
+
+    def rotate(t: torch.Tensor) -> torch.Tensor:
+        half = t.shape[-1] // 2
+        return t * cos + torch.cat((-t[..., half:], t[..., :half]), dim=-1) * sin
+
+    def layer() -> None:
+        F.rms_norm(x, (width,), weight, eps)
+        keys.index_copy_(2, slot, rotate(k))
+        values.index_copy_(2, slot, v)
+        attn = F.scaled_dot_product_attention(rotate(q), keys, values, enable_gqa=True)
+        residual = x + attn.transpose(1, 2).reshape(rows, 1, width)
+        F.rms_norm(residual, (width,), weight, eps)
+        F.silu(gate) * up
+        residual + x  # x stands for the down projection's output
+
+    def sample() -> None:
+        cdf = torch.softmax(logits, dim=-1).cumsum_(-1)
+        torch.searchsorted(cdf, torch.rand(rows, 1))
+
+    out = {
+        "layers": seconds(lambda: [layer() for _ in range(config.num_hidden_layers)], repeats * 4),
+        "final_norm_and_sampling": seconds(lambda: (F.rms_norm(x, (width,), weight, eps), sample()), repeats * 4),
+    }
+    out["step"] = out["layers"] + out["final_norm_and_sampling"]
+    return out
+
+
+@torch.no_grad()
+def static_cache_rollout(policy, tokenizer, ids: list[int], rows: int, max_new_tokens: int, temperature: float):
+    """HFRollout's rollout (the prompt run once for the group) with transformers' preallocated StaticCache."""
+    prompt = torch.tensor([ids])
+    _, layers = prefix_cache.run_prefixes(policy, prompt[:, :-1], torch.ones_like(prompt[:, :-1]))
+    cache = StaticCache(config=policy.config, max_cache_len=len(ids) + max_new_tokens)
+    for cache_layer, (k, v) in zip(cache.layers, layers, strict=True):
+        cache_layer.update(k.expand(rows, -1, -1, -1).contiguous(), v.expand(rows, -1, -1, -1).contiguous())
+    return policy.generate(
+        input_ids=prompt.repeat(rows, 1),
+        attention_mask=torch.ones(rows, len(ids), dtype=torch.long),
+        past_key_values=cache,
+        do_sample=True,
+        max_new_tokens=max_new_tokens,
+        pad_token_id=tokenizer.pad_token_id,
+        temperature=temperature,
+        top_p=1.0,
+        top_k=None,
+    )
+
+
 def update_parts(policy, rollout, repeats: int) -> dict[str, float]:
     """Median seconds of each part of one GRPO update on `rollout` (one micro-batch, as the default)."""
     ref = copy.deepcopy(policy).eval()
@@ -133,9 +199,18 @@ def main() -> None:
         rollouts.append(engine.generate([ids], algo.num_generations, algo.max_completion_length, algo.temperature))
 
     rollout_s = seconds(sample, args.repeats)
+    static_s = seconds(
+        lambda: static_cache_rollout(
+            policy, tokenizer, ids, algo.num_generations, algo.max_completion_length, algo.temperature
+        ),
+        args.repeats,
+    )
     rollout = max(rollouts, key=lambda r: r.completion_ids.size(1))  # the update on the longest
     decoding_steps = statistics.median(r.completion_ids.size(1) for r in rollouts)  # until every row ended
     linears = decoding_linears(policy, algo.num_generations, args.repeats)
+    other = decoding_other_work(
+        policy.config, algo.num_generations, len(ids) + algo.max_completion_length, args.repeats
+    )
     update = update_parts(policy, rollout, args.repeats)
 
     bench = json.loads(Path(args.step_json).read_text())["summary"]
@@ -143,14 +218,20 @@ def main() -> None:
     rollout_floor = decoding_steps * (best_linears + linears["lm_head"])
     update_floor = sum(update.values())
     floor = bench["ours"]["reward"] + rollout_floor + update_floor
+    # The products' floor plus the least the rest of each decoding step can cost in eager torch.
+    eager_floor = floor + decoding_steps * other["step"]
     summary = {
         "rollout_s": rollout_s,
+        "rollout_static_cache_s": static_s,
         "rollout_floor_s": rollout_floor,
+        "rollout_eager_floor_s": rollout_floor + decoding_steps * other["step"],
         "update_floor_s": update_floor,
         "scoring_s (bench_step, ours)": bench["ours"]["reward"],
         "trl_step_s (bench_step)": bench["trl"]["step"],
         "step_floor_s": floor,
         "ratio_floor_over_trl": floor / bench["trl"]["step"],
+        "step_eager_floor_s": eager_floor,
+        "ratio_eager_floor_over_trl": eager_floor / bench["trl"]["step"],
         "rollout_plus_update_for_0.6x_s": 0.6 * bench["trl"]["step"] - bench["ours"]["reward"],
     }
     record = {
@@ -161,7 +242,9 @@ def main() -> None:
             "torch": torch.__version__,
         },
         "prompt_tokens": len(ids),
+        "decoding_steps": decoding_steps,
         "decoding_linears_per_step_s": linears,
+        "decoding_other_work_per_step_s": other,
         "update_s": update,
         "summary": summary,
     }
