@@ -23,7 +23,7 @@ if [ "$PROBE" = 1 ]; then
 fi
 for seed in ${SEEDS:-0 1 2}; do
   # shellcheck disable=SC2086  # ARGS is a list of overrides
-  .venv/bin/python -m prewrite.train experiment="$EXPERIMENT" $ARGS seed=$seed "hydra.run.dir=$OUT/seed$seed"
+  .venv/bin/python -m prewrite.train experiment="$EXPERIMENT" keep_checkpoint_after_fit=false $ARGS seed=$seed "hydra.run.dir=$OUT/seed$seed"
 done
 for seed in ${SEEDS:-0 1 2}; do
   # shellcheck disable=SC2086  # EVAL_ARGS is a list of overrides

@@ -8,7 +8,8 @@ set -euo pipefail
 OUT=${1:-outputs/per_input}
 TASK=${TASK:-sst2_sentences}
 TRAIN=(task="$TASK" task_backend.constrained=true steps=10 eval_every=5 examples_per_step=8
-       algorithm.num_generations=4 dev_examples=64 algorithm.learning_rate=5.0e-5 paths.outputs_dir="$OUT")
+       algorithm.num_generations=4 dev_examples=64 algorithm.learning_rate=5.0e-5 paths.outputs_dir="$OUT"
+       keep_checkpoint_after_fit=false)
 for seed in ${SEEDS:-0 1 2}; do
   for mode in ${MODES:-task input}; do
     # shellcheck disable=SC2086

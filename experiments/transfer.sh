@@ -11,7 +11,8 @@ OUT=${1:-outputs/transfer}
 MEMBERS=${MEMBERS:-[ag_news,trec,subj]}
 UNSEEN=${UNSEEN:-mr cr}
 TRAIN=(task=mixture "task.members=$MEMBERS" task_backend.constrained=true steps=15 eval_every=5
-       examples_per_step=8 dev_examples=32 algorithm.learning_rate=5.0e-5 paths.outputs_dir="$OUT")
+       examples_per_step=8 dev_examples=32 algorithm.learning_rate=5.0e-5 paths.outputs_dir="$OUT"
+       keep_checkpoint_after_fit=false)
 for seed in ${SEEDS:-0 1 2}; do
   # shellcheck disable=SC2086  # ARGS is a list of overrides
   python -m prewrite.train "${TRAIN[@]}" ${ARGS:-} ${BACKEND:-} seed="$seed" hydra.run.dir="$OUT/train/seed$seed"

@@ -196,7 +196,9 @@ class LastCheckpoint(L.Callback):
         tmp = self.path.with_name(self.path.name + ".tmp")
         if trainer.is_global_zero:  # left by a save that was killed: shards of two saves must not mix
             _remove(tmp)
-            _warn_if_short_of_space(self.path, module)
+            # the previous checkpoint's size, or before the first one: weights plus Adam's two moments
+            need = fsio.size(self.path.resolve()) or checkpoint_bytes(module)
+            fsio.warn_if_short_of_space(self.path.parent, need, "a checkpoint (the previous one is kept if it fails)")
         trainer.strategy.barrier()
         try:
             trainer.save_checkpoint(tmp)  # returns once every rank has written its part
@@ -233,23 +235,9 @@ def check_finite(module: torch.nn.Module) -> None:
         raise faults.NonFiniteError(f"not checkpointing non-finite weights ({len(bad)} tensors, e.g. {bad[0]})")
 
 
-def _size(path: Path) -> int:
-    if path.is_dir():
-        return sum(f.stat().st_size for f in path.rglob("*") if f.is_file())
-    return path.stat().st_size if path.exists() else 0
-
-
-def _warn_if_short_of_space(path: Path, module: torch.nn.Module) -> None:
-    """A save needs room for a whole checkpoint beside the previous one; say so before it fails."""
-    # the previous checkpoint's size, or before the first one: weights plus Adam's two moments
-    need = _size(path.resolve()) or 3 * sum(p.numel() * p.element_size() for p in module.parameters())
-    path.parent.mkdir(parents=True, exist_ok=True)
-    free = shutil.disk_usage(path.parent).free
-    if free < 1.1 * need:
-        log.warning(
-            "Only %.2f GB free in %s; a checkpoint needs about %.2f GB: the save will likely fail (the previous "
-            "checkpoint is kept)", free / 1e9, path.parent, need / 1e9
-        )  # fmt: skip
+def checkpoint_bytes(module: torch.nn.Module) -> int:
+    """About what a checkpoint of `module` takes: its weights and AdamW's two moments."""
+    return 3 * sum(p.numel() * p.element_size() for p in module.parameters())
 
 
 class StopOnSignal(L.Callback):

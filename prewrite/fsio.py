@@ -1,4 +1,5 @@
-"""Durable file writes for the files a re-launch reads back (settings, run ids, results, tables).
+"""Durable file writes for the files a re-launch reads back (settings, run ids, results, tables), and the
+free-space warning given before a large write.
 
 A file written in place and cut short by a kill or a full disk is read back torn, and a torn state
 file breaks every later re-launch. `atomic_write_text` writes a temporary file beside the target,
@@ -8,9 +9,13 @@ new, never a mix, and the new one survives a power loss once the call returns.
 
 from __future__ import annotations
 
+import logging
 import os
+import shutil
 import uuid
 from pathlib import Path
+
+log = logging.getLogger(__name__)
 
 
 def fsync_dir(folder: Path) -> None:
@@ -45,3 +50,21 @@ def atomic_write_text(path: str | os.PathLike, text: str) -> None:
         tmp.unlink(missing_ok=True)
         raise
     fsync_dir(path.parent)
+
+
+def size(path: Path) -> int:
+    """Bytes of a file, or of every file under a folder (0 if absent)."""
+    if path.is_dir():
+        return sum(f.stat().st_size for f in path.rglob("*") if f.is_file())
+    return path.stat().st_size if path.exists() else 0
+
+
+def warn_if_short_of_space(folder: Path, need: int, what: str) -> bool:
+    """Say before writing `need` bytes into `folder` that they will likely not fit (with a margin), rather
+    than fail in the middle of the write. Returns whether it warned."""
+    folder.mkdir(parents=True, exist_ok=True)
+    free = shutil.disk_usage(folder).free
+    if free >= 1.1 * need:
+        return False
+    log.warning("Only %.2f GB free in %s; %s needs about %.2f GB", free / 1e9, folder, what, need / 1e9)
+    return True

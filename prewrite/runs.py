@@ -24,16 +24,17 @@ from prewrite.loggers import mlflow_experiment
 RUN_ID = re.compile(r"[0-9a-f]{32}")  # how MLflow names its runs (uuid4 hex)
 RUN_ID_FILE = "mlflow_run_id"  # in a run (or stage) folder: the MLflow run a resume continues
 RESULT_FILE = "result.json"  # in a run (or stage) folder: written when it finished
+CHECKPOINT_DIR = "checkpoints"  # in a run (or stage) folder: last.ckpt, what a resume starts from
 SETTINGS_FILE = "settings.json"  # in a run folder: the settings a re-launch in that folder must repeat
 # What a re-launch may change without changing what the run computes: where files and logs go, how
 # progress shows, which checkpoint to resume, the response cache (it serves only identical answers), and
 # prewrite.compare's list of seeds and results folder (a seed's results do not depend on the others).
-# A multirun's exit code, the non-finite patience and the Prompt Registry switch (new keys, absent from older
-# folders) change no result.
+# A multirun's exit code, the non-finite patience, the Prompt Registry switch and whether a finished run keeps
+# its checkpoint (new keys, absent from older folders) change no result.
 RELAUNCH_MAY_CHANGE = (
     "paths", "logger", "ckpt_path", "cache", "system_metrics_interval_s", "trainer.enable_progress_bar",
     "seeds", "results_dir", "multirun_fails_on_job_error", "max_skipped_updates_in_a_row", "register_prompts",
-    "save_every",
+    "save_every", "keep_checkpoint_after_fit",
 )  # fmt: skip
 
 
@@ -118,7 +119,7 @@ def check_same_settings(folder: Path, cfg: DictConfig) -> None:
 def checkpoint_to_resume(cfg: DictConfig, run_dir: Path) -> Path | None:
     """ckpt_path: null = the run folder's last checkpoint if there is one; "last" = that, required;
     else a checkpoint file."""
-    last = run_dir / "checkpoints" / "last.ckpt"
+    last = run_dir / CHECKPOINT_DIR / "last.ckpt"
     if cfg.ckpt_path is None:
         return last if last.exists() else None
     path = last if cfg.ckpt_path == "last" else Path(cfg.ckpt_path)

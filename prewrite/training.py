@@ -12,6 +12,7 @@ import dataclasses
 import json
 import logging
 import os
+import shutil
 from pathlib import Path
 
 import lightning as L
@@ -19,6 +20,7 @@ import numpy as np
 from hydra.utils import instantiate
 from lightning.pytorch.callbacks import EarlyStopping
 from lightning.pytorch.utilities import rank_zero_only
+from mlflow.exceptions import MlflowException
 from mlflow.utils.mlflow_tags import MLFLOW_PARENT_RUN_ID, MLFLOW_RUN_NAME, MLFLOW_RUN_NOTE
 from mlflow.utils.validation import MAX_TAG_VAL_LENGTH
 from omegaconf import DictConfig
@@ -32,6 +34,7 @@ from prewrite.callbacks import (
     StopOnSignal,
     SystemMetrics,
     TimeEstimate,
+    checkpoint_bytes,
 )
 from prewrite.lightning_module import Member, PRewriteModule
 from prewrite.report import score_text
@@ -110,7 +113,7 @@ def fit_stage(cfg: DictConfig, members: list[Member], run_dir: Path, seed: int, 
         if cfg.system_metrics_interval_s:
             callbacks.append(SystemMetrics(cfg.system_metrics_interval_s))
     if cfg.save_checkpoints:
-        callbacks.append(LastCheckpoint(str(run_dir / "checkpoints"), every_n_steps=cfg.save_every))
+        callbacks.append(LastCheckpoint(str(run_dir / runs.CHECKPOINT_DIR), every_n_steps=cfg.save_every))
     if cfg.early_stopping_patience is not None:
         callbacks.append(EarlyStopping(cfg.optimized_metric, patience=cfg.early_stopping_patience, mode="max"))
     callbacks += [instantiate(c) for c in cfg.callbacks]
@@ -120,6 +123,7 @@ def fit_stage(cfg: DictConfig, members: list[Member], run_dir: Path, seed: int, 
     if trainer.world_size > 1:  # each rank its own sampling stream, or every rank would roll out the same rewrites
         L.seed_everything(distributed.rank_seed(seed, trainer.global_rank), workers=True)
     if trainer.is_global_zero:
+        warn_if_short_of_space(cfg, module, run_dir)
         print(plan(cfg, members, resumed=ckpt is not None), flush=True)
     trainer.fit(module, ckpt_path=str(ckpt) if ckpt else None)
 
@@ -149,8 +153,10 @@ def fit_stage(cfg: DictConfig, members: list[Member], run_dir: Path, seed: int, 
             if cfg.register_prompts and len(members) == 1:  # a prompt per task: a mixture's rewrites are not one
                 _register_prompts(cfg, members[0], module.monitor, best, logger.run_id)
         if logger and cfg.log_rewriter_to_mlflow and export_dir.exists():
-            logger.experiment.log_artifacts(logger.run_id, str(export_dir), "rewriter")
+            log_rewriter(logger, export_dir)
         fsio.atomic_write_text(run_dir / runs.RESULT_FILE, json.dumps(best))
+        if not cfg.keep_checkpoint_after_fit and (run_dir / runs.CHECKPOINT_DIR).exists():
+            shutil.rmtree(run_dir / runs.CHECKPOINT_DIR)  # a finished stage is never resumed: its result file stands
         found = best["rewrite"] or best.get("rewrites") or f"{module.rewrite_mode}-level rewrites"
         print(f"\nBest {cfg.optimized_metric}: {best['score']:.4f} at step {best['step']}: {found!r}")
         if best["selected_is_initial"]:
@@ -164,6 +170,29 @@ def fit_stage(cfg: DictConfig, members: list[Member], run_dir: Path, seed: int, 
         if logger:
             print(f"MLflow run {logger.run_id} in experiment {logger._experiment_name!r}")
     return best
+
+
+def warn_if_short_of_space(cfg: DictConfig, module: PRewriteModule, run_dir: Path) -> None:
+    """Before training: will the run's largest writes fit? (A full disk at the end fails nothing done, but
+    loses the checkpoint or the MLflow copy of the rewriter.)"""
+    weights = sum(p.numel() * p.element_size() for p in module.policy.parameters())
+    parts = {"the rewriter": weights}
+    if cfg.save_checkpoints:
+        parts["a checkpoint"] = checkpoint_bytes(module)
+    if cfg.log_rewriter_to_mlflow and cfg.logger.get("_target_"):
+        parts["its MLflow copy"] = weights  # a local store: the same disk
+    fsio.warn_if_short_of_space(run_dir, sum(parts.values()), "this run (" + ", ".join(parts) + ")")
+
+
+def log_rewriter(logger, export_dir: Path) -> None:
+    """The best-on-dev rewriter as the run's `rewriter` artifact. A copy that fails (a full disk, an artifact
+    store out of reach) does not fail a finished training: the rewriter is in its run folder, and the run's
+    tag says so."""
+    try:
+        logger.experiment.log_artifacts(logger.run_id, str(export_dir), "rewriter")
+    except (OSError, MlflowException) as e:
+        log.error("Could not copy the rewriter to MLflow run %s (%s); it is in %s", logger.run_id, e, export_dir)
+        logger.experiment.set_tag(logger.run_id, "prewrite.rewriter_artifact", f"not logged; in {export_dir}")
 
 
 def run_description(cfg: DictConfig, task_name: str, metric: str, n_dev: int, instruction: str, best: dict) -> str:

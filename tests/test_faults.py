@@ -285,8 +285,39 @@ def test_a_failed_checkpoint_save_keeps_the_previous_one_and_warns_early(tmp_pat
     monkeypatch.setattr("shutil.disk_usage", lambda p: SimpleNamespace(free=3))
     callback.save(trainer, torch.nn.Linear(2, 2))  # the run goes on
     assert (tmp_path / "last.ckpt").read_bytes() == b"previous" and not (tmp_path / "last.ckpt.tmp").exists()
-    assert "a checkpoint needs about" in caplog.text and "Could not save the checkpoint" in caplog.text
+    assert "a checkpoint (the previous one is kept if it fails) needs about" in caplog.text
+    assert "Could not save the checkpoint" in caplog.text
     assert logger_flushed == []
+
+
+@pytest.mark.integration
+def test_a_full_disk_at_the_rewriters_mlflow_copy_fails_nothing_and_a_finished_run_can_drop_its_checkpoint(
+    compose_train, tmp_path, monkeypatch, tiny_models, caplog
+):
+    from prewrite.training import train
+
+    def disk_full(*args, **kwargs):
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(MlflowClient, "log_artifacts", disk_full)
+    monkeypatch.setattr("shutil.disk_usage", lambda p: SimpleNamespace(free=10**6))
+    run_dir = tmp_path / "run"
+    args = ["steps=2", "eval_every=1", "examples_per_step=2", "dev_examples=2", "algorithm.num_generations=2",
+            "algorithm.max_completion_length=6", "trainer.enable_progress_bar=false", "system_metrics_interval_s=null",
+            "keep_checkpoint_after_fit=false", f"paths.outputs_dir={tmp_path}", f"paths.run_dir={run_dir}",
+            *tiny_models]  # fmt: skip
+    saved = []
+    real_save = LastCheckpoint.save
+    monkeypatch.setattr(LastCheckpoint, "save", lambda cb, *a: (real_save(cb, *a), saved.append(cb.path.exists())))
+    best = train(compose_train(*args))
+    assert best == best and saved == [True, True]  # checkpointed during training
+    assert "this run (the rewriter, a checkpoint, its MLflow copy) needs about" in caplog.text  # before training
+    assert "Could not copy the rewriter to MLflow run" in caplog.text and str(run_dir / "rewriter") in caplog.text
+    assert (run_dir / "result.json").exists() and (run_dir / "rewriter" / "prewrite.json").exists()
+    assert not (run_dir / "checkpoints").exists()  # dropped once finished, as asked
+    client = MlflowClient(f"sqlite:///{tmp_path}/mlflow.db")
+    (run,) = client.search_runs([client.get_experiment_by_name(DEFAULT_EXPERIMENT).experiment_id])
+    assert run.info.status == "FINISHED" and run.data.tags["prewrite.rewriter_artifact"].startswith("not logged")
 
 
 # ---- the API key goes only where it belongs ----
