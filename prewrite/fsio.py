@@ -59,12 +59,10 @@ def size(path: Path) -> int:
     return path.stat().st_size if path.exists() else 0
 
 
-def warn_if_short_of_space(folder: Path, need: int, what: str) -> bool:
+def warn_if_short_of_space(folder: Path, need: int, what: str) -> None:
     """Say before writing `need` bytes into `folder` that they will likely not fit (with a margin), rather
-    than fail in the middle of the write. Returns whether it warned."""
+    than fail in the middle of the write."""
     folder.mkdir(parents=True, exist_ok=True)
     free = shutil.disk_usage(folder).free
-    if free >= 1.1 * need:
-        return False
-    log.warning("Only %.2f GB free in %s; %s needs about %.2f GB", free / 1e9, folder, what, need / 1e9)
-    return True
+    if free < 1.1 * need:
+        log.warning("Only %.2f GB free in %s; %s needs about %.2f GB", free / 1e9, folder, what, need / 1e9)
