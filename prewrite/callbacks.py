@@ -235,9 +235,13 @@ def check_finite(module: torch.nn.Module) -> None:
         raise faults.NonFiniteError(f"not checkpointing non-finite weights ({len(bad)} tensors, e.g. {bad[0]})")
 
 
+def parameter_bytes(module: torch.nn.Module) -> int:
+    return sum(p.numel() * p.element_size() for p in module.parameters())
+
+
 def checkpoint_bytes(module: torch.nn.Module) -> int:
     """About what a checkpoint of `module` takes: its weights and AdamW's two moments."""
-    return 3 * sum(p.numel() * p.element_size() for p in module.parameters())
+    return 3 * parameter_bytes(module)
 
 
 class StopOnSignal(L.Callback):

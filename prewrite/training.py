@@ -35,6 +35,7 @@ from prewrite.callbacks import (
     SystemMetrics,
     TimeEstimate,
     checkpoint_bytes,
+    parameter_bytes,
 )
 from prewrite.lightning_module import Member, PRewriteModule
 from prewrite.report import score_text
@@ -123,7 +124,7 @@ def fit_stage(cfg: DictConfig, members: list[Member], run_dir: Path, seed: int, 
     if trainer.world_size > 1:  # each rank its own sampling stream, or every rank would roll out the same rewrites
         L.seed_everything(distributed.rank_seed(seed, trainer.global_rank), workers=True)
     if trainer.is_global_zero:
-        warn_if_short_of_space(cfg, module, run_dir)
+        warn_if_run_may_not_fit(cfg, module, run_dir)
         print(plan(cfg, members, resumed=ckpt is not None), flush=True)
     trainer.fit(module, ckpt_path=str(ckpt) if ckpt else None)
 
@@ -172,10 +173,10 @@ def fit_stage(cfg: DictConfig, members: list[Member], run_dir: Path, seed: int, 
     return best
 
 
-def warn_if_short_of_space(cfg: DictConfig, module: PRewriteModule, run_dir: Path) -> None:
+def warn_if_run_may_not_fit(cfg: DictConfig, module: PRewriteModule, run_dir: Path) -> None:
     """Before training: will the run's largest writes fit? (A full disk at the end fails nothing done, but
     loses the checkpoint or the MLflow copy of the rewriter.)"""
-    weights = sum(p.numel() * p.element_size() for p in module.policy.parameters())
+    weights = parameter_bytes(module.policy)
     parts = {"the rewriter": weights}
     if cfg.save_checkpoints:
         parts["a checkpoint"] = checkpoint_bytes(module)
