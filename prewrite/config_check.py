@@ -52,6 +52,7 @@ TEST_ROWS = {  # evaluate, search and compare: which test rows are reported on
     "test_examples": integer(1, nullable=True),
     "test_seed": integer(0),
 }
+DECODING = ("auto", "generate")  # rollout=hf: the decoding loop where the policy allows it, or always generate
 REWRITE_MODES = ("task", "input")  # one rewrite per task, or one per input (conf/train.yaml rewrite_mode)
 LOOP = {
     "seed": integer(0),
@@ -131,6 +132,9 @@ def check_training(cfg: DictConfig) -> None:
             "torch.distributed as a world of one before Lightning starts the ranks' process group, so ranks "
             "would not share gradients; use rollout=hf with this strategy, or hardware=cpu or gpu with rollout=vllm"
         )
+    rollout = cfg.get("rollout") or {}
+    if str(rollout.get("_target_", "")).endswith("HFRollout") and rollout.get("decoding", "auto") not in DECODING:
+        raise ConfigError(f"rollout.decoding={rollout.decoding!r}; expected one of {', '.join(DECODING)}")
     if algo.name == "ppo" and algo.num_mini_batches > algo.num_generations:
         raise ConfigError(
             f"algorithm.num_mini_batches={algo.num_mini_batches} is more than algorithm.num_generations="

@@ -6,9 +6,9 @@ from prewrite.rollout.hf_rollout import HFRollout
 
 
 def test_a_groups_prompt_runs_once_and_the_samples_are_generates_own(tiny_llama):
-    """HFRollout runs each prompt once for its group of G samples (generate alone would run it G times); on
-    the same seed it samples what `generate(num_return_sequences=G)` samples, for left-padded prompts of two
-    lengths."""
+    """With rollout.decoding=generate, HFRollout runs each prompt once for its group of G samples (generate
+    alone would run it G times); on the same seed it samples what `generate(num_return_sequences=G)` samples,
+    for left-padded prompts of two lengths."""
     model = AutoModelForCausalLM.from_pretrained(tiny_llama, dtype=torch.float32).eval()
     tokenizer = model_zoo.load_tokenizer(str(tiny_llama))
     vocab = model.config.vocab_size
@@ -20,7 +20,7 @@ def test_a_groups_prompt_runs_once_and_the_samples_are_generates_own(tiny_llama)
         lambda _, args, kwargs: widths.append(tuple(kwargs["input_ids"].shape)), with_kwargs=True
     )
     torch.manual_seed(1)
-    rollout = HFRollout(model, tokenizer).generate(prompts, num_generations=4, max_new_tokens=6)
+    rollout = HFRollout(model, tokenizer, decoding="generate").generate(prompts, num_generations=4, max_new_tokens=6)
     hook.remove()
     # the two prompts but their last tokens once, then the last tokens of the 8 rows, then one token a step
     assert widths[:2] == [(2, 8), (8, 1)] and set(widths[2:]) == {(8, 1)}

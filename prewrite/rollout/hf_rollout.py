@@ -1,20 +1,30 @@
-"""Rollouts with transformers `generate` on the policy itself (`rollout=hf`, the CPU default)."""
+"""Rollouts sampled from the policy itself (`rollout=hf`, the CPU default): by this project's decoding loop
+where the policy allows it (rollout.decoding=auto), else by transformers `generate`."""
 
 from __future__ import annotations
+
+import logging
 
 import torch
 from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
 from prewrite import prefix_cache
+from prewrite.config_check import DECODING, ConfigError
+from prewrite.rollout import decoding_loop
 from prewrite.rollout.base import Rollout, RolloutEngine, to_rollout
+
+log = logging.getLogger(__name__)
 
 
 class HFRollout(RolloutEngine):
     """Rollouts sampled from the policy module itself: its weights are always the current ones. Also what
     a rewriter outside training samples with (prewrite.rewriter_model)."""
 
-    def __init__(self, policy: PreTrainedModel, tokenizer: PreTrainedTokenizerBase):
-        self.policy, self.tokenizer = policy, tokenizer
+    def __init__(self, policy: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, decoding: str = "auto"):
+        if decoding not in DECODING:
+            raise ConfigError(f"rollout.decoding={decoding!r}; expected one of {', '.join(DECODING)}")
+        self.tokenizer, self.decoding, self.why = tokenizer, decoding, "not synced yet"
+        self.sync(policy)
 
     @torch.no_grad()
     def generate(
@@ -29,6 +39,12 @@ class HFRollout(RolloutEngine):
         device = next(self.policy.parameters()).device
         batch = self.tokenizer.pad({"input_ids": prompt_ids}, return_tensors="pt").to(device)
         ids, mask = batch["input_ids"], batch["attention_mask"]
+        if self.loop:
+            out = decoding_loop.decode(
+                self.policy, ids, mask, num_generations, max_new_tokens, self.tokenizer.pad_token_id,
+                temperature, top_p, do_sample,
+            )  # fmt: skip
+            return to_rollout(self.tokenizer, batch, out, num_generations)
         sampling = {"temperature": temperature, "top_p": top_p, "top_k": None} if do_sample else {}
         cache, repeats = None, num_generations
         if num_generations > 1 and int(mask.sum(1).min()) > 1:
@@ -54,4 +70,7 @@ class HFRollout(RolloutEngine):
 
     def sync(self, policy: PreTrainedModel) -> None:
         # Nothing to copy; keeping the reference follows a policy the caller has replaced (e.g. wrapped).
-        self.policy = policy
+        why = decoding_loop.unsupported(policy) if self.decoding == "auto" else "rollout.decoding=generate"
+        if why != self.why:
+            log.info("Rollouts decoded by %s", f"transformers generate: {why}" if why else "the decoding loop")
+        self.policy, self.loop, self.why = policy, why is None, why
