@@ -107,6 +107,20 @@ def test_policies_the_loop_does_not_cover_go_through_generate(embedded, tiny_lla
     assert not engine.loop and "repetition_penalty" in engine.why
     assert not HFRollout(policy, tokenizer, decoding="generate").loop
 
+    # under bf16 autocast (hardware.precision=bf16-mixed) generate decodes: a forward call per token
+    fresh = AutoModelForCausalLM.from_pretrained(tiny_llama, dtype=torch.float32)
+    calls = []
+    hook = fresh.register_forward_hook(lambda *_: calls.append(1))
+    engine = HFRollout(fresh, tokenizer)
+    assert engine.loop
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        out = engine.generate([[5, 6, 7, 8]], 2, 6, do_sample=False)
+    assert len(calls) >= out.completion_ids.size(1) > 1
+    calls.clear()
+    engine.generate([[5, 6, 7, 8]], 2, 6, do_sample=False)
+    hook.remove()
+    assert len(calls) == 1  # the loop: the prompt through the model's forward, then its own steps
+
 
 def test_an_unknown_decoding_is_refused_before_any_model_loads(compose_train):
     cfg = compose_train("rollout.decoding=fast")

@@ -39,7 +39,8 @@ class HFRollout(RolloutEngine):
         device = next(self.policy.parameters()).device
         batch = self.tokenizer.pad({"input_ids": prompt_ids}, return_tensors="pt").to(device)
         ids, mask = batch["input_ids"], batch["attention_mask"]
-        if self.loop:
+        # under bf16 autocast (hardware.precision=bf16-mixed) generate computes what the run asked for
+        if self.loop and not torch.is_autocast_enabled(device.type):
             out = decoding_loop.decode(
                 self.policy, ids, mask, num_generations, max_new_tokens, self.tokenizer.pad_token_id,
                 temperature, top_p, do_sample,
