@@ -4,16 +4,16 @@ A step is rollout + scoring + update, and bench_step.py's scoring is one object 
 the lowest ratio ours / TRL is (its scoring + our rollout's floor + our update's floor) / TRL's step.
 Measured here in fp32 on the embedded model, in bench_step.py's setup (the meta prompt around SST-2's
 instruction, G rewrites of at most max_completion_length tokens, a reference model):
-- rollout: HFRollout's whole rollout, the same with transformers' preallocated StaticCache in place of the
-  DynamicCache, and each decoding step's linear layers alone (G rows through every weight matrix: the
-  weights are read once per step), through F.linear and through the alternatives torch offers on a CPU
-  (MKL's packed weights; q/k/v and gate/up fused into one matrix each), beside a read of the same bytes
-  (the memory bound) and a large product (the compute bound); then the rest of a decoding step (norms,
-  rotary, cache write, attention, activation, residuals, sampling) in the fewest eager ops torch has, as a
-  lower bound on what any decoding loop spends besides its products;
+- rollout: HFRollout's whole rollout (by the decoding loop, and by transformers' generate), generate with
+  transformers' preallocated StaticCache in place of the DynamicCache, and each decoding step's linear layers
+  alone (G rows through every weight matrix: the weights are read once per step), through F.linear and
+  through the alternatives torch offers on a CPU (MKL's packed weights; q/k/v and gate/up fused into one
+  matrix each), beside a read of the same bytes (the memory bound) and a large product (the compute bound);
+  then the rest of a decoding step (norms, rotary, cache write, attention, activation, residuals, sampling)
+  in the fewest eager ops torch has, as a lower bound on what any decoding loop spends besides its products;
 - update: the reference pass, the policy's forward and backward, and the optimizer step, on that rollout.
 
-    PYTHONPATH=. python experiments/step_floor.py --step-json experiments/bench_step_fp32_shared_head.json \
+    PYTHONPATH=. python experiments/step_floor.py --step-json experiments/bench_step_fp32_decoding_loop.json \
         --out experiments/step_floor.json
 """
 
@@ -79,6 +79,10 @@ def decoding_linears(model, rows: int, repeats: int) -> dict[str, float]:
         packed = [(w, torch.ops.mkl._mkl_reorder_linear_weight(w, rows)) for w in weights]
         out["mkl_packed"] = seconds(
             lambda: [torch.ops.mkl._mkl_linear(hidden[w.shape[1]], p, w, None, rows) for w, p in packed], repeats
+        )
+        packed_head = torch.ops.mkl._mkl_reorder_linear_weight(head, rows)
+        out["lm_head_mkl_packed"] = seconds(
+            lambda: torch.ops.mkl._mkl_linear(hidden[head.shape[1]], packed_head, head, None, rows), repeats
         )
     body_bytes = sum(w.numel() * w.element_size() for w in weights)
     flat = torch.randn(body_bytes // 4)
@@ -192,13 +196,16 @@ def main() -> None:
     policy = model_zoo.load_model(path, "float32").eval()
     ids, _ = rewriter_prompt(tokenizer, cfg.meta_prompt, load_task(cfg.task).instruction)
 
-    engine = HFRollout(policy, tokenizer)
     rollouts = []
 
-    def sample():
-        rollouts.append(engine.generate([ids], algo.num_generations, algo.max_completion_length, algo.temperature))
+    def sample(decoding: str):
+        engine = HFRollout(policy, tokenizer, decoding)
+        return lambda: rollouts.append(
+            engine.generate([ids], algo.num_generations, algo.max_completion_length, algo.temperature)
+        )
 
-    rollout_s = seconds(sample, args.repeats)
+    rollout_s = seconds(sample("auto"), args.repeats)  # the decoding loop
+    generate_s = seconds(sample("generate"), args.repeats)
     static_s = seconds(
         lambda: static_cache_rollout(
             policy, tokenizer, ids, algo.num_generations, algo.max_completion_length, algo.temperature
@@ -215,7 +222,8 @@ def main() -> None:
 
     bench = json.loads(Path(args.step_json).read_text())["summary"]
     best_linears = min(v for k, v in linears.items() if k in ("f_linear", "fused_qkv_gate_up", "mkl_packed"))
-    rollout_floor = decoding_steps * (best_linears + linears["lm_head"])
+    best_head = min(v for k, v in linears.items() if k.startswith("lm_head"))
+    rollout_floor = decoding_steps * (best_linears + best_head)
     update_floor = sum(update.values())
     floor = bench["ours"]["reward"] + rollout_floor + update_floor
     # The products' floor plus the least the rest of each decoding step can cost in eager torch.
@@ -223,6 +231,7 @@ def main() -> None:
     eager_floor = bench["ours"]["reward"] + rollout_eager_floor + update_floor
     summary = {
         "rollout_s": rollout_s,
+        "rollout_generate_s": generate_s,
         "rollout_static_cache_s": static_s,
         "rollout_floor_s": rollout_floor,
         "rollout_eager_floor_s": rollout_eager_floor,

@@ -28,8 +28,11 @@ def padded_prompts(tokenizer):
     """The default meta prompt around three instructions of different lengths, left-padded as a rollout pads
     them."""
     meta = OmegaConf.load(ROOT / "conf" / "train.yaml").meta_prompt
-    instructions = ["Classify the sentiment.", "Solve the math word problem and give the final number.",
-                    "Label the news article with its topic: world, sports, business or science and technology."]
+    instructions = [
+        "Classify the sentiment.",
+        "Solve the math word problem and give the final number.",
+        "Label the news article with its topic: world, sports, business or science and technology.",
+    ]
     prompts = [rewriter_prompt(tokenizer, meta, i)[0] for i in instructions]
     return tokenizer.pad({"input_ids": prompts}, return_tensors="pt"), prompts
 

@@ -1,7 +1,8 @@
 """Rewriter generation: sample rewrites of an instruction from the policy.
 
 The contract is `base.RolloutEngine` (`generate` -> `base.Rollout`, and `sync` after every update);
-the engines: `hf_rollout.HFRollout` (transformers generate on the policy itself) and
+the engines: `hf_rollout.HFRollout` (the policy itself: `decoding_loop` where it applies, else
+transformers generate) and
 `vllm_rollout.VLLMRollout` (an in-process vLLM engine holding its own copy of the weights).
 """
 

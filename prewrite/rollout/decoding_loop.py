@@ -176,4 +176,3 @@ def decode(
         out.append(token)
         ended |= torch.isin(token, eos)
     return torch.stack(out, dim=1)
-
