@@ -1,5 +1,5 @@
 """A KV-cached decoding loop in plain torch for a Llama-architecture policy on a CPU: the rollout `generate`
-samples, in about half its time (experiments/RESULTS.md, issue 17).
+samples, in 0.63x its time on the embedded default (experiments/RESULTS.md, issue 17).
 
 On a CPU, a rollout of the embedded model spends about half of `generate`'s time outside the weight
 products: module calls, masks, a cache grown by concatenation, logits processors and a sampler that draws
@@ -36,7 +36,7 @@ def unsupported(policy: PreTrainedModel) -> str | None:
         return f"{type(policy).__name__} is not a Llama-architecture model"
     params = list(policy.parameters())
     if params[0].device.type != "cpu":
-        return "the policy is on a GPU (the loop is for CPUs; generate runs there)"
+        return f"the policy is on {params[0].device.type} (the loop is for CPUs)"
     if any(type(layer).__name__ != "LlamaDecoderLayer" for layer in policy.model.layers):
         return "the decoder layers are wrapped (a sharding strategy)"
     linears = [m for m in policy.model.layers.modules() if isinstance(m, torch.nn.Linear)]
