@@ -174,13 +174,15 @@ def compare_on(cfg, task: Task, backend, rl_dir: Path, rl_curve: list | None, cl
     dev_rows = task.eval_rows("dev", cfg.dev_examples, seed)  # the rows training evaluated on
     initial = task.instruction
     L.seed_everything(seed)
-    trained = rewriter_model.load(str(rl_dir), dtype=cfg.dtype)
+    trained = rewriter_model.load(str(rl_dir), dtype=cfg.dtype, decoding=rewriter_model.decoding(cfg))
     selection = DevSelection(scorer, dev_rows, metric)
     prewrite_i, prewrite_s = prewrite_i_and_s(trained, initial, cfg, selection)
     budget = rl_spent + selection.spent if rl_curve else cfg.transfer_budget
     del trained
 
-    untrained = rewriter_model.load_untrained(cfg.rewriter.model_name_or_path, cfg.dtype, cfg.rewriter.chat_template)
+    untrained = rewriter_model.load_untrained(
+        cfg.rewriter.model_name_or_path, cfg.dtype, cfg.rewriter.chat_template, rewriter_model.decoding(cfg)
+    )
     searched, usage, wall = {}, {}, {}
     for method in cfg.methods:
         L.seed_everything(seed)

@@ -108,6 +108,12 @@ def _check(section: DictConfig, rules: dict, prefix: str) -> None:
             raise ConfigError(f"{prefix}{key}={section[key]!r}; expected {what}")
 
 
+def check_decoding(decoding: str) -> None:
+    """Raises ConfigError on a rollout.decoding that is not one of DECODING."""
+    if decoding not in DECODING:
+        raise ConfigError(f"rollout.decoding={decoding!r}; expected one of {', '.join(DECODING)}")
+
+
 def check_training(cfg: DictConfig) -> None:
     """Raises ConfigError on the first key of the loop or the algorithm that cannot work."""
     _check(cfg, LOOP, "")
@@ -133,8 +139,8 @@ def check_training(cfg: DictConfig) -> None:
             "would not share gradients; use rollout=hf with this strategy, or hardware=cpu or gpu with rollout=vllm"
         )
     rollout = cfg.get("rollout") or {}
-    if str(rollout.get("_target_", "")).endswith("HFRollout") and rollout.get("decoding", "auto") not in DECODING:
-        raise ConfigError(f"rollout.decoding={rollout.decoding!r}; expected one of {', '.join(DECODING)}")
+    if str(rollout.get("_target_", "")).endswith("HFRollout"):
+        check_decoding(rollout.get("decoding", "auto"))
     if algo.name == "ppo" and algo.num_mini_batches > algo.num_generations:
         raise ConfigError(
             f"algorithm.num_mini_batches={algo.num_mini_batches} is more than algorithm.num_generations="

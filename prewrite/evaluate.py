@@ -39,7 +39,7 @@ def evaluate(cfg: DictConfig) -> dict[str, float]:
     L.seed_everything(cfg.seed, workers=True)
     task = load_task(cfg.task)
     metric = task.metric
-    rw = rewriter_model.load(cfg.rewriter_path, cfg.paths.mlflow_tracking_uri, cfg.dtype)
+    rw = rewriter_model.load(cfg.rewriter_path, cfg.paths.mlflow_tracking_uri, cfg.dtype, rewriter_model.decoding(cfg))
     scorer = RewriteScorer(task, build_backend(cfg.task_backend, cfg.cache, task), [metric], [1.0])
     trained_on = rw.info.get("trained_on") or [rw.info.get("task")]
     transfer = None not in trained_on and task.name not in trained_on

@@ -95,7 +95,9 @@ def probe(cfg: DictConfig) -> dict:
     for text, source in [(task.instruction, INITIAL)] + [(t, USER) for t in user]:
         sources.setdefault(text, []).append(source)
     if cfg.num_samples:
-        rw = rewriter_model.load_untrained(cfg.rewriter.model_name_or_path, cfg.dtype, cfg.rewriter.chat_template)
+        rw = rewriter_model.load_untrained(
+            cfg.rewriter.model_name_or_path, cfg.dtype, cfg.rewriter.chat_template, rewriter_model.decoding(cfg)
+        )
         samples = rw.rewrite(
             task.instruction, cfg.meta_prompt, cfg.num_samples, cfg.sample_temperature, cfg.max_new_tokens
         )

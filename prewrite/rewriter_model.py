@@ -6,6 +6,7 @@ import json
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from omegaconf import DictConfig, OmegaConf
 from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
 from prewrite import chat, model_zoo
@@ -22,6 +23,7 @@ class Rewriter:
     info: dict  # prewrite.json written at export: task, instruction, meta_prompt, best step and score
     path: Path
     usage: Usage = field(default_factory=Usage)  # every completion it generated (calls = samples), as in training
+    decoding: str = "auto"  # rollout.decoding: the decoding loop where it applies, or always generate
 
     def rewrite(
         self, instruction: str, meta_prompt: str, num: int = 1, temperature: float = 1.0, max_new_tokens: int = 48
@@ -53,7 +55,7 @@ class Rewriter:
         return self._generate([chat.encode(self.tokenizer, message)], num, temperature, max_new_tokens)
 
     def _generate(self, prompts: list[list[int]], num: int, temperature: float, max_new_tokens: int) -> list[str]:
-        out = HFRollout(self.model, self.tokenizer).generate(
+        out = HFRollout(self.model, self.tokenizer, self.decoding).generate(
             prompts,
             num_generations=max(num, 1),
             max_new_tokens=max_new_tokens,
@@ -86,17 +88,25 @@ def locate(spec: str, tracking_uri: str | None = None) -> Path:
     return Path(local)
 
 
-def load_untrained(model_name_or_path: str, dtype: str = "float32", chat_template: str | None = None) -> Rewriter:
+def decoding(cfg: DictConfig) -> str:
+    """How a tool's rewriter decodes: the run config's `rollout.decoding` (rollout=hf), else auto."""
+    return OmegaConf.select(cfg, "rollout.decoding", default="auto")
+
+
+def load_untrained(
+    model_name_or_path: str, dtype: str = "float32", chat_template: str | None = None, decoding: str = "auto"
+) -> Rewriter:
     """The rewriter before training (`rewriter.model_name_or_path`: embedded:<name>, a hub id or a folder;
     `rewriter.chat_template`)."""
     model = model_zoo.load_model(model_name_or_path, dtype).eval()
     tokenizer = model_zoo.load_tokenizer(model_name_or_path, chat_template)
-    return Rewriter(model, tokenizer, {}, Path(model_zoo.resolve(model_name_or_path)))
+    return Rewriter(model, tokenizer, {}, Path(model_zoo.resolve(model_name_or_path)), decoding=decoding)
 
 
-def load(spec: str, tracking_uri: str | None = None, dtype: str = "float32") -> Rewriter:
+def load(spec: str, tracking_uri: str | None = None, dtype: str = "float32", decoding: str = "auto") -> Rewriter:
     path = locate(spec, tracking_uri)
     info_file = path / "prewrite.json"
     info = json.loads(info_file.read_text()) if info_file.exists() else {}
     model = model_zoo.load_model(str(path), dtype).eval()
-    return Rewriter(model=model, tokenizer=model_zoo.load_tokenizer(str(path)), info=info, path=path)
+    tokenizer = model_zoo.load_tokenizer(str(path))
+    return Rewriter(model=model, tokenizer=tokenizer, info=info, path=path, decoding=decoding)

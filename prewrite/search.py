@@ -39,7 +39,9 @@ def search(cfg: DictConfig) -> dict:
     metric = task.metric
     scorer = RewriteScorer(task, build_backend(cfg.task_backend, cfg.cache, task), [metric], [1.0])
     dev_rows = task.eval_rows("dev", cfg.dev_examples, cfg.seed)
-    rewriter = rewriter_model.load_untrained(cfg.rewriter.model_name_or_path, cfg.dtype, cfg.rewriter.chat_template)
+    rewriter = rewriter_model.load_untrained(
+        cfg.rewriter.model_name_or_path, cfg.dtype, cfg.rewriter.chat_template, rewriter_model.decoding(cfg)
+    )
     selection = DevSelection(scorer, dev_rows, metric, cfg.budget)
     selection, usage = run(cfg.method, cfg, rewriter, selection, task, cfg.seed)
     best = selection.best

@@ -9,7 +9,7 @@ from omegaconf import OmegaConf
 from transformers import AutoModelForCausalLM
 from transformers.generation.logits_process import TemperatureLogitsWarper, TopPLogitsWarper
 
-from prewrite import model_zoo
+from prewrite import chat, model_zoo, rewriter_model
 from prewrite.config_check import ConfigError, check_training
 from prewrite.rollout import decoding_loop
 from prewrite.rollout.base import rewriter_prompt
@@ -129,3 +129,18 @@ def test_an_unknown_decoding_is_refused_before_any_model_loads(compose_train):
     cfg = compose_train("rollout.decoding=fast")
     with pytest.raises(ConfigError, match=r"rollout.decoding='fast'; expected one of auto, generate"):
         check_training(cfg)
+
+
+def test_the_tools_rewriter_decodes_as_the_run_config_says(embedded, compose_train):
+    """evaluate, compare, search and probe load their rewriter with the config's rollout.decoding (auto where
+    the config has none, as with rollout=vllm): with generate, its samples are generate's on the same seed."""
+    policy, tokenizer = embedded
+    assert rewriter_model.decoding(compose_train("rollout.decoding=generate")) == "generate"
+    assert rewriter_model.decoding(compose_train()) == rewriter_model.decoding(compose_train("rollout=vllm")) == "auto"
+    message = "Rewrite this instruction: Classify the sentiment."
+    rewriter = rewriter_model.Rewriter(policy, tokenizer, {}, ROOT, decoding="generate")
+    torch.manual_seed(5)
+    got = rewriter.complete(message, num=3, max_new_tokens=12)
+    torch.manual_seed(5)
+    want = HFRollout(policy, tokenizer, "generate").generate([chat.encode(tokenizer, message)], 3, 12).texts
+    assert got == want

@@ -9,7 +9,7 @@ import torch
 from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
 from prewrite import prefix_cache
-from prewrite.config_check import DECODING, ConfigError
+from prewrite.config_check import check_decoding
 from prewrite.rollout import decoding_loop
 from prewrite.rollout.base import Rollout, RolloutEngine, to_rollout
 
@@ -21,8 +21,7 @@ class HFRollout(RolloutEngine):
     a rewriter outside training samples with (prewrite.rewriter_model)."""
 
     def __init__(self, policy: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, decoding: str = "auto"):
-        if decoding not in DECODING:
-            raise ConfigError(f"rollout.decoding={decoding!r}; expected one of {', '.join(DECODING)}")
+        check_decoding(decoding)
         self.tokenizer, self.decoding, self.why = tokenizer, decoding, "not synced yet"
         self.sync(policy)
 
