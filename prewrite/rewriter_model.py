@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 from dataclasses import dataclass, field
+from functools import cached_property
 from pathlib import Path
 
 from omegaconf import DictConfig, OmegaConf
@@ -54,8 +55,13 @@ class Rewriter:
         """The greedy reply (num=0) or `num` sampled replies to one user message (chat template)."""
         return self._generate([chat.encode(self.tokenizer, message)], num, temperature, max_new_tokens)
 
+    @cached_property
+    def engine(self) -> HFRollout:
+        """One engine for every call (it checks the model and logs how it decodes once)."""
+        return HFRollout(self.model, self.tokenizer, self.decoding)
+
     def _generate(self, prompts: list[list[int]], num: int, temperature: float, max_new_tokens: int) -> list[str]:
-        out = HFRollout(self.model, self.tokenizer, self.decoding).generate(
+        out = self.engine.generate(
             prompts,
             num_generations=max(num, 1),
             max_new_tokens=max_new_tokens,
