@@ -78,7 +78,7 @@ def test_candidates_are_ranked_on_dev_with_spread_and_never_see_test(compose_con
     assert s["task_llm_requests"] == 6 * 20 == len(llm.prompts)  # one pass, each distinct candidate once
 
     # the untrained rewriter rewrote the initial instruction with training's meta prompt
-    assert loads == [(cfg.rewriter.model_name_or_path, "float32", cfg.rewriter.chat_template)]
+    assert loads == [(cfg.rewriter.model_name_or_path, "float32", cfg.rewriter.chat_template, "auto")]
     assert rewriter.calls == [("Classify the sentiment.", cfg.meta_prompt, 3, 1.0, cfg.max_new_tokens)]
     # every prompt holds a dev sentence of the seeded subset; none a test sentence
     dev_sentences = {r["sentence"] for r in dev}
