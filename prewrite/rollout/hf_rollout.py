@@ -73,4 +73,9 @@ class HFRollout(RolloutEngine):
         why = decoding_loop.unsupported(policy) if self.decoding == "auto" else "rollout.decoding=generate"
         if why != self.why:
             log.info("Rollouts decoded by %s", f"transformers generate: {why}" if why else "the decoding loop")
-        self.policy, self.loop, self.why = policy, why is None, why
+        self.policy, self.why = policy, why
+
+    @property
+    def loop(self) -> bool:
+        """Whether rollouts go through the decoding loop (nothing keeps them on generate)."""
+        return self.why is None
