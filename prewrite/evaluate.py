@@ -49,6 +49,9 @@ def evaluate(cfg: DictConfig) -> dict[str, float]:
     test_rows = task.eval_rows("test", cfg.test_examples, cfg.test_seed)
     per_input = rw.info.get("rewrite_mode", "task") == "input"
     if per_input:
+        # the run's params describe what is evaluated: the rewriter's mode and meta prompt, not the training
+        # defaults evaluate's config inherits from train.yaml
+        cfg.rewrite_mode, cfg.input_meta_prompt = "input", rw.info["meta_prompt"]
         methods, candidates_table, spent = _per_input(cfg, task, scorer, rw, dev_rows, test_rows)
     else:
         methods, candidates_table, spent = _task_level(cfg, task, scorer, rw, dev_rows)

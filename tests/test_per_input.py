@@ -89,6 +89,8 @@ def test_per_input_training_groups_rewrites_by_input_and_evaluates_every_test_in
     client = MlflowClient(cfg.paths.mlflow_tracking_uri)
     (run,) = client.search_runs([client.get_experiment_by_name("prewrite-cr").experiment_id])
     assert run.data.tags["prewrite.transfer"] == "true" and run.data.tags["prewrite.trained_on"] == "sst2_sentences"
+    # the rewriter's mode and meta prompt, not the training defaults evaluate's config inherits
+    assert run.data.params["rewrite_mode"] == "input" and run.data.params["input_meta_prompt"] == info["meta_prompt"]
     assert run.data.metrics["test/prewrite_i/accuracy"] == by_method["prewrite_i"]["test_accuracy"]
 
 
