@@ -14,23 +14,18 @@ import tempfile
 from collections import Counter
 from pathlib import Path
 
-from mlflow import MlflowClient
+from eval_runs import evaluation_runs, mean_std
 
 
 def _evaluations(folder: Path) -> list[tuple[str, dict, list[dict]]]:
     """(run id, params, rows of test_examples.json) of every evaluation run in `folder`'s MLflow store."""
-    client = MlflowClient(f"sqlite:///{folder / 'mlflow.db'}")
+    client, runs = evaluation_runs(folder)
     found = []
-    for experiment in client.search_experiments():
-        for run in client.search_runs([experiment.experiment_id]):
-            if "rewriter_path" not in run.data.params:
-                continue
-            with tempfile.TemporaryDirectory() as tmp:
-                table = json.loads(
-                    Path(client.download_artifacts(run.info.run_id, "test_examples.json", tmp)).read_text()
-                )
-            rows = [dict(zip(table["columns"], row, strict=True)) for row in table["data"]]
-            found.append((run.info.run_id, run.data.params, rows))
+    for run in runs:
+        with tempfile.TemporaryDirectory() as tmp:
+            table = json.loads(Path(client.download_artifacts(run.info.run_id, "test_examples.json", tmp)).read_text())
+        rows = [dict(zip(table["columns"], row, strict=True)) for row in table["data"]]
+        found.append((run.info.run_id, run.data.params, rows))
     return sorted(found, key=lambda f: int(f[1].get("seed", 0)))
 
 
@@ -62,8 +57,7 @@ def main(folders: list[Path]) -> None:
                 )
     print("\n| folder | method | runs | balanced accuracy, mean ± std |\n|---|---|---|---|")
     for (name, method), values in balanced.items():
-        spread = f" ± {statistics.stdev(values):.3f}" if len(values) > 1 else ""
-        print(f"| {name} | {method} | {len(values)} | {statistics.fmean(values):.3f}{spread} |")
+        print(f"| {name} | {method} | {len(values)} | {mean_std(values)} |")
 
 
 if __name__ == "__main__":

@@ -12,6 +12,7 @@ import statistics
 import sys
 from pathlib import Path
 
+from eval_runs import evaluation_runs, mean_std
 from mlflow import MlflowClient
 
 
@@ -27,25 +28,21 @@ def _scores(folder: Path, mode: str, seed: str) -> dict[str, tuple[float, float]
     return scores
 
 
-def _runs(folder: Path, mode: str, seed: str) -> tuple[str, str, float]:
+def _runs(
+    folder: Path, mode: str, seed: str, client: MlflowClient, evaluations: dict[Path, str]
+) -> tuple[str, str, float]:
     """(training run, evaluation run, mean share of flat groups over the training's steps)."""
-    client = MlflowClient(f"sqlite:///{folder / 'mlflow.db'}")
     train_dir = folder / "train" / mode / seed
     train = (train_dir / "mlflow_run_id").read_text().strip()
     flat = statistics.fmean(m.value for m in client.get_metric_history(train, "train/frac_reward_zero_std"))
+    return train, evaluations.get(train_dir.resolve(), "-"), flat
+
+
+def _evaluations(folder: Path) -> tuple[MlflowClient, dict[Path, str]]:
+    """The folder's MLflow client and its evaluation runs by the training folder they evaluated."""
+    client, runs = evaluation_runs(folder)
     # the evaluation's rewriter_path is relative to the repository root, where these scripts run
-    evals = [
-        r.info.run_id
-        for e in client.search_experiments()
-        for r in client.search_runs([e.experiment_id])
-        if Path(r.data.params.get("rewriter_path", "/")).resolve() == train_dir.resolve()
-    ]
-    return train, evals[0] if evals else "-", flat
-
-
-def _cell(values: list[float], digits: int = 3, sign: str = "") -> str:
-    spread = f" ± {statistics.stdev(values):.{digits}f}" if len(values) > 1 else ""
-    return f"{statistics.fmean(values):{sign}.{digits}f}{spread}"
+    return client, {Path(r.data.params["rewriter_path"]).resolve(): r.info.run_id for r in runs}
 
 
 def main(task_folder: Path, input_folder: Path) -> None:
@@ -59,12 +56,14 @@ def main(task_folder: Path, input_folder: Path) -> None:
     )
     print("|---|---|---|---|---|---|---|---|---|---|")
     columns: dict[str, list[float]] = {}
+    stores = {task_folder: _evaluations(task_folder), input_folder: _evaluations(input_folder)}
     for seed in seeds:
         task, per_input = _scores(task_folder, "task", seed), _scores(input_folder, "input", seed)
         if task is None or per_input is None:
             print(f"| {seed.removeprefix('seed')} | (an evaluation has not run) |")
             continue
-        t_runs, i_runs = _runs(task_folder, "task", seed), _runs(input_folder, "input", seed)
+        t_runs = _runs(task_folder, "task", seed, *stores[task_folder])
+        i_runs = _runs(input_folder, "input", seed, *stores[input_folder])
         values = {
             "initial": task["initial"], "task_i": task["prewrite_i"], "task_s": task["prewrite_s"],
             "input_i": per_input["prewrite_i"],
@@ -84,10 +83,11 @@ def main(task_folder: Path, input_folder: Path) -> None:
     if not columns:
         return
     n = len(columns["diff"])
-    pairs = " | ".join(f"{_cell(columns[f'{m}_dev'])} / {_cell(columns[f'{m}_test'])}" for m in values)
+    pairs = " | ".join(f"{mean_std(columns[f'{m}_dev'])} / {mean_std(columns[f'{m}_test'])}" for m in values)
     print(
-        f"| {n} seeds, mean ± std | {pairs} | {_cell(columns['diff'], 1, '+')} | {_cell(columns['diff_or'], 1, '+')} "
-        f"| {_cell(columns['flat_task'], 2)} / {_cell(columns['flat_input'], 2)} | | |"
+        f"| {n} seeds, mean ± std | {pairs} | {mean_std(columns['diff'], 1, '+')} "
+        f"| {mean_std(columns['diff_or'], 1, '+')} "
+        f"| {mean_std(columns['flat_task'], 2)} / {mean_std(columns['flat_input'], 2)} | | |"
     )
 
 
