@@ -123,3 +123,31 @@ def test_sst2_reads_its_gold_from_answer_field():
     assert task.answer_field == "label"
     assert task.kind == "classification" and task.metric == "accuracy"
     assert task.gold(task.splits["test"][0]) == task.splits["test"][0]["label"]
+
+
+def label_counts(task, rows):
+    return {label: sum(task.gold(r) == label for r in rows) for label in task.labels}
+
+
+def test_stratified_eval_subsets_keep_the_splits_label_shares():
+    plain, strat = (load_task(sst2_cfg(stratify=s)) for s in (False, True))
+    for split, n in (("dev", 128), ("test", 500)):
+        rows = strat.eval_rows(split, n, seed=3)
+        whole = label_counts(strat, strat.splits[split])
+        counts = label_counts(strat, rows)
+        assert len({key(r) for r in rows}) == n and sum(counts.values()) == n
+        assert all(abs(counts[lb] - n * whole[lb] / len(strat.splits[split])) < 1 for lb in whole), (counts, whole)
+        assert rows == strat.eval_rows(split, n, seed=3)  # seeded: the same rows at every evaluation
+        assert rows != strat.eval_rows(split, n, seed=4)
+        assert {key(r) for r in rows} <= {key(r) for r in strat.splits[split]}
+    # off (the shipped default): the unstratified draw of earlier runs, row for row
+    assert plain.eval_rows("test", 500, 0) == plain.sample("test", 500, seed=[0, 1 << 31])
+    assert strat.eval_rows("dev", None, 0) == strat.splits["dev"]
+
+
+def test_stratify_is_checked_when_the_task_loads():
+    with pytest.raises(ValueError, match=r"task.stratify must be true or false \(got 'yes'\)"):
+        load_task(sst2_cfg(stratify="yes"))
+    cfg = OmegaConf.to_container(OmegaConf.load(CONF / "task" / "gsm8k.yaml"))
+    with pytest.raises(ValueError, match=r"task.stratify=true .* needs a classification task \(kind is 'math'\)"):
+        load_task({**cfg, "stratify": True})

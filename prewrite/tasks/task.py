@@ -59,6 +59,9 @@ class Task:
     metric: str = "accuracy"  # the task's default metric (reported on dev, the sweep objective)
     # math: a worked solution whose last \boxed{} is the gold where answer_field is empty
     solution_field: str | None = None
+    # classification: dev and test subsets (eval_rows) keep their split's label shares, so a rewrite that
+    # only moves answers toward one label cannot win dev rows that are richer in that label than test
+    stratify: bool = False
     splits: dict[str, list[dict]] = field(default_factory=dict)
 
     @property
@@ -125,8 +128,30 @@ class Task:
     def eval_rows(self, split: str, n: int | None, seed: int) -> list[dict]:
         """The fixed seeded subset of dev or test that evaluations score: the same rows at every
         evaluation, stage and script given the same seed (the tools pass `test_seed` for test, so every
-        run seed reports on one test subset), and apart from the per-step training samples."""
-        return self.sample(split, n, seed=[seed, EVAL_SAMPLE_STREAM[split]])
+        run seed reports on one test subset), and apart from the per-step training samples. With
+        `stratify`, each gold label keeps its share of the split in the subset."""
+        stream = [seed, EVAL_SAMPLE_STREAM[split]]
+        rows = self.splits[split]
+        if not self.stratify or n is None or n >= len(rows):
+            return self.sample(split, n, seed=stream)
+        return [rows[i] for i in sorted(self._stratified_indices(rows, n, stream))]
+
+    def _stratified_indices(self, rows: list[dict], n: int, seed: Sequence[int]) -> list[int]:
+        """n row indices whose label counts are the split's shares of n (largest remainder, ties in
+        label order), each label's rows drawn without replacement by one seeded generator."""
+        by_label: dict[Any, list[int]] = {label: [] for label in self.labels}
+        for i, row in enumerate(rows):
+            by_label[row[self.answer_field]].append(i)
+        exact = {label: n * len(idx) / len(rows) for label, idx in by_label.items()}
+        quota = {label: int(share) for label, share in exact.items()}
+        by_remainder = sorted(by_label, key=lambda label: quota[label] - exact[label])  # stable: label order
+        for label in by_remainder[: n - sum(quota.values())]:
+            quota[label] += 1
+        rng = np.random.default_rng(list(seed))
+        picked = []
+        for label, idx in by_label.items():
+            picked += [idx[j] for j in rng.choice(len(idx), size=quota[label], replace=False)]
+        return picked
 
 
 # ---------------------------------------------------------------------------------------------------
@@ -214,6 +239,14 @@ def _check_config(cfg: Mapping) -> None:
         raise ValueError(f"task {name!r}: a classification task needs `labels` (gold value -> verbalizer)")
     if kind != "classification" and cfg.get("labels"):
         raise ValueError(f"task {name!r}: `labels` are for classification tasks only (kind is {kind!r})")
+    stratify = cfg.get("stratify", False)
+    if not isinstance(stratify, bool):
+        raise ValueError(f"task {name!r}: task.stratify must be true or false (got {stratify!r})")
+    if stratify and kind != "classification":
+        raise ValueError(
+            f"task {name!r}: task.stratify=true keeps each label's share in the dev and test subsets, so it needs "
+            f"a classification task (kind is {kind!r})"
+        )
 
 
 def _build(cfg: Mapping, raw: dict[str, list[dict]], origin: Mapping[str, Any]) -> Task:
@@ -230,6 +263,7 @@ def _build(cfg: Mapping, raw: dict[str, list[dict]], origin: Mapping[str, Any]) 
         kind=cfg["kind"],
         metric=cfg.get("metric") or DEFAULT_METRIC[cfg["kind"]],
         solution_field=cfg.get("solution_field"),
+        stratify=cfg.get("stratify", False),
     )
     for split, rows in raw.items():
         _check_rows(task, rows, origin[split])
