@@ -32,6 +32,16 @@ from prewrite.tasks import load_task
 
 log = logging.getLogger(__name__)
 
+# train.yaml's keys that evaluate's config inherits and never reads: as params they would describe a
+# training that did not happen (the rewriter's own is in its training run); the meta prompt of the
+# other rewrite mode is left out too
+NOT_READ = (
+    "algorithm", "reward", "rewriter", "trainer", "steps", "examples_per_step", "eval_every", "optimized_metric",
+    "early_stopping_patience", "log_rewriter_to_mlflow", "save_checkpoints", "save_every",
+    "keep_checkpoint_after_fit", "ckpt_path", "stages", "system_metrics_interval_s", "callbacks",
+    "max_skipped_updates_in_a_row", "multirun_fails_on_job_error",
+)  # fmt: skip
+
 
 def evaluate(cfg: DictConfig) -> dict[str, float]:
     config_check.check_test_rows(cfg)
@@ -48,10 +58,8 @@ def evaluate(cfg: DictConfig) -> dict[str, float]:
     dev_rows = task.eval_rows("dev", cfg.dev_examples, cfg.seed)
     test_rows = task.eval_rows("test", cfg.test_examples, cfg.test_seed)
     per_input = rw.info.get("rewrite_mode", "task") == "input"
+    _use_trained_meta_prompt(cfg, rw.info, per_input)
     if per_input:
-        # the run's params describe what is evaluated: the rewriter's mode and meta prompt, not the training
-        # defaults evaluate's config inherits from train.yaml
-        cfg.rewrite_mode, cfg.input_meta_prompt = "input", rw.info["meta_prompt"]
         methods, candidates_table, spent = _per_input(cfg, task, scorer, rw, dev_rows, test_rows)
     else:
         methods, candidates_table, spent = _task_level(cfg, task, scorer, rw, dev_rows)
@@ -73,6 +81,20 @@ def evaluate(cfg: DictConfig) -> dict[str, float]:
     if run_id and cfg.register_prompts and not per_input:
         _register_prompts(cfg, task, dev_rows, len(test_rows), table, run_id)
     return results
+
+
+def _use_trained_meta_prompt(cfg: DictConfig, info: dict, per_input: bool) -> None:
+    """A trained rewriter rewrites with the meta prompt it was trained with (its prewrite.json), and the
+    run's params say so, not the train.yaml defaults evaluate's config inherits. A plain model folder
+    (no prewrite.json) keeps the config's."""
+    cfg.rewrite_mode = "input" if per_input else "task"
+    key = "input_meta_prompt" if per_input else "meta_prompt"
+    trained = info.get("meta_prompt")
+    if trained and trained != cfg[key]:
+        print(
+            f"Rewriting with the meta prompt the rewriter was trained with (its prewrite.json), not the config's {key}."
+        )
+        cfg[key] = trained
 
 
 def _task_level(cfg, task, scorer, rw, dev_rows) -> tuple[dict, list[dict], dict[str, int]]:
@@ -107,7 +129,7 @@ def _per_input(cfg, task, scorer, rw, dev_rows, test_rows) -> tuple[dict, list[d
     instruction on dev (which one to deploy); as _task_level returns."""
     initial, metric = task.instruction, task.metric
     rewrite = lambda rows: rw.rewrite_each(  # noqa: E731
-        initial, rw.info["meta_prompt"], [task.input_text(r) for r in rows], cfg.max_new_tokens
+        initial, cfg.input_meta_prompt, [task.input_text(r) for r in rows], cfg.max_new_tokens
     )
     dev_rewrites = rewrite(dev_rows)
     on_dev = scorer.score_groups([_pairs(initial, dev_rows), _pairs(dev_rewrites, dev_rows)])
@@ -178,7 +200,9 @@ def _report(cfg, task_name, metric, n_dev, n_test, table, candidates_table, exam
     print(f"Written to {os.path.relpath(out / 'evaluation.json')} and {os.path.relpath(png)}")
     if not cfg.logger.get("_target_"):
         return None
-    client, run_id = runs.create_run(cfg, {MLFLOW_RUN_NAME: f"eval-{task_name}", "prewrite.method": "evaluate"} | tags)
+    other_mode_prompt = "meta_prompt" if cfg.rewrite_mode == "input" else "input_meta_prompt"
+    tags = tags | {MLFLOW_RUN_NAME: f"eval-{task_name}", "prewrite.method": "evaluate"}
+    client, run_id = runs.create_run(cfg, tags, omit=(*NOT_READ, other_mode_prompt))
     for key, value in results.items():
         client.log_metric(run_id, key, float("nan") if value is None else value)
     client.log_table(run_id, columns(table), "evaluation.json")

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import re
+from collections.abc import Sequence
 from pathlib import Path
 
 from lightning.pytorch.utilities import rank_zero_only
@@ -56,21 +57,23 @@ def flatten(cfg: dict, prefix: str = "") -> dict[str, str]:
     return out
 
 
-def log_config_to_mlflow(client: MlflowClient, run_id: str, cfg: DictConfig) -> None:
+def log_config_to_mlflow(client: MlflowClient, run_id: str, cfg: DictConfig, omit: Sequence[str] = ()) -> None:
     """The flattened resolved config as params (full values, unlike Lightning's 250-char cut) and
-    the resolved YAML as an artifact."""
-    resolved = OmegaConf.to_container(cfg, resolve=True)
+    the resolved YAML as an artifact; without the top-level keys in `omit` (a tool's inherited keys it
+    never reads), resolved first so that what the tool reads through them keeps its value."""
+    resolved = {k: v for k, v in OmegaConf.to_container(cfg, resolve=True).items() if k not in omit}
     params = [Param(k, v[:MAX_PARAM_VAL_LENGTH]) for k, v in flatten(resolved).items()]
     for i in range(0, len(params), 100):  # MLflow accepts at most 100 params per batch
         client.log_batch(run_id, params=params[i : i + 100])
     client.log_text(run_id, OmegaConf.to_yaml(resolved), "config.yaml")
 
 
-def create_run(cfg: DictConfig, tags: dict[str, str]) -> tuple[MlflowClient, str]:
-    """A new MLflow run in the experiment `cfg.logger` names, with the config logged: (client, run id)."""
+def create_run(cfg: DictConfig, tags: dict[str, str], omit: Sequence[str] = ()) -> tuple[MlflowClient, str]:
+    """A new MLflow run in the experiment `cfg.logger` names, with the config (less `omit`) logged:
+    (client, run id)."""
     client = MlflowClient(cfg.logger.tracking_uri)
     run_id = client.create_run(mlflow_experiment(client, cfg.logger), tags=tags).info.run_id
-    log_config_to_mlflow(client, run_id, cfg)
+    log_config_to_mlflow(client, run_id, cfg, omit)
     return client, run_id
 
 

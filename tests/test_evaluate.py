@@ -2,6 +2,7 @@
 PRewrite-I and PRewrite-S on test."""
 
 import json
+from pathlib import Path
 
 import pytest
 from mlflow import MlflowClient
@@ -82,3 +83,36 @@ def test_prewrite_s_selects_on_dev_and_test_scores_only_the_three_reported(compo
         assert v.tags["run_id"] == run.info.run_id and v.tags["test_rows"] == "8"
         assert float(v.tags["test_score"]) == by_method[method]["test_accuracy"]
         assert float(v.tags["dev_score"]) == by_method[method]["dev_accuracy"]
+
+
+def test_a_trained_rewriter_rewrites_with_its_own_meta_prompt(compose_config, monkeypatch, tmp_path):
+    """evaluate's config inherits train.yaml's meta prompt; a rewriter trained with another must be
+    evaluated with the one it was trained with (prewrite.json), and the run's params must say so."""
+    base = model_zoo.resolve("embedded:smollm2-135m-instruct")
+    rewriter = tmp_path / "rewriter"
+    rewriter.mkdir()
+    for f in Path(base).iterdir():
+        (rewriter / f.name).symlink_to(f)
+    trained = "Make this instruction clearer for a sentiment classifier. Output it only.\nInstruction: {instruction}"
+    info = {"task": "sst2_sentences", "trained_on": ["sst2_sentences"], "instruction": "Classify the sentiment."}
+    (rewriter / "prewrite.json").write_text(json.dumps(info | {"meta_prompt": trained, "rewrite_mode": "task"}))
+    seen = []
+    real = evaluate_mod.rewriter_model.Rewriter.rewrite
+    monkeypatch.setattr(
+        evaluate_mod.rewriter_model.Rewriter,
+        "rewrite",
+        lambda self, i, m, *a, **k: seen.append(m) or real(self, i, m, *a, **k),
+    )
+    cfg = compose_config(
+        "evaluate", f"rewriter_path={rewriter}", "num_samples=2", "dev_examples=4", "test_examples=4",
+        "max_new_tokens=16", f"paths.outputs_dir={tmp_path}",
+    )  # fmt: skip
+    assert cfg.meta_prompt != trained
+    evaluate_mod.evaluate(cfg)
+    assert seen and set(seen) == {trained}  # PRewrite-I and PRewrite-S's samples alike
+    client = MlflowClient(cfg.paths.mlflow_tracking_uri)
+    run = client.search_runs([client.get_experiment_by_name(DEFAULT_EXPERIMENT).experiment_id])[0]
+    assert run.data.params["meta_prompt"] == trained and run.data.params["rewrite_mode"] == "task"
+    # what evaluate reads is logged; train.yaml's training settings, which it inherits but never reads, are not
+    assert run.data.params["max_new_tokens"] == "16" and run.data.params["task.name"] == "sst2_sentences"
+    assert not [p for p in run.data.params if p.split(".")[0] in evaluate_mod.NOT_READ + ("input_meta_prompt",)]

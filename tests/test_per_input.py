@@ -91,6 +91,7 @@ def test_per_input_training_groups_rewrites_by_input_and_evaluates_every_test_in
     assert run.data.tags["prewrite.transfer"] == "true" and run.data.tags["prewrite.trained_on"] == "sst2_sentences"
     # the rewriter's mode and meta prompt, not the training defaults evaluate's config inherits
     assert run.data.params["rewrite_mode"] == "input" and run.data.params["input_meta_prompt"] == info["meta_prompt"]
+    assert "meta_prompt" not in run.data.params and "algorithm.learning_rate" not in run.data.params
     assert run.data.metrics["test/prewrite_i/accuracy"] == by_method["prewrite_i"]["test_accuracy"]
 
 
