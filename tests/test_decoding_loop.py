@@ -37,9 +37,12 @@ def padded_prompts(tokenizer):
     return tokenizer.pad({"input_ids": prompts}, return_tensors="pt"), prompts
 
 
-def test_greedy_rewrites_are_generates_on_left_padded_prompts(embedded):
+@pytest.mark.parametrize("vendor", ["GenuineIntel", "AuthenticAMD"])  # MKL's packed weights, and F.linear
+def test_greedy_rewrites_are_generates_on_left_padded_prompts(embedded, vendor, monkeypatch):
     """Greedy decoding by the loop gives generate's tokens, on the embedded model, for three prompts of
-    different lengths (left padding, each row's rotary positions its own) in groups of two."""
+    different lengths (left padding, each row's rotary positions its own) in groups of two, with the weights
+    read as on either vendor's CPU."""
+    monkeypatch.setattr(decoding_loop, "cpu_vendor", lambda: vendor)
     policy, tokenizer = embedded
     batch, prompts = padded_prompts(tokenizer)
     want = HFRollout(policy, tokenizer, decoding="generate").generate(prompts, 2, 40, do_sample=False)

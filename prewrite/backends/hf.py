@@ -101,6 +101,68 @@ def own_prefix_width(groups: list[tuple[int, int]]) -> int:
     return max(widths, key=lambda w: sum(m * min(e, w) - w for e, m in groups))
 
 
+# What a batch costs beyond its rows' positions, in positions (padding included) of a forward: a forward's
+# fixed work, and smaller products run slower. A batch that decodes also reads every weight once per new
+# token, which costs about as much as running this many positions (this CPU: batched greedy generation
+# spends about 15 s decoding 8 tokens in 8 batches of 32 rows; experiments/RESULTS.md, issue 17).
+FORWARD_POSITIONS = 64
+DECODE_STEP_POSITIONS = 100
+
+
+def length_cuts(lengths: Sequence[int], max_rows: int, per_batch: int) -> tuple[list[tuple[int, int]], int]:
+    """Consecutive batches (start, end) of rows sorted by length, at most `max_rows` each, that run the
+    fewest positions: a batch pads each row to its longest, so cutting every `max_rows` rows pads a whole
+    batch to the one long row it straddles; `per_batch` positions are added per batch. Dynamic programming
+    over the cut points. Returns the cuts and their cost."""
+    best, cut = [0] + [None] * len(lengths), [0] * (len(lengths) + 1)
+    for end in range(1, len(lengths) + 1):
+        for start in range(max(0, end - max_rows), end):
+            cost = best[start] + (end - start) * lengths[end - 1] + per_batch
+            if best[end] is None or cost < best[end]:
+                best[end], cut[end] = cost, start
+    cuts, end = [], len(lengths)
+    while end:
+        cuts.append((cut[end], end))
+        end = cut[end]
+    return cuts[::-1], best[-1]
+
+
+@dataclass
+class BatchChunk:
+    """Up to `batch_size` groups: their own prefixes (run once per group, after the shared one) and their
+    rows' batches, each a list of (group in this chunk, row index)."""
+
+    own: list[list[int]]
+    batches: list[list[tuple[int, int]]]
+
+
+def plan_batches(seqs: list[list[int]], keep: int, batch_size: int, per_batch: int) -> tuple[int, list[BatchChunk]]:
+    """The shared prefix's length and the chunks that run the fewest positions, the shared prefix aside
+    (`per_batch`: what a batch of suffixes costs beyond its positions, length_cuts):
+    each group's own prefix up to own_prefix_width tokens, or none (one group), whichever costs less once
+    the padding of each is counted (own prefixes cut the rows into chunks sorted by length apart: one
+    instruction's rows grouped by their first word pad more than that word saves); each chunk's rows sorted
+    by suffix length and cut by length_cuts."""
+    if not seqs:
+        return 0, []
+    shared, groups = prefix_groups(seqs, keep)
+    plans = []
+    for limit in {0, own_prefix_width([(p - shared, len(m)) for p, m in groups])}:
+        parts = groups if limit else [(shared, [i for _, members in groups for i in members])]
+        chunks, cost = [], 0
+        for start in range(0, len(parts), batch_size):
+            own = [seqs[m[0]][shared : min(p, shared + limit)] for p, m in parts[start : start + batch_size]]
+            rows = [(g, i) for g, (_, members) in enumerate(parts[start : start + batch_size]) for i in members]
+            lengths = [len(seqs[i]) - shared - len(own[g]) for g, i in rows]
+            order = sorted(range(len(rows)), key=lengths.__getitem__)
+            cuts, suffix_cost = length_cuts([lengths[r] for r in order], batch_size, per_batch)
+            width = max(map(len, own))
+            cost += suffix_cost + (len(own) * width + FORWARD_POSITIONS if width else 0)  # a forward, no decoding
+            chunks.append(BatchChunk(own, [[rows[r] for r in order[a:b]] for a, b in cuts]))
+        plans.append((cost, limit, chunks))
+    return shared, min(plans, key=lambda plan: plan[:2])[2]
+
+
 class HFBackend(LabelChoosing, TaskBackend):
     """Answers user messages with the frozen task LLM.
 
@@ -170,33 +232,29 @@ class HFBackend(LabelChoosing, TaskBackend):
     def _encode(self, prompts: list[str]) -> list[list[int]]:
         return chat.encode_all(self.tokenizer, prompts)
 
-    def _batches(self, seqs: list[list[int]], keep: int = 1) -> Iterator[SharedPrefixBatch]:
-        """Batches of `batch_size` rows, laid out as [shared | own | suffix]: the prefix every row shares runs
-        through the model once; each group's own prefix after it (prefix_groups, up to own_prefix_width
-        tokens) once per group, up to `batch_size` groups at a time; then their rows' suffixes, sorted by
-        length so that a batch holds suffixes of similar length."""
-        if not seqs:  # nothing to score (as the vllm and openai backends answer an empty list)
+    def _batches(
+        self, seqs: list[list[int]], keep: int = 1, per_batch: int = FORWARD_POSITIONS
+    ) -> Iterator[SharedPrefixBatch]:
+        """The rows as `plan_batches` lays them out, [shared | own | suffix]: the prefix every row shares runs
+        through the model once, each group's own prefix once per group, then the rows' suffixes."""
+        shared, chunks = plan_batches(seqs, keep, self.batch_size, per_batch)
+        if not chunks:  # nothing to score (as the vllm and openai backends answer an empty list)
             return
         pad = self.tokenizer.pad_token_id
-        shared, groups = prefix_groups(seqs, keep)
-        limit = own_prefix_width([(p - shared, len(m)) for p, m in groups])
-        if not limit:  # one group: all rows' suffixes sorted together
-            groups = [(shared, [i for _, members in groups for i in members])]
         head = seqs[0][:shared]
         head_layers = None
         if shared:
             ids = torch.tensor([head], device=self.device)
             _, head_layers = prefix_cache.run_prefixes(self.model, ids, torch.ones_like(ids))
-        for start in range(0, len(groups), self.batch_size):
-            chunk = groups[start : start + self.batch_size]
-            own = [seqs[m[0]][shared : min(p, shared + limit)] for p, m in chunk]
+        for chunk in chunks:
+            own = chunk.own
             width = max(map(len, own))
             # long: with nothing shared these are [groups, 0], which torch.tensor would make float
             prefix_ids = torch.tensor([head + [pad] * (width - len(o)) + o for o in own], dtype=torch.long)
             prefix_mask = torch.tensor(
                 [[1] * shared + [0] * (width - len(o)) + [1] * len(o) for o in own], dtype=torch.long
             )
-            layers, which = head_layers, torch.zeros(len(chunk), dtype=torch.long)  # group -> its row of layers
+            layers, which = head_layers, torch.zeros(len(own), dtype=torch.long)  # group -> its row of layers
             if width:
                 on_device = prefix_mask.to(self.device)
                 positions = prefix_cache.left_padded_positions(on_device)[:, shared:]
@@ -205,11 +263,8 @@ class HFBackend(LabelChoosing, TaskBackend):
                     cache = prefix_cache.cache_for_rows(head_layers, which.to(self.device), self.model.config)
                 own_ids = prefix_ids[:, shared:].to(self.device)
                 _, layers = prefix_cache.run_prefixes(self.model, own_ids, on_device, positions, cache)
-                which = torch.arange(len(chunk))
-            rows = [(g, i) for g, (_, members) in enumerate(chunk) for i in members]
-            rows.sort(key=lambda r: len(seqs[r[1]]) - shared - len(own[r[0]]))
-            for b in range(0, len(rows), self.batch_size):
-                part = rows[b : b + self.batch_size]
+                which = torch.arange(len(own))
+            for part in chunk.batches:
                 suffixes = [seqs[i][shared + len(own[g]) :] for g, i in part]
                 s_width = max(map(len, suffixes))
                 g_idx = torch.tensor([g for g, _ in part])
@@ -234,7 +289,8 @@ class HFBackend(LabelChoosing, TaskBackend):
         encoded = self._encode(unique)
         answers: dict[str, str] = {}
         last = prefix_cache.keep_last(1, self.device)
-        for batch in self._batches(encoded):
+        per_batch = FORWARD_POSITIONS + DECODE_STEP_POSITIONS * self.max_new_tokens
+        for batch in self._batches(encoded, per_batch=per_batch):
             # generate runs only the columns the cache does not cover, and stops once every row has ended
             out = self.model.generate(
                 input_ids=batch.input_ids,

@@ -3,8 +3,8 @@ samples, in 0.63x its time on the embedded default (experiments/RESULTS.md, issu
 
 On a CPU, a rollout of the embedded model spends about half of `generate`'s time outside the weight
 products: module calls, masks, a cache grown by concatenation, logits processors and a sampler that draws
-one number per vocabulary entry. This loop reads the policy's own weights (MKL's packed layout where torch
-has MKL: one packing per rollout, as the weights change after every update), writes keys and values into
+one number per vocabulary entry. This loop reads the policy's own weights (MKL's packed layout on an Intel
+CPU: one packing per rollout, as the weights change after every update), writes keys and values into
 a preallocated cache, and draws one number per row by the inverse CDF: the same distribution as
 `generate`'s (temperature, then top-p through transformers' own warper), not the same draws, so a seed's
 rewrites differ from `generate`'s. Greedy decoding gives `generate`'s tokens (tests/test_decoding_loop.py).
@@ -15,6 +15,8 @@ sharded weights, a GPU, generation settings this loop does not apply).
 """
 
 from __future__ import annotations
+
+import functools
 
 import torch
 import torch.nn.functional as F
@@ -52,17 +54,29 @@ def unsupported(policy: PreTrainedModel) -> str | None:
     return None
 
 
+@functools.cache
+def cpu_vendor() -> str:
+    """The CPU's vendor id from /proc/cpuinfo (GenuineIntel, AuthenticAMD, ...), or '' where there is none."""
+    try:
+        with open("/proc/cpuinfo") as f:
+            return next((line.split(":", 1)[1].strip() for line in f if line.startswith("vendor_id")), "")
+    except OSError:
+        return ""
+
+
 class _Weights:
     """The policy's weights for one rollout: each linear layer as the product to call on [rows, in] inputs."""
 
     def __init__(self, policy: PreTrainedModel, rows: int):
-        packed = policy.dtype == torch.float32 and torch.backends.mkl.is_available()
+        # MKL's packed layout reads the weights of a decoding step faster than F.linear on an Intel Xeon
+        # (29.7 against 35.2 ms) and slower on an AMD EPYC (69.7 against 56.7 ms): MKL runs its tuned
+        # kernels on Intel CPUs only (experiments/step_floor*.json, issue 17)
+        packed = policy.dtype == torch.float32 and torch.backends.mkl.is_available() and cpu_vendor() == "GenuineIntel"
 
         def product(linear: torch.nn.Linear):
             w, b = linear.weight.detach(), None if linear.bias is None else linear.bias.detach()
             if not packed:
                 return lambda x: F.linear(x, w, b)
-            # MKL's packed layout reads the weight ~15% faster at a few rows (experiments/step_floor.json)
             p = torch.ops.mkl._mkl_reorder_linear_weight(w, rows)
             return lambda x: torch.ops.mkl._mkl_linear(x, p, w, b, rows)
 
