@@ -103,10 +103,11 @@ def own_prefix_width(groups: list[tuple[int, int]]) -> int:
 
 # What a batch costs beyond its rows' positions, in positions (padding included) of a forward: a forward's
 # fixed work, and smaller products run slower. A batch that decodes also reads every weight once per new
-# token, which costs about as much as running this many positions (this CPU: batched greedy generation
-# spends about 15 s decoding 8 tokens in 8 batches of 32 rows; experiments/RESULTS.md, issue 17).
+# token: on the AVX2 EPYC of experiments/RESULTS.md (issue 17), batched greedy generation of 256 rows took
+# 16 s longer than scoring them, about 0.28 s per decoding step of a batch of 32, where a forward runs a
+# position in 1.9 ms: 150 positions a step, 32 of them the rows' own.
 FORWARD_POSITIONS = 64
-DECODE_STEP_POSITIONS = 100
+DECODE_STEP_POSITIONS = 120
 
 
 def length_cuts(lengths: Sequence[int], max_rows: int, per_batch: int) -> tuple[list[tuple[int, int]], int]:
