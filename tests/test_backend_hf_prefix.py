@@ -5,7 +5,14 @@ import pytest
 import torch
 from omegaconf import OmegaConf
 
-from prewrite.backends.hf import HFBackend, length_cuts, own_prefix_width, plan_batches, prefix_groups
+from prewrite.backends.hf import (
+    FORWARD_POSITIONS,
+    HFBackend,
+    length_cuts,
+    own_prefix_width,
+    plan_batches,
+    prefix_groups,
+)
 from prewrite.tasks import load_task
 from tests.conftest import CONF
 
@@ -195,6 +202,11 @@ def test_one_instructions_rows_run_header_and_instruction_once(task):
     finally:
         hook.remove()
     own = sum(len(e) - shared for e in encoded)
-    # the shared prefix ran once, then the rows' own tokens in length-sorted batches of at most 8 rows, cut
-    # where lengths jump: 14% padding on these rows (cutting every 8 rows: 25%)
-    assert seen[0] == shared and len(seen) >= 4 and sum(seen[1:]) < 1.2 * own, (shared, own, seen)
+    # the shared prefix ran once, then exactly the planned batches: no group prefix (a first word does not pay
+    # for its padding), the rows' own tokens length-sorted in batches of at most 8 rows, cut where lengths jump:
+    # 14% padding on these rows (cutting every 8 rows: 25%)
+    _, chunks = plan_batches(encoded, keep=1, batch_size=8, per_batch=FORWARD_POSITIONS)
+    assert [chunk.own for chunk in chunks] == [[[]]]
+    planned = [len(b) * max(len(encoded[i]) - shared for _, i in b) for b in chunks[0].batches]
+    assert all(len(b) <= 8 for b in chunks[0].batches)
+    assert seen == [shared, *planned] and sum(planned) < 1.2 * own, (shared, own, seen, planned)
