@@ -46,5 +46,7 @@ def run_prefixes(
 
 
 def cache_for_rows(layers: Layers, rows: torch.Tensor, config) -> DynamicCache:
-    """The cache of the rows whose prefix is `rows[i]` (an index into the prefixes run)."""
-    return DynamicCache([(k[rows], v[rows]) for k, v in layers], config=config)
+    """The cache of the rows whose prefix is `rows[i]` (an index into the prefixes run). index_select, not
+    `k[rows]`: the latter's backward adds the repeated rows with parallel atomics on a CPU, so the gradients
+    (and every run after its first update) changed from run to run."""
+    return DynamicCache([(k.index_select(0, rows), v.index_select(0, rows)) for k, v in layers], config=config)

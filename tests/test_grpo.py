@@ -184,3 +184,26 @@ def test_rows_sharing_a_prompt_get_the_log_probs_and_gradients_of_one_pass_over_
     full_logps, full_grad = run(shared=False)
     torch.testing.assert_close(shared_logps, full_logps, atol=1e-5, rtol=0)
     assert ((shared_grad - full_grad).norm() / full_grad.norm()) < 1e-5
+
+
+def test_rows_sharing_a_prompt_get_the_same_gradients_every_time(tiny_llama):
+    """The shared prompt's logits and keys go to their rows by index_select, whose backward adds serially:
+    indexing with repeated rows backpropagates through a parallel atomic add on a CPU with several threads,
+    and runs of one command then trained differently from their first update (every weight)."""
+    from transformers import AutoModelForCausalLM
+
+    torch.manual_seed(0)
+    model = AutoModelForCausalLM.from_pretrained(tiny_llama, dtype=torch.float32).train()
+    ids = torch.cat([torch.randint(3, 1000, (1, 20)).repeat(8, 1), torch.randint(3, 1000, (8, 10))], 1)
+    mask = torch.ones_like(ids)
+    threads = torch.get_num_threads()
+    torch.set_num_threads(max(threads, 2))  # the atomic add runs in parallel only with more than one thread
+    try:
+        grads = []
+        for _ in range(3):
+            model.zero_grad()
+            completion_logprobs(model, ids, mask, 10).sum().backward()
+            grads.append(torch.cat([p.grad.flatten() for p in model.parameters()]))
+    finally:
+        torch.set_num_threads(threads)
+    assert torch.equal(grads[0], grads[1]) and torch.equal(grads[0], grads[2])

@@ -55,7 +55,8 @@ def _shared_prompt_logits(
         logits_to_keep=n,
     )
     # the prompt's last position predicts the first completion token; the last completion position predicts none
-    return torch.cat([prompt_logits[inverse], tail.logits[:, :-1]], 1)
+    # (index_select for a repeatable backward: prefix_cache.cache_for_rows)
+    return torch.cat([prompt_logits.index_select(0, inverse), tail.logits[:, :-1]], 1)
 
 
 def completion_logprobs_and_values(
