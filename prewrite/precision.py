@@ -9,7 +9,8 @@ Why fp32 on every CPU, measured with the embedded model on the three kinds of CP
 slower; on an AVX512-BF16 CPU without AMX bf16 was no faster and its runs learned worse (bf16-mixed
 training: best dev 6 points lower on average; a bf16 task model: above the initial instruction in 2
 of 3 seeds against 3 of 3); on an AMX Xeon (torch 2.13) a bf16 task model scored 2.2x slower than
-fp32 and learned worse the same way. fp32 runs are also the same on all three CPUs, seed for seed.
+fp32 and learned worse the same way. (An fp32 run gave seed 0 the same rewrites on an AVX2-capped Xeon
+and an AVX2 EPYC; that runs match across CPUs in general is not measured: kernels differ by CPU.)
 The probes still run on a CPU, so that the logged reason says what the machine has.
 """
 

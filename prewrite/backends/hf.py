@@ -136,6 +136,11 @@ class BatchChunk:
     own: list[list[int]]
     batches: list[list[tuple[int, int]]]
 
+    @property
+    def width(self) -> int:
+        """The longest own prefix: every group's is left-padded to it (0: no own prefixes)."""
+        return max(map(len, self.own))
+
 
 def plan_batches(seqs: list[list[int]], keep: int, batch_size: int, per_batch: int) -> tuple[int, list[BatchChunk]]:
     """The shared prefix's length and the chunks that run the fewest positions, the shared prefix aside
@@ -152,14 +157,16 @@ def plan_batches(seqs: list[list[int]], keep: int, batch_size: int, per_batch: i
         parts = groups if limit else [(shared, [i for _, members in groups for i in members])]
         chunks, cost = [], 0
         for start in range(0, len(parts), batch_size):
-            own = [seqs[m[0]][shared : min(p, shared + limit)] for p, m in parts[start : start + batch_size]]
-            rows = [(g, i) for g, (_, members) in enumerate(parts[start : start + batch_size]) for i in members]
+            chunk_parts = parts[start : start + batch_size]
+            own = [seqs[m[0]][shared : min(p, shared + limit)] for p, m in chunk_parts]
+            rows = [(g, i) for g, (_, members) in enumerate(chunk_parts) for i in members]
             lengths = [len(seqs[i]) - shared - len(own[g]) for g, i in rows]
             order = sorted(range(len(rows)), key=lengths.__getitem__)
             cuts, suffix_cost = length_cuts([lengths[r] for r in order], batch_size, per_batch)
-            width = max(map(len, own))
-            cost += suffix_cost + (len(own) * width + FORWARD_POSITIONS if width else 0)  # a forward, no decoding
-            chunks.append(BatchChunk(own, [[rows[r] for r in order[a:b]] for a, b in cuts]))
+            chunk = BatchChunk(own, [[rows[r] for r in order[a:b]] for a, b in cuts])
+            own_cost = len(own) * chunk.width + FORWARD_POSITIONS if chunk.width else 0  # a forward, no decoding
+            cost += suffix_cost + own_cost
+            chunks.append(chunk)
         plans.append((cost, limit, chunks))
     return shared, min(plans, key=lambda plan: plan[:2])[2]
 
@@ -248,8 +255,7 @@ class HFBackend(LabelChoosing, TaskBackend):
             ids = torch.tensor([head], device=self.device)
             _, head_layers = prefix_cache.run_prefixes(self.model, ids, torch.ones_like(ids))
         for chunk in chunks:
-            own = chunk.own
-            width = max(map(len, own))
+            own, width = chunk.own, chunk.width
             # long: with nothing shared these are [groups, 0], which torch.tensor would make float
             prefix_ids = torch.tensor([head + [pad] * (width - len(o)) + o for o in own], dtype=torch.long)
             prefix_mask = torch.tensor(
